@@ -1,0 +1,153 @@
+"""Export cache: one folder per (model, backend, precision, settings, library versions).
+
+An entry is trusted only when its manifest (written last, listing every file and its size)
+matches what is on disk. Builds go to a temporary folder renamed into place, under a file
+lock, so an interrupted export leaves nothing a later run would trust, and two processes
+asking for the same export produce one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import filelock
+import platformdirs
+
+MANIFEST = "phi3kit-manifest.json"
+_SLUG = re.compile(r"[^A-Za-z0-9._-]+|\.{2,}")
+
+
+def default_cache_dir() -> Path:
+    """PHI3KIT_CACHE if set, else the platform's user cache folder."""
+    env = os.environ.get("PHI3KIT_CACHE")
+    return Path(env) if env else Path(platformdirs.user_cache_dir("phi3kit", appauthor=False))
+
+
+def slug(text: str, limit: int = 60) -> str:
+    """A folder-name-safe label: model ids and paths can never escape the cache root."""
+    s = _SLUG.sub("-", text).strip("-.")[:limit]
+    return s or "model"
+
+
+def key_hash(key: dict[str, Any]) -> str:
+    blob = json.dumps(key, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass
+class Export:
+    """Where an export lives, and whether this call built it."""
+
+    path: Path
+    cached: bool
+    seconds: float
+
+
+class CacheCorruptError(Exception):
+    """Raised internally when an entry fails its manifest check."""
+
+
+class ExportCache:
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root).expanduser().resolve() if root else default_cache_dir()
+
+    def entry_dir(self, backend: str, label: str, key: dict[str, Any]) -> Path:
+        path = (self.root / slug(backend) / f"{slug(label)}-{key_hash(key)}").resolve()
+        if self.root not in path.parents:  # defence in depth: slug() already forbids this
+            raise ValueError(f"cache entry {path} would escape the cache root {self.root}")
+        return path
+
+    @staticmethod
+    def verify(path: Path) -> None:
+        """Raise CacheCorruptError naming the first problem found in an entry."""
+        manifest = path / MANIFEST
+        if not manifest.is_file():
+            raise CacheCorruptError(f"{path.name} has no manifest (an interrupted export?)")
+        try:
+            files = json.loads(manifest.read_text())["files"]
+        except (ValueError, KeyError) as exc:
+            raise CacheCorruptError(f"{path.name} has an unreadable manifest ({exc})") from exc
+        for rel, size in files.items():
+            f = path / rel
+            if not f.is_file():
+                raise CacheCorruptError(f"{path.name} is missing {rel}")
+            if f.stat().st_size != size:
+                raise CacheCorruptError(
+                    f"{path.name}/{rel} is {f.stat().st_size} bytes, the manifest says {size} (truncated?)"
+                )
+
+    def lookup(self, backend: str, label: str, key: dict[str, Any]) -> Path | None:
+        path = self.entry_dir(backend, label, key)
+        try:
+            self.verify(path)
+        except CacheCorruptError:
+            return None
+        return path
+
+    def get_or_build(
+        self,
+        backend: str,
+        label: str,
+        key: dict[str, Any],
+        build: Callable[[Path], None],
+        log: Callable[[str], None] = print,
+    ) -> Export:
+        """Return a verified entry, building it with `build(tmp_dir)` if needed."""
+        final = self.entry_dir(backend, label, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        with filelock.FileLock(str(final) + ".lock"):
+            if final.exists():
+                try:
+                    self.verify(final)
+                    return Export(final, True, time.perf_counter() - start)
+                except CacheCorruptError as exc:
+                    log(f"Cache entry is incomplete or corrupted: {exc}. Rebuilding it.")
+                    shutil.rmtree(final)
+            for stale in final.parent.glob(f".tmp-{final.name}-*"):
+                shutil.rmtree(stale, ignore_errors=True)  # left by a killed process; we hold the lock
+            tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir()
+            try:
+                build(tmp)
+                files = {
+                    str(p.relative_to(tmp).as_posix()): p.stat().st_size
+                    for p in sorted(tmp.rglob("*"))
+                    if p.is_file()
+                }
+                if not files:
+                    raise RuntimeError("the export wrote no files")
+                manifest = {
+                    "key": key,
+                    "files": files,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "build_seconds": round(time.perf_counter() - start, 3),
+                }
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+                os.replace(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return Export(final, False, time.perf_counter() - start)
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every verified entry with its key, for `phi3kit cache`."""
+        out = []
+        for manifest in sorted(self.root.glob(f"*/*/{MANIFEST}")):
+            entry = manifest.parent
+            if entry.name.startswith(".tmp-"):
+                continue
+            data = json.loads(manifest.read_text())
+            size = sum(data.get("files", {}).values())
+            out.append({"path": str(entry), "size_mb": round(size / 2**20, 1), **data.get("key", {})})
+        return out

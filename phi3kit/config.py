@@ -1,0 +1,70 @@
+"""Plain dataclasses for what to load and how to generate."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import Phi3kitError
+
+DEFAULT_MODEL = "microsoft/Phi-3-mini-4k-instruct"
+
+
+@dataclass
+class LoadConfig:
+    """What to run: a model, through a backend, at a precision, on a device.
+
+    `group_size`, `ratio` and `sym` shape int4 weights (None: the backend's default,
+    the seed's 128 / 0.6 / symmetric for OpenVINO). `runtime_config` is passed to the
+    runtime as-is (OpenVINO properties such as INFERENCE_PRECISION_HINT).
+    """
+
+    model: str = DEFAULT_MODEL
+    backend: str = "openvino"
+    precision: str = "int4"
+    device: str = "CPU"
+    runtime: str | None = None
+    revision: str | None = None
+    cache_dir: str | None = None
+    group_size: int | None = None
+    ratio: float | None = None
+    sym: bool = True
+    group_size_fallback: str = "adjust"
+    trust_remote_code: bool = False
+    runtime_config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GenerationConfig:
+    """How to decode. Greedy by default so runs are reproducible."""
+
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) \
+                or self.max_new_tokens <= 0:
+            raise GenerationConfigError(
+                f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}. "
+                "Fix: pass e.g. max_new_tokens=128."
+            )
+        if self.do_sample and self.temperature <= 0:
+            raise GenerationConfigError(
+                f"temperature must be > 0 when sampling, got {self.temperature}. "
+                "Fix: use do_sample=False for greedy decoding, or a temperature such as 0.7."
+            )
+        if not 0 < self.top_p <= 1:
+            raise GenerationConfigError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.top_k < 0:
+            raise GenerationConfigError(f"top_k must be >= 0 (0 disables it), got {self.top_k}.")
+
+
+class GenerationConfigError(Phi3kitError, ValueError):
+    """A generation setting is out of range."""

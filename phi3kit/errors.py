@@ -1,0 +1,43 @@
+"""Errors the kit raises on purpose: each names the problem and the fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class Phi3kitError(Exception):
+    """Base class: catch this to handle every error the kit documents."""
+
+
+class UnknownChoiceError(Phi3kitError, ValueError):
+    """A parameter took a value the kit does not know (backend, device, precision, runtime...)."""
+
+    def __init__(self, what: str, value: object, choices: Iterable[str], hint: str = "") -> None:
+        self.what, self.value, self.choices = what, value, list(choices)
+        msg = f"Unknown {what}: {value!r}. Valid choices: {', '.join(self.choices)}."
+        super().__init__(f"{msg} {hint}".strip())
+
+
+class DeviceNotFoundError(Phi3kitError, RuntimeError):
+    """The device asked for is not visible to the runtime (missing hardware or driver)."""
+
+
+class MissingDependencyError(Phi3kitError, ImportError):
+    """A route needs a package that is not installed in this environment."""
+
+    def __init__(self, package: str, purpose: str, requirements: str = "") -> None:
+        self.package = package
+        fix = f"pip install -r requirements/{requirements}" if requirements else f"pip install {package}"
+        super().__init__(f"{purpose} needs the '{package}' package, which is not installed. Fix: {fix}")
+
+
+class ContextWindowError(Phi3kitError, ValueError):
+    """The prompt plus the tokens asked for do not fit the model's context window."""
+
+
+class ModelSourceError(Phi3kitError, ValueError):
+    """A model id or folder cannot be used (not found, not Phi-3 family, unsafe path)."""
+
+
+class ExportError(Phi3kitError, RuntimeError):
+    """An export failed; the cache keeps nothing half-written."""

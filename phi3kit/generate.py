@@ -1,0 +1,245 @@
+"""Sessions and streaming responses: one loop for every backend.
+
+A backend turns prompt ids into new ids; this module templates chat messages, checks
+the context window, stops at `<|end|>`, turns ids into text without splitting a
+multi-byte character, and records the metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .backends import get
+from .backends.base import Backend, Log
+from .cache import Export
+from .config import GenerationConfig, LoadConfig
+from .errors import ContextWindowError, Phi3kitError
+from .export import prepare
+from .metrics import Metrics, PeakMemory
+from .sources import ModelSource
+
+Message = dict[str, str]
+ROLES = ("system", "user", "assistant")
+END_TOKENS = ("<|end|>", "<|endoftext|>")
+
+
+def to_messages(prompt: str | Sequence[Message], system: str | None = None) -> list[Message]:
+    """A plain string becomes one user turn; a message list is checked, not rewritten."""
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
+    else:
+        messages = [dict(m) for m in prompt]
+        for m in messages:
+            if m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise Phi3kitError(f"Each message needs a role in {ROLES} and a string content; got {m!r}.")
+    if not messages or messages[-1]["role"] != "user":
+        raise Phi3kitError("The last message must be the user's turn.")
+    if system and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
+    return messages
+
+
+class IncrementalDecoder:
+    """Text deltas from a growing id list, holding back a split multi-byte character.
+
+    Byte-level tokens can cut a UTF-8 character in two; decoding then ends in U+FFFD
+    until the next token completes it, so nothing is emitted until it does.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tok = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # ids before this are already emitted and stable
+        self.read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def put(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return after[len(before) :]
+
+
+class Response:
+    """A streamed answer: iterate it for text chunks; `text` and `metrics` once it is done."""
+
+    def __init__(self, session: Session, prompt_ids: list[int], gen: GenerationConfig) -> None:
+        self.session, self.prompt_ids, self.gen = session, prompt_ids, gen
+        self.token_ids: list[int] = []
+        self.chunks: list[str] = []
+        self.metrics = Metrics(prompt_tokens=len(prompt_ids), load_s=session.load_s)
+        self._gen: Iterator[str] | None = None
+        self._done = False
+
+    def __iter__(self) -> Iterator[str]:
+        """Stream once; iterating again continues where a `break` left off, or replays when done."""
+        if self._done:
+            yield from list(self.chunks)
+            return
+        if self._gen is None:
+            self._gen = self._run()
+        yield from self._gen
+
+    def _run(self) -> Iterator[str]:
+        s, m = self.session, self.metrics
+        decoder = IncrementalDecoder(s.tokenizer)
+        stops = set(s.stop_ids)
+        finish = "stop"
+        with PeakMemory() as mem:
+            start = last = time.perf_counter()
+            stream = s.backend.stream(self.prompt_ids, self.gen, s.stop_ids)
+            try:
+                for tok, stamp in stream:
+                    m.token_latencies_s.append(stamp - last)
+                    last = stamp
+                    if tok in stops:
+                        break
+                    self.token_ids.append(tok)
+                    if piece := decoder.put(tok):
+                        self.chunks.append(piece)
+                        yield piece
+                else:
+                    finish = "length" if len(m.token_latencies_s) >= self.gen.max_new_tokens else "stop"
+            except GeneratorExit:
+                finish = "cancelled"
+                raise
+            finally:
+                close = getattr(stream, "close", None)
+                if close:
+                    close()
+                m.total_s = time.perf_counter() - start
+                m.peak_rss_mb = mem.peak_mb
+                m.new_tokens = len(m.token_latencies_s)
+                m.ttft_s = m.token_latencies_s[0] if m.token_latencies_s else 0.0
+                m.finish_reason = finish
+                self._done = True
+        if tail := decoder.flush():
+            self.chunks.append(tail)
+            yield tail
+
+    def consume(self) -> Response:
+        for _ in self:
+            pass
+        return self
+
+    def cancel(self) -> None:
+        """Stop generating; the text so far stays."""
+        if self._gen is not None and not self._done:
+            self._gen.close()
+        self._done = True
+
+    @property
+    def text(self) -> str:
+        self.consume()
+        return "".join(self.chunks)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        state = "done" if self._done else "not consumed"
+        return f"<Response {state}: {''.join(self.chunks)[:60]!r}>"
+
+
+class Session:
+    """A loaded model plus its tokenizer: `generate()` and `chat()` return Responses."""
+
+    def __init__(self, cfg: LoadConfig, source: ModelSource, export: Export, backend: Backend,
+                 tokenizer: Any, load_s: float, load_peak_rss_mb: float) -> None:
+        self.config, self.source, self.export, self.backend = cfg, source, export, backend
+        self.tokenizer, self.load_s, self.load_peak_rss_mb = tokenizer, load_s, load_peak_rss_mb
+        self.stop_ids = stop_token_ids(tokenizer, export.path)
+        self.context_length = source.context_length
+
+    @classmethod
+    def load(cls, cfg: LoadConfig, log: Log = print) -> Session:
+        from transformers import AutoTokenizer
+
+        source, export = prepare(cfg, log)
+        with PeakMemory() as mem:
+            start = time.perf_counter()
+            backend = get(cfg.backend)(export.path, cfg)
+            tokenizer = AutoTokenizer.from_pretrained(export.path)
+            load_s = time.perf_counter() - start
+        return cls(cfg, source, export, backend, tokenizer, load_s, mem.peak_mb)
+
+    def encode(self, messages: Sequence[Message]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def check_fits(self, n_prompt: int, max_new_tokens: int) -> None:
+        ctx = self.context_length
+        if n_prompt >= ctx:
+            raise ContextWindowError(
+                f"The prompt is {n_prompt} tokens; the model's context window is {ctx}. "
+                f"Fix: shorten the prompt (or the chat history) below {ctx - max_new_tokens} tokens."
+            )
+        if n_prompt + max_new_tokens > ctx:
+            raise ContextWindowError(
+                f"The prompt ({n_prompt} tokens) plus max_new_tokens={max_new_tokens} exceed the context "
+                f"window of {ctx} tokens. Fix: set max_new_tokens <= {ctx - n_prompt}, or shorten the prompt."
+            )
+
+    def generate(self, prompt: str | Sequence[Message], *, system: str | None = None,
+                 config: GenerationConfig | None = None, **options: Any) -> Response:
+        """Start an answer; nothing runs until the Response is iterated (or .text is read)."""
+        gen = config or GenerationConfig(**options)
+        ids = self.encode(to_messages(prompt, system))
+        self.check_fits(len(ids), gen.max_new_tokens)
+        return Response(self, ids, gen)
+
+    def chat(self, history: Sequence[Message], **options: Any) -> Response:
+        return self.generate(history, **options)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        c = self.config
+        runtime = c.runtime or get(c.backend).default_runtime()
+        return f"<Session {c.model} {c.backend}/{runtime} {c.precision} on {c.device}>"
+
+
+def stop_token_ids(tokenizer: Any, model_dir: Path) -> list[int]:
+    """`<|end|>` first (the end of a chat turn), then every other end-of-sequence id."""
+    import json
+
+    ids: list[int] = []
+    for t in END_TOKENS:
+        i = tokenizer.convert_tokens_to_ids(t)
+        if isinstance(i, int) and i != tokenizer.unk_token_id and i >= 0:
+            ids.append(i)
+    gc = model_dir / "generation_config.json"
+    if gc.is_file():
+        eos = json.loads(gc.read_text()).get("eos_token_id")
+        ids += [e for e in ([eos] if isinstance(eos, int) else eos or []) if e not in ids]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def load(model: str = "pocket", backend: str = "openvino", precision: str = "int4", device: str = "CPU",
+         runtime: str | None = None, *, log: Log = print, **options: Any) -> Session:
+    """Resolve, export (cached) and load a model: the one call a notebook needs."""
+    cfg = LoadConfig(model=model, backend=backend, precision=precision, device=device, runtime=runtime, **options)
+    return Session.load(cfg, log)
