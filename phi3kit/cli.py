@@ -83,7 +83,8 @@ def cmd_cache(a: argparse.Namespace) -> int:
 def cmd_doctor(a: argparse.Namespace) -> int:
     from .doctor import doctor
 
-    print(doctor())
+    r = doctor()
+    print(r.to_json() if a.json else r)
     return 0
 
 
@@ -130,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace earlier results instead of numbering new ones")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("doctor", help="report this machine's hardware, drivers and libraries")
+    p = sub.add_parser("doctor", help="report this machine's hardware, drivers and libraries, and a route to take")
+    p.add_argument("--json", action="store_true", help="print the facts and the recommendation as JSON")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("cache", help="list cached exports")

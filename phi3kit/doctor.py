@@ -1,24 +1,309 @@
-"""`phi3kit doctor`: what this machine has, and what the kit can run on it."""
+"""`phi3kit doctor`: what this machine has, what Phi-3-mini needs, and which route to take.
+
+Facts are gathered once (`gather()`), then turned into a recommendation by a pure function
+(`recommend()`), so the advice can be tested against any machine's facts without that machine.
+"""
 
 from __future__ import annotations
 
+import json
 import platform
+import re
+import shutil
+import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
 
 import psutil
 
 LIBRARIES = ("phi3kit", "torch", "transformers", "openvino", "openvino-genai", "optimum-intel", "nncf",
              "onnxruntime-genai", "onnxruntime-genai-directml", "onnxruntime-genai-cuda",
              "intel-npu-acceleration-library")
+ORT_FLAVOURS = ("onnxruntime-genai-cuda", "onnxruntime-genai-directml", "onnxruntime-genai")
+
+# /proc/cpuinfo (and py-cpuinfo) flag -> what LLM inference gets from it.
+ISA_FLAGS = {
+    "avx2": "AVX2",
+    "avx_vnni": "AVX-VNNI",
+    "avx512f": "AVX-512",
+    "avx512_vnni": "AVX-512 VNNI",
+    "avx512_bf16": "AVX-512 BF16",
+    "amx_tile": "AMX",
+    "amx_int8": "AMX-INT8",
+    "amx_bf16": "AMX-BF16",
+}
 
 
 @dataclass
+class Need:
+    """What one Phi-3-mini export takes. `basis` says whether it was measured or estimated."""
+
+    precision: str
+    export_peak_ram_gb: float
+    export_disk_gb: float
+    basis: str
+
+
+# Phi-3-mini-4k-instruct (3.8B parameters). Measured (FACTS.md, full-size model on a 2-core
+# Linux box): the seed's int4 export peaks at 11.25 GB RSS and writes 2.78 GB. The others are
+# estimates from bytes per weight: check them before promising them to a room of learners.
+DOWNLOAD_GB = 7.6  # the bf16 checkpoint in the Hugging Face cache, fetched once
+NEEDS = (
+    Need("int4 (seed: group 128, ratio 0.6)", 11.3, 2.8, "measured"),
+    Need("int4 NPU preset (channel-wise, ratio 1.0)", 11.3, 2.2, "estimate"),
+    Need("int8", 12.0, 3.9, "estimate"),
+    Need("fp16", 16.0, 7.7, "estimate"),
+    Need("fp32", 24.0, 15.3, "estimate"),
+)
+
+
+@dataclass
+class Facts:
+    """What `recommend()` decides from; every field can be written by hand in a test."""
+
+    os: str = ""
+    cpu: str = ""
+    isa: list[str] = field(default_factory=list)
+    isa_source: str = ""
+    ram_total_gb: float = 0.0
+    ram_available_gb: float = 0.0
+    cache_dir: str = ""
+    disk_free_gb: float = 0.0
+    openvino_devices: list[dict[str, str]] = field(default_factory=list)  # device, name, driver...
+    openvino_error: str = ""
+    npu_problem: str = ""
+    ort_flavour: str = ""
+    ort_devices: list[str] = field(default_factory=list)
+    ort_backend: str = ""  # the kit's ONNX Runtime GenAI backend name, when it has one
+    nvidia_gpus: list[str] = field(default_factory=list)
+    npu_library: str = ""
+
+    def has(self, device: str) -> bool:
+        return any(d["device"].split(".")[0] == device for d in self.openvino_devices)
+
+
+@dataclass
+class Recommendation:
+    """A route for this machine, and the one call that runs it."""
+
+    backend: str
+    runtime: str
+    device: str
+    precision: str
+    settings: str
+    notebook: str
+    why: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def call(self) -> str:
+        if self.backend == "openvino" and self.device == "NPU":
+            return ('cfg = kit.backends.get("openvino").npu_preset(kit.LoadConfig(model, "openvino", "int4", "NPU")); '
+                    "kit.Session.load(cfg)")
+        return f'kit.load(model, "{self.backend}", "{self.precision}", "{self.device}")'
+
+
+def recommend(facts: Facts) -> Recommendation:
+    """The route, device and precision to start with on a machine with these facts."""
+    notes: list[str] = []
+    low = [n for n in NEEDS[:2] if facts.ram_total_gb and facts.ram_total_gb < n.export_peak_ram_gb]
+    if low:
+        notes.append(f"Exporting Phi-3-mini to int4 peaks near {low[0].export_peak_ram_gb:g} GB of RAM; this machine "
+                     f"has {facts.ram_total_gb:.1f} GB. Export on a bigger machine and copy the exported folder "
+                     "(or close everything else first).")
+    if facts.has("NPU"):
+        if not facts.npu_problem:
+            return Recommendation(
+                "openvino", "genai", "NPU", "int4",
+                "NPU preset: int4 symmetric, channel-wise (group size -1), ratio 1.0; MAX_PROMPT_LEN 1024",
+                "npu.ipynb", "An Intel NPU is present: sustained, low-power inference through OpenVINO GenAI.",
+                notes)
+        notes.append(f"An NPU is present but not usable yet: {facts.npu_problem}")
+    if facts.has("GPU"):
+        return Recommendation("openvino", "genai", "GPU", "int4", "int4 symmetric, group size 128, ratio 0.6",
+                              "openvino.ipynb", "An Intel GPU is visible to OpenVINO: the fastest local route here.",
+                              notes)
+    if facts.nvidia_gpus or any(d.upper() == "CUDA" for d in facts.ort_devices):
+        if "cuda" not in facts.ort_flavour:
+            notes.append("Install the CUDA build of ONNX Runtime GenAI (onnxruntime-genai-cuda) instead of "
+                         f"{facts.ort_flavour or 'the CPU build'}: never two flavours in one environment.")
+        return Recommendation(facts.ort_backend or "ortgenai", "default", "CUDA", "int4", "model builder -e cuda",
+                              "directml.ipynb", "An NVIDIA GPU is present: ONNX Runtime GenAI runs Phi-3 on CUDA.",
+                              notes)
+    return Recommendation("openvino", "genai", "CPU", "int4", "int4 symmetric, group size 128, ratio 0.6",
+                          "openvino.ipynb", "No NPU or GPU the kit can use: OpenVINO GenAI int4 is the fastest CPU "
+                          "route measured (decode is memory-bound, and int4 reads the fewest bytes).", notes)
+
+
+# --- gathering facts ------------------------------------------------------------------------------
+def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
+    """Model name and flags from Linux /proc/cpuinfo text (the first processor's)."""
+    model = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+    flags = re.search(r"^flags\s*:\s*(.*)$", text, re.MULTILINE)
+    return (model.group(1).strip() if model else "", set(flags.group(1).split()) if flags else set())
+
+
+def isa_features(flags: set[str]) -> list[str]:
+    """The instruction sets that matter for LLM inference, in a stable order."""
+    return [name for flag, name in ISA_FLAGS.items() if flag in flags]
+
+
+def capabilities_isa(caps: list[str]) -> list[str]:
+    """What OpenVINO's CPU OPTIMIZATION_CAPABILITIES imply, where no flag list is available."""
+    out = []
+    if "BF16" in caps:
+        out.append("BF16 compute (AVX-512 BF16 or AMX)")
+    if "FP16" in caps:
+        out.append("FP16 compute (AMX-FP16 or AVX512-FP16)")
+    if "INT8" in caps:
+        out.append("INT8")
+    return out
+
+
+def _cpu(core: Any) -> tuple[str, list[str], str]:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        model, flags = parse_cpuinfo(cpuinfo.read_text(errors="replace"))
+        return model or platform.processor(), isa_features(flags), "/proc/cpuinfo"
+    name = platform.processor() or platform.machine()
+    if core is not None:
+        name = str(core.get_property("CPU", "FULL_DEVICE_NAME"))
+    try:
+        import cpuinfo as pycpuinfo  # py-cpuinfo, only when something else installed it
+
+        return name, isa_features(set(pycpuinfo.get_cpu_info().get("flags", []))), "py-cpuinfo"
+    except ImportError:
+        pass
+    if core is not None:
+        return name, capabilities_isa(list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))), \
+            "OpenVINO OPTIMIZATION_CAPABILITIES"
+    return name, [], "unknown"
+
+
+def _version(pkg: str) -> str:
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def _free_gb(path: Path) -> float:
+    p = path
+    while not p.exists() and p.parent != p:
+        p = p.parent  # the cache folder may not exist yet: measure the disk it will live on
+    return shutil.disk_usage(p).free / 1e9
+
+
+def _nvidia_gpus() -> list[str]:
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.split(" (UUID")[0] for line in out.splitlines() if line.startswith("GPU ")]
+
+
+def _ort_backend() -> Any:
+    """The kit's ONNX Runtime GenAI backend class, if this checkout has one (registered or not)."""
+    import importlib.util
+
+    from .backends.base import Backend
+
+    if importlib.util.find_spec("phi3kit.backends.ortgenai") is None:
+        return None
+    module = importlib.import_module("phi3kit.backends.ortgenai")
+    return next((v for v in vars(module).values()
+                 if isinstance(v, type) and issubclass(v, Backend) and v is not Backend and hasattr(v, "name")), None)
+
+
+def _ort(facts: Facts) -> None:
+    facts.ort_flavour = next((f"{p} {v}" for p in ORT_FLAVOURS if (v := _version(p)) != "not installed"), "")
+    try:
+        backend = _ort_backend()
+    except Exception as exc:  # noqa: BLE001 - a report row, not a crash
+        backend, facts.ort_devices = None, [f"unavailable: {exc}"]
+    if backend is not None:
+        facts.ort_backend = backend.name
+        try:
+            facts.ort_devices = list(backend.devices(backend.default_runtime()))
+        except Exception as exc:  # noqa: BLE001 - a report row, not a crash
+            facts.ort_devices = [f"unavailable: {exc}"]
+    elif facts.ort_flavour and not facts.ort_devices:
+        facts.ort_devices = ["CUDA"] if "cuda" in facts.ort_flavour else \
+            ["DML"] if "directml" in facts.ort_flavour else ["CPU"]
+
+
+def _openvino(facts: Facts) -> Any:
+    try:
+        from .backends.openvino import npu_driver_problem, npu_info
+        from .devices import _core, openvino_device_info
+    except ImportError as exc:
+        facts.openvino_error = f"openvino is not installed ({exc.name})"
+        return None
+    core = _core()
+    facts.openvino_devices = openvino_device_info()
+    info = npu_info(core)
+    if info is not None:
+        row = next(d for d in facts.openvino_devices if d["device"] == "NPU")
+        row.update(driver=str(info.driver_version), compiler=str(info.compiler_version))
+        facts.npu_problem = npu_driver_problem(info) or ""
+    return core
+
+
+def _npu_library() -> str:
+    from .backends.npu_library import PACKAGE, NPULibraryUnavailableError, import_library
+
+    try:
+        lib = import_library()
+    except NPULibraryUnavailableError as exc:
+        return f"not importable: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a broken install is a report row too
+        return f"import failed: {exc!r}"
+    from intel_npu_acceleration_library.backend import npu_available
+
+    return f"{PACKAGE} {lib.__version__} importable; NPU {'found' if npu_available() else 'not found (CPU fallback)'}"
+
+
+def gather() -> Facts:
+    """Everything `recommend()` and the report need, read from this machine."""
+    from .cache import default_cache_dir
+
+    mem = psutil.virtual_memory()
+    cache = default_cache_dir()
+    facts = Facts(os=f"{platform.system()} {platform.release()} ({platform.machine()})",
+                  ram_total_gb=mem.total / 1e9, ram_available_gb=mem.available / 1e9,
+                  cache_dir=str(cache), disk_free_gb=_free_gb(cache))
+    core = _openvino(facts)
+    facts.cpu, facts.isa, facts.isa_source = _cpu(core)
+    _ort(facts)
+    facts.nvidia_gpus = _nvidia_gpus()
+    facts.npu_library = _npu_library()
+    return facts
+
+
+# --- the report -----------------------------------------------------------------------------------
+def fit(need: Need, facts: Facts) -> str:
+    """Whether this machine can do one export, judged against the estimates."""
+    ram = "fits" if facts.ram_total_gb >= need.export_peak_ram_gb else "too little RAM"
+    if ram == "fits" and facts.ram_available_gb < need.export_peak_ram_gb:
+        ram = "tight (close other programs)"
+    disk = "disk ok" if facts.disk_free_gb >= need.export_disk_gb + DOWNLOAD_GB else "too little disk"
+    return (f"peak RAM {need.export_peak_ram_gb:g} GB, {need.export_disk_gb:g} GB on disk (+{DOWNLOAD_GB:g} GB "
+            f"download), {need.basis}: {ram}, {disk}")
+
+
+@dataclass(repr=False)
 class Report:
-    """Rows of (section, item, value); prints as a table, renders as HTML in notebooks."""
+    """Rows of (section, item, value); prints as a table, renders as a DataFrame in notebooks."""
 
     rows: list[tuple[str, str, str]] = field(default_factory=list)
+    facts: Facts | None = None
+    recommendation: Recommendation | None = None
 
     def add(self, section: str, item: str, value: object) -> None:
         self.rows.append((section, item, str(value)))
@@ -30,35 +315,72 @@ class Report:
         w = [max(len(r[k]) for r in self.rows) for k in range(2)]
         return "\n".join(f"{s:<{w[0]}}  {i:<{w[1]}}  {v}" for s, i, v in self.rows)
 
+    __repr__ = __str__
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": [{"section": s, "item": i, "value": v} for s, i, v in self.rows],
+                "facts": asdict(self.facts) if self.facts else None,
+                "recommendation": {**asdict(self.recommendation), "call": self.recommendation.call}
+                if self.recommendation else None}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_frame(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=["section", "item", "value"])
+
     def _repr_html_(self) -> str:
-        body = "".join(
-            f"<tr><td>{s}</td><th style='text-align:left'>{i}</th><td>{v}</td></tr>" for s, i, v in self.rows
-        )
-        return f"<table><tr><th>section</th><th>item</th><th>value</th></tr>{body}</table>"
+        try:
+            frame = self.to_frame()
+        except ImportError:
+            body = "".join(f"<tr><td>{s}</td><th style='text-align:left'>{i}</th><td>{v}</td></tr>"
+                           for s, i, v in self.rows)
+            return f"<table><tr><th>section</th><th>item</th><th>value</th></tr>{body}</table>"
+        return frame.style.hide(axis="index").set_properties(**{"text-align": "left"}).to_html()
 
 
-def _version(pkg: str) -> str:
-    try:
-        return version(pkg)
-    except PackageNotFoundError:
-        return "not installed"
+def report(facts: Facts) -> Report:
+    """The table `phi3kit doctor` prints, from facts."""
+    r = Report(facts=facts, recommendation=recommend(facts))
+    r.add("system", "OS", facts.os)
+    r.add("system", "Python", sys.version.split()[0])
+    r.add("system", "CPU", facts.cpu)
+    r.add("system", "ISA", f"{', '.join(facts.isa) or 'none of ' + '/'.join(ISA_FLAGS.values())} "
+                           f"(from {facts.isa_source})")
+    r.add("system", "cores", f"{psutil.cpu_count(logical=False)} physical / {psutil.cpu_count()} logical")
+    r.add("system", "RAM", f"{facts.ram_total_gb:.1f} GB total, {facts.ram_available_gb:.1f} GB available")
+    r.add("system", "export cache", f"{facts.cache_dir} ({facts.disk_free_gb:.1f} GB free)")
+    for need in NEEDS:
+        r.add("Phi-3-mini needs (estimates)", need.precision, fit(need, facts))
+    for lib in LIBRARIES:
+        r.add("libraries", lib, _version(lib))
+    if facts.openvino_error:
+        r.add("OpenVINO devices", "-", facts.openvino_error)
+    for d in facts.openvino_devices:
+        extra = [f"{k} {d[k]}" for k in ("driver", "compiler") if k in d]
+        r.add("OpenVINO devices", d["device"], d["name"] + (f" ({', '.join(extra)})" if extra else ""))
+    if not facts.has("NPU"):
+        r.add("OpenVINO devices", "NPU", "not found (no NPU, or no NPU driver)")
+    elif facts.npu_problem:
+        r.add("OpenVINO devices", "NPU problem", facts.npu_problem)
+    r.add("ONNX Runtime GenAI", "package", facts.ort_flavour or "not installed")
+    r.add("ONNX Runtime GenAI", "devices", ", ".join(facts.ort_devices) or "-")
+    r.add("NVIDIA", "GPUs", ", ".join(facts.nvidia_gpus) or "none found (nvidia-smi)")
+    r.add("NPU library (seed route)", "intel-npu-acceleration-library", facts.npu_library)
+    rec = r.recommendation
+    assert rec is not None
+    r.add("recommendation", "route", f"{rec.backend} ({rec.runtime}) on {rec.device}, {rec.precision}")
+    r.add("recommendation", "settings", rec.settings)
+    r.add("recommendation", "why", rec.why)
+    r.add("recommendation", "notebook", f"notebooks/{rec.notebook}")
+    r.add("recommendation", "call", rec.call)
+    for note in rec.notes:
+        r.add("recommendation", "note", note)
+    return r
 
 
 def doctor() -> Report:
-    r = Report()
-    r.add("system", "OS", f"{platform.system()} {platform.release()} ({platform.machine()})")
-    r.add("system", "Python", sys.version.split()[0])
-    r.add("system", "CPU", platform.processor() or platform.machine())
-    r.add("system", "cores", f"{psutil.cpu_count(logical=False)} physical / {psutil.cpu_count()} logical")
-    mem = psutil.virtual_memory()
-    r.add("system", "RAM", f"{mem.total / 2**30:.1f} GiB total, {mem.available / 2**30:.1f} GiB available")
-    for lib in LIBRARIES:
-        r.add("libraries", lib, _version(lib))
-    try:
-        from .devices import openvino_device_info
-
-        for d in openvino_device_info():
-            r.add("OpenVINO devices", d["device"], d["name"] + (f" (driver {d['driver']})" if "driver" in d else ""))
-    except ImportError:
-        r.add("OpenVINO devices", "-", "openvino is not installed")
-    return r
+    """Gather this machine's facts and report them with a recommendation."""
+    return report(gather())

@@ -61,6 +61,28 @@ def coerce(notebook: str | Path, raw: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def merge_streams(outputs: list[Any]) -> list[Any]:
+    """One stdout entry instead of one per streamed chunk, as Jupyter itself saves a cell."""
+    merged: list[Any] = []
+    for o in outputs:
+        if o.output_type == "stream" and merged and merged[-1].output_type == "stream" and merged[-1].name == o.name:
+            merged[-1].text += o.text
+        else:
+            merged.append(o)
+    return merged
+
+
+def tidy(notebook: Path) -> None:
+    """papermill stores every streamed chunk as its own output; handouts would show one per line."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = merge_streams(cell.outputs)
+    nbformat.write(nb, str(notebook))
+
+
 def to_html(notebook: Path, overwrite: bool = False) -> Path:
     """A handout: the executed notebook as one HTML file with its plots embedded."""
     import nbformat
@@ -85,4 +107,5 @@ def run_notebook(notebook: str | Path, output_dir: str | Path, parameters: dict[
     out = free_path(out_dir / notebook.name, overwrite)
     papermill.execute_notebook(str(notebook), str(out), parameters=parameters, cwd=str(notebook.parent),
                                progress_bar=False, execution_timeout=timeout_s, kernel_name="python3")
+    tidy(out)
     return NotebookRun(out, to_html(out, overwrite) if html else None, parameters)

@@ -82,10 +82,16 @@ def test_max_new_tokens_bounds_the_answer_and_cancel_stops_it() -> None:
 @pytest.mark.slow
 def test_prompt_over_the_context_window_is_refused() -> None:
     s = session("pocket", "openvino", "int8")
-    with pytest.raises(kit.ContextWindowError, match="context window of 4096"):
-        s.generate("word " * 4000, max_new_tokens=200)
+    per_word = len(s.encode([{"role": "user", "content": "word " * 101}])) - len(
+        s.encode([{"role": "user", "content": "word " * 100}]))
+    long = "word " * (4000 // per_word)  # about 4000 tokens: fits alone, not with 200 more
+    n = len(s.encode([{"role": "user", "content": long}]))
+    assert 3896 < n < 4096
+    with pytest.raises(kit.ContextWindowError, match=f"prompt \\({n} tokens\\).*context window of 4096.*<= {4096 - n}"):
+        s.generate(long, max_new_tokens=200)
     with pytest.raises(kit.ContextWindowError, match="shorten the prompt"):
-        s.generate("word " * 5000)
+        s.generate(long * 2)
+    assert s.generate(long, max_new_tokens=4096 - n).prompt_ids  # exactly full is allowed
 
 
 def test_missing_device_names_what_is_there() -> None:

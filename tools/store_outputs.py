@@ -1,0 +1,48 @@
+"""Store outputs only for the cells tests check (`# NBVAL_CHECK_OUTPUT`), from a run with the test values.
+
+    python tools/store_outputs.py notebooks/openvino.ipynb
+
+Runs the notebook with conftest's NOTEBOOK_TEST_PARAMETERS through papermill, then writes
+the source notebook back with every other output and execution count cleared.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+import papermill
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from conftest import NOTEBOOK_TEST_PARAMETERS  # noqa: E402
+from phi3kit.runner import merge_streams  # noqa: E402
+
+MARK = "# NBVAL_CHECK_OUTPUT"
+
+
+def store(path: Path) -> None:
+    nb = nbformat.read(str(path), as_version=4)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / path.name
+        papermill.execute_notebook(str(path), str(out), parameters=NOTEBOOK_TEST_PARAMETERS[path.name],
+                                   cwd=str(path.parent), progress_bar=False, kernel_name="python3")
+        ran = {c.id: c for c in nbformat.read(str(out), as_version=4).cells if c.cell_type == "code"}
+    count = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        if MARK in cell.source:
+            count += 1
+            cell.outputs = merge_streams(ran[cell.id].outputs)
+            cell.execution_count = count
+        else:
+            cell.outputs, cell.execution_count = [], None
+    nbformat.write(nb, str(path))
+    print(f"{path}: stored outputs of {count} checked cell(s)")
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        store(Path(arg))
