@@ -1,0 +1,31 @@
+"""The pocket model: a tiny, really trained Phi-3 that ships inside phi3kit.
+
+`model="pocket"` needs no download, so workshops and tests run offline in seconds. It knows
+only the questions in qa.jsonl; it shows that a pipeline works, not what Phi-3 can do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+BANNER = "The pocket model is a tiny teaching model with Phi-3's architecture, not Phi-3's quality."
+
+MODEL_DIR: Path = Path(__file__).resolve().parent / "model"
+QA_FILE: Path = Path(__file__).resolve().parent / "qa.jsonl"
+TRAIN_COMMAND = "python -m phi3kit.pocket.train"
+
+__all__ = ["BANNER", "MODEL_DIR", "QA_FILE", "TRAIN_COMMAND", "load_qa", "path"]
+
+
+def path() -> Path:
+    """The shipped model folder; raises FileNotFoundError with the rebuild command if absent."""
+    if not (MODEL_DIR / "model.safetensors").is_file() or not (MODEL_DIR / "config.json").is_file():
+        raise FileNotFoundError(f"pocket model weights are missing in {MODEL_DIR}; rebuild them with `{TRAIN_COMMAND}`")
+    return MODEL_DIR
+
+
+def load_qa() -> list[dict]:
+    """The training questions and answers, as dicts with keys question and answer."""
+    with QA_FILE.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
