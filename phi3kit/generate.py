@@ -167,9 +167,9 @@ class Session:
 
     @classmethod
     def load(cls, cfg: LoadConfig, log: Log = print) -> Session:
+        source, export = prepare(cfg, log)  # validates choices first: bad input fails in milliseconds
         from transformers import AutoTokenizer
 
-        source, export = prepare(cfg, log)
         with PeakMemory() as mem:
             start = time.perf_counter()
             backend = get(cfg.backend)(export.path, cfg)

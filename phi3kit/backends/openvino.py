@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, ClassVar
@@ -12,7 +13,7 @@ from typing import Any, ClassVar
 from ..cache import Export, ExportCache
 from ..config import GenerationConfig, LoadConfig
 from ..devices import missing_device_message, openvino_devices
-from ..errors import ExportError, MissingDependencyError, UnknownChoiceError
+from ..errors import ContextWindowError, DeviceNotFoundError, ExportError, MissingDependencyError, UnknownChoiceError
 from ..sources import ModelSource
 from .base import Backend, Log, Token, threaded_stream
 
@@ -20,6 +21,172 @@ from .base import Backend, Log, Token, threaded_stream
 INT4_DEFAULTS = {"group_size": 128, "ratio": 0.6}
 FALLBACKS = ("adjust", "ignore", "error")
 _LIBS = ("openvino", "openvino-tokenizers", "optimum-intel", "nncf", "transformers")
+
+# --- The NPU preset ------------------------------------------------------------------------------
+# OpenVINO's "GenAI on NPU" guide: LLMs for the NPU must be exported with symmetric 4-bit weights and
+# ratio 1.0, channel-wise (group size -1: fastest) or group-wise 128 (the guide's advice for models
+# up to ~4-5B parameters, Phi-3-mini included, when accuracy matters more); fp16 also runs.
+NPU_PRECISIONS = ("int4", "fp16")
+NPU_GROUP_SIZES = (-1, 128)
+NPU_INT4 = {"group_size": -1, "ratio": 1.0, "sym": True}
+# The NPU compiles static shapes: the prompt may hold MAX_PROMPT_LEN tokens and the context
+# MAX_PROMPT_LEN + MIN_RESPONSE_LEN (OpenVINO's defaults, made visible here).
+NPU_MAX_PROMPT_LEN = 1024
+NPU_MIN_RESPONSE_LEN = 128
+NPU_GENERATE_HINTS = ("FAST_COMPILE", "BEST_PERF")
+# The NPU driver OpenVINO's guide asks for when LLMs fail on the NPU (Windows 32.0.100.3104).
+# On Windows NPU_DRIVER_VERSION is that last number (intel-npu-acceleration-library compares it to
+# 2408 the same way); Linux drivers report a different encoding, so only Windows is checked.
+MIN_NPU_DRIVER_WINDOWS = 3104
+NPU_DRIVER_URL = {
+    "win32": "https://www.intel.com/content/www/us/en/download/794734/intel-npu-driver-windows.html",
+    "linux": "https://github.com/intel/linux-npu-driver/releases",
+}
+
+
+def is_npu(device: str) -> bool:
+    return device.split(".")[0].split(":")[0].upper() == "NPU"
+
+
+def npu_blob_dir(cache_dir: str | None) -> Path:
+    """Where the NPU's compiled blobs go (CACHE_DIR): beside the exports, so one folder holds both."""
+    return ExportCache(cache_dir).root / "npu-blobs"
+
+
+def npu_preset(cfg: LoadConfig, max_prompt_len: int = NPU_MAX_PROMPT_LEN,
+               min_response_len: int = NPU_MIN_RESPONSE_LEN, generate_hint: str | None = None,
+               blob_cache: bool = True) -> LoadConfig:
+    """`cfg` with the export and pipeline settings OpenVINO documents for LLMs on the NPU.
+
+    The export settings (int4 symmetric, ratio 1.0, channel-wise unless group_size=128 was chosen)
+    apply on every device, so the same export can be tried on CPU. The pipeline options
+    (MAX_PROMPT_LEN, MIN_RESPONSE_LEN, GENERATE_HINT, CACHE_DIR) are NPU-only: the CPU plugin
+    rejects them, so they are added only when `cfg.device` is an NPU. Explicit runtime_config
+    entries win.
+    """
+    if cfg.backend != "openvino":
+        raise UnknownChoiceError("backend for the NPU preset", cfg.backend, ["openvino"],
+                                 hint="The NPU preset configures OpenVINO GenAI.")
+    if cfg.precision not in NPU_PRECISIONS:
+        raise UnknownChoiceError("precision for the NPU preset", cfg.precision, NPU_PRECISIONS,
+                                 hint="The NPU runs LLMs with symmetric 4-bit weights (int4) or fp16.")
+    changes: dict[str, Any] = {}
+    if cfg.precision == "int4":
+        group = NPU_INT4["group_size"] if cfg.group_size is None else cfg.group_size
+        if group not in NPU_GROUP_SIZES:
+            raise UnknownChoiceError("group_size for the NPU", group, [str(g) for g in NPU_GROUP_SIZES],
+                                     hint="-1 = channel-wise (fastest), 128 = group-wise (more accurate).")
+        if cfg.ratio not in (None, 1.0):
+            raise UnknownChoiceError("ratio for the NPU", cfg.ratio, ["1.0"], hint="Every layer must be int4.")
+        if not cfg.sym:
+            raise UnknownChoiceError("sym for the NPU", cfg.sym, ["True"], hint="The NPU needs symmetric int4.")
+        changes.update(group_size=group, ratio=NPU_INT4["ratio"], sym=True)
+    props = dict(cfg.runtime_config)
+    if is_npu(cfg.device):
+        if (cfg.runtime or "genai") != "genai":
+            raise UnknownChoiceError("runtime for the NPU", cfg.runtime, ["genai"],
+                                     hint="LLMs run on the NPU through OpenVINO GenAI's LLMPipeline.")
+        if generate_hint is not None and generate_hint not in NPU_GENERATE_HINTS:
+            raise UnknownChoiceError("GENERATE_HINT", generate_hint, NPU_GENERATE_HINTS)
+        for key, value in (("MAX_PROMPT_LEN", max_prompt_len), ("MIN_RESPONSE_LEN", min_response_len),
+                           ("GENERATE_HINT", generate_hint)):
+            if value is not None:
+                props.setdefault(key, value)
+        if blob_cache:
+            props.setdefault("CACHE_DIR", str(npu_blob_dir(cfg.cache_dir)))
+    return replace(cfg, runtime_config=props, **changes)
+
+
+@dataclass
+class NPUInfo:
+    """What OpenVINO says about the NPU: its name, driver, and the compiler inside the driver."""
+
+    name: str
+    driver_version: int | None
+    compiler_version: str | None  # major.minor
+    errors: list[str]
+
+
+def decode_compiler_version(value: int) -> str:
+    """NPU_COMPILER_VERSION packs major (16 high bits) and minor (16 low bits)."""
+    return f"{value >> 16}.{value & 0xFFFF}"
+
+
+def npu_info(core: Any = None) -> NPUInfo | None:
+    """The NPU's properties, or None when OpenVINO lists no NPU."""
+    if core is None:
+        import openvino as ov
+
+        core = ov.Core()
+    if "NPU" not in core.available_devices:
+        return None
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    for prop in ("FULL_DEVICE_NAME", "NPU_DRIVER_VERSION", "NPU_COMPILER_VERSION"):
+        try:
+            values[prop] = core.get_property("NPU", prop)
+        except RuntimeError as exc:
+            errors.append(f"{prop}: {_last_line(exc)}")
+    compiler = values.get("NPU_COMPILER_VERSION")
+    driver = values.get("NPU_DRIVER_VERSION")
+    return NPUInfo(str(values.get("FULL_DEVICE_NAME", "NPU")), None if driver is None else int(driver),
+                   None if compiler is None else decode_compiler_version(int(compiler)), errors)
+
+
+def npu_driver_problem(info: NPUInfo, platform: str = sys.platform) -> str | None:
+    """Why this NPU's driver cannot run LLMs, with the fix; None when nothing is known to be wrong."""
+    url = NPU_DRIVER_URL.get("win32" if platform == "win32" else "linux", NPU_DRIVER_URL["linux"])
+    if info.compiler_version is None and any("COMPILER" in e for e in info.errors):
+        return (f"OpenVINO sees the NPU ({info.name}) but cannot load its compiler, which ships with the NPU "
+                f"driver ({'; '.join(info.errors)}). Fix: install or update the Intel NPU driver: {url}")
+    if platform == "win32":
+        if info.driver_version is None:
+            return (f"OpenVINO sees the NPU ({info.name}) but cannot read its driver version. "
+                    f"Fix: install or update the Intel NPU driver: {url}")
+        if info.driver_version < MIN_NPU_DRIVER_WINDOWS:
+            return (f"The NPU driver is too old for LLMs: build {info.driver_version}, OpenVINO's NPU guide asks "
+                    f"for 32.0.100.{MIN_NPU_DRIVER_WINDOWS} or newer. Fix: update the Intel NPU driver: {url}")
+    return None
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def npu_compile_failure(exc: BaseException, info: NPUInfo | None, platform: str = sys.platform) -> str:
+    """What to tell a user whose NPU failed to compile the model (the runtime's message is one line of C++)."""
+    seen = f"{info.name}, driver {info.driver_version}, compiler {info.compiler_version}" if info else "none"
+    url = NPU_DRIVER_URL["win32" if platform == "win32" else "linux"]
+    return (f"The NPU could not compile this model ({_last_line(exc)}). NPU seen: {seen}. The usual causes: an NPU "
+            f"driver older than this OpenVINO needs (update it: {url}), or an export without the NPU preset "
+            "(int4 needs sym=True, ratio=1.0, group_size -1 or 128: use npu_preset()).")
+
+
+class NPUDriverError(DeviceNotFoundError):
+    """The NPU is there, but its driver (or the compiler inside it) cannot run this model."""
+
+
+def check_npu_context(n_prompt: int, max_new_tokens: int, props: dict[str, Any]) -> None:
+    """The NPU compiles fixed shapes: refuse what would not fit, naming the option to raise."""
+    max_prompt = int(props.get("MAX_PROMPT_LEN", NPU_MAX_PROMPT_LEN))
+    total = max_prompt + int(props.get("MIN_RESPONSE_LEN", NPU_MIN_RESPONSE_LEN))
+    if n_prompt > max_prompt:
+        raise ContextWindowError(
+            f"The prompt is {n_prompt} tokens; the NPU pipeline was compiled for prompts up to "
+            f"MAX_PROMPT_LEN={max_prompt}. Fix: shorten the prompt, or load with a larger max_prompt_len "
+            f"(npu_preset(..., max_prompt_len={_round_up(n_prompt)}); compiling takes longer)."
+        )
+    if n_prompt + max_new_tokens > total:
+        raise ContextWindowError(
+            f"The prompt ({n_prompt} tokens) plus max_new_tokens={max_new_tokens} exceed the NPU pipeline's "
+            f"context of MAX_PROMPT_LEN + MIN_RESPONSE_LEN = {total} tokens. Fix: set max_new_tokens <= "
+            f"{total - n_prompt}, or load with a larger min_response_len."
+        )
+
+
+def _round_up(n: int, step: int = 256) -> int:
+    return -(-n // step) * step
 
 
 def int4_dims(config: dict[str, Any]) -> dict[str, int]:
@@ -59,6 +226,7 @@ class OpenVINOBackend(Backend):
     runtimes: ClassVar[tuple[str, ...]] = ("genai", "optimum")
     precisions: ClassVar[tuple[str, ...]] = ("int4", "int8", "fp16", "fp32")
     requirements = "openvino.txt"
+    npu_preset = staticmethod(npu_preset)  # kit.backends.get("openvino").npu_preset(cfg) in notebooks
 
     @classmethod
     def devices(cls, runtime: str) -> list[str]:
@@ -69,7 +237,16 @@ class OpenVINOBackend(Backend):
 
     @classmethod
     def device_help(cls, device: str, available: list[str]) -> str:
-        return missing_device_message(device, available, cls.name)
+        return missing_device_message(device, available, cls.name) + " `phi3kit doctor` shows what this machine has."
+
+    @classmethod
+    def check(cls, cfg: LoadConfig) -> None:
+        super().check(cfg)
+        if is_npu(cfg.device):  # before the export: an old driver fails only when the model compiles
+            info = npu_info()
+            problem = npu_driver_problem(info) if info else None
+            if problem:
+                raise NPUDriverError(problem)
 
     @classmethod
     def export(cls, source: ModelSource, cfg: LoadConfig, cache: ExportCache, log: Log = print) -> Export:
@@ -115,10 +292,16 @@ class OpenVINOBackend(Backend):
             props.setdefault("INFERENCE_PRECISION_HINT", "f32")
             props.setdefault("KV_CACHE_PRECISION", "f32")
         self.props = props
+        self.npu = is_npu(cfg.device)
         if self.runtime == "genai":
             import openvino_genai
 
-            self.pipe = openvino_genai.LLMPipeline(str(model_dir), cfg.device, **props)
+            try:
+                self.pipe = openvino_genai.LLMPipeline(str(model_dir), cfg.device, **props)
+            except RuntimeError as exc:
+                if not self.npu:
+                    raise
+                raise NPUDriverError(npu_compile_failure(exc, npu_info())) from exc
         else:
             from optimum.intel import OVModelForCausalLM
 
@@ -134,6 +317,8 @@ class OpenVINOBackend(Backend):
         return self._genai_stream(prompt_ids, gen, stop_ids)
 
     def _genai_stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int]) -> Iterator[Token]:
+        if self.npu:
+            check_npu_context(len(prompt_ids), gen.max_new_tokens, self.props)
         import numpy as np
         import openvino as ov
         import openvino_genai

@@ -1,0 +1,209 @@
+"""`phi3kit doctor`: parsing canned machine facts, the recommendation table, and the real report here."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from phi3kit.backends.openvino import decode_compiler_version, npu_driver_problem, npu_info
+from phi3kit.cli import main
+from phi3kit.doctor import (
+    NEEDS,
+    Facts,
+    Recommendation,
+    capabilities_isa,
+    fit,
+    gather,
+    isa_features,
+    parse_cpuinfo,
+    recommend,
+    report,
+)
+
+# First-processor excerpts of /proc/cpuinfo (flags shortened to the interesting ones plus neighbours).
+METEOR_LAKE = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Core(TM) Ultra 7 155H
+flags\t\t: fpu vme sse4_2 avx f16c avx2 fma bmi2 avx_vnni sha_ni
+bugs\t\t: spectre_v1
+
+processor\t: 1
+model name\t: Intel(R) Core(TM) Ultra 7 155H
+flags\t\t: fpu
+"""
+SAPPHIRE_RAPIDS = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: avx2 avx512f avx512bw avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8 avx_vnni
+"""
+OLD_PC = "processor\t: 0\nmodel name\t: Intel(R) Core(TM) i5-3470 CPU @ 3.20GHz\nflags\t\t: sse4_2 avx\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "model", "isa"),
+    [
+        (METEOR_LAKE, "Intel(R) Core(TM) Ultra 7 155H", ["AVX2", "AVX-VNNI"]),
+        (SAPPHIRE_RAPIDS, "Intel(R) Xeon(R) Platinum 8480+",
+         ["AVX2", "AVX-VNNI", "AVX-512", "AVX-512 VNNI", "AVX-512 BF16", "AMX", "AMX-INT8", "AMX-BF16"]),
+        (OLD_PC, "Intel(R) Core(TM) i5-3470 CPU @ 3.20GHz", []),
+        ("", "", []),
+    ],
+)
+def test_cpuinfo_parsing(text: str, model: str, isa: list[str]) -> None:
+    name, flags = parse_cpuinfo(text)
+    assert name == model
+    assert isa_features(flags) == isa
+    if text == METEOR_LAKE:
+        assert "fpu" in flags and "spectre_v1" not in flags  # the first processor's flags line only
+
+
+def test_openvino_capabilities_stand_in_for_flags_elsewhere() -> None:
+    assert capabilities_isa(["FP32", "INT8", "BIN", "EXPORT_IMPORT"]) == ["INT8"]
+    assert capabilities_isa(["FP32", "BF16", "FP16", "INT8"])[0].startswith("BF16")
+
+
+class CannedCore:
+    """OpenVINO's Core as an NPU laptop answers it: device list and properties, from a real report."""
+
+    def __init__(self, devices: list[str], props: dict[str, object]) -> None:
+        self.available_devices, self.props = devices, props
+
+    def get_property(self, device: str, name: str) -> object:
+        value = self.props.get(name)
+        if isinstance(value, Exception):
+            raise value
+        if value is None:
+            raise RuntimeError(f"Exception from src/inference/src/cpp/core.cpp:268:\nUnsupported property {name}\n")
+        return value
+
+
+# Values an Intel AI Boost NPU reported on Linux (openvino hello_query_device output).
+LINUX_NPU = {"FULL_DEVICE_NAME": "Intel(R) AI Boost", "NPU_DRIVER_VERSION": 1738334590,
+             "NPU_COMPILER_VERSION": 393219}
+
+
+def test_npu_properties_are_decoded() -> None:
+    info = npu_info(CannedCore(["CPU", "GPU", "NPU"], LINUX_NPU))
+    assert info is not None
+    assert (info.name, info.driver_version, info.compiler_version) == ("Intel(R) AI Boost", 1738334590, "6.3")
+    assert decode_compiler_version(393219) == "6.3" and info.errors == []
+    assert npu_driver_problem(info, "linux") is None
+    assert npu_info(CannedCore(["CPU"], LINUX_NPU)) is None  # no NPU listed: nothing to report
+
+
+def test_npu_without_its_compiler_is_a_driver_problem() -> None:
+    vcl = RuntimeError("Exception from plugin_compiler_adapter.cpp:54:\nVCL compiler loading failed, aborting.\n")
+    info = npu_info(CannedCore(["CPU", "NPU"], {**LINUX_NPU, "NPU_COMPILER_VERSION": vcl}))
+    assert info is not None and info.compiler_version is None
+    problem = npu_driver_problem(info, "linux")
+    assert problem and "VCL compiler loading failed" in problem and "linux-npu-driver" in problem
+
+
+@pytest.mark.parametrize(
+    ("platform", "driver", "too_old"),
+    [("win32", 2408, True), ("win32", 3103, True), ("win32", 3104, False), ("win32", 4512, False),
+     ("linux", 1738334590, False), ("linux", 100, False)],  # Linux numbers are another encoding: not judged
+)
+def test_windows_npu_driver_minimum(platform: str, driver: int, too_old: bool) -> None:
+    info = npu_info(CannedCore(["NPU"], {**LINUX_NPU, "NPU_DRIVER_VERSION": driver}))
+    assert info is not None
+    problem = npu_driver_problem(info, platform)
+    assert (problem is not None) == too_old
+    if too_old:
+        assert problem and f"build {driver}" in problem and "32.0.100.3104" in problem and "intel.com" in problem
+
+
+def facts(**kw: object) -> Facts:
+    base = dict(os="Windows 11", cpu="Intel(R) Core(TM) Ultra 7 155H", isa=["AVX2", "AVX-VNNI"],
+                isa_source="canned", ram_total_gb=32.0, ram_available_gb=20.0, cache_dir="C:/cache",
+                disk_free_gb=200.0, openvino_devices=[{"device": "CPU", "name": "Intel(R) Core(TM) Ultra 7 155H"}],
+                ort_flavour="onnxruntime-genai 0.18.0", ort_devices=["CPU"], ort_backend="ortgenai")
+    base.update(kw)
+    return Facts(**base)  # type: ignore[arg-type]
+
+
+CPU = {"device": "CPU", "name": "Intel(R) Core(TM) Ultra 7 155H"}
+GPU = {"device": "GPU", "name": "Intel(R) Arc(TM) Graphics (iGPU)", "driver": "32.0.101.6078"}
+NPU = {"device": "NPU", "name": "Intel(R) AI Boost", "driver": "4512", "compiler": "7.1"}
+
+
+@pytest.mark.parametrize(
+    ("kw", "expected"),
+    [
+        ({"openvino_devices": [CPU, GPU, NPU]}, ("openvino", "NPU", "int4", "npu.ipynb")),
+        ({"openvino_devices": [CPU, GPU]}, ("openvino", "GPU", "int4", "openvino.ipynb")),
+        ({"openvino_devices": [CPU, {**GPU, "device": "GPU.0"}]}, ("openvino", "GPU", "int4", "openvino.ipynb")),
+        ({"nvidia_gpus": ["GPU 0: NVIDIA GeForce RTX 4060 Laptop GPU"]},
+         ("ortgenai", "CUDA", "int4", "directml.ipynb")),
+        ({"ort_devices": ["CPU", "CUDA"], "ort_flavour": "onnxruntime-genai-cuda 0.18.0"},
+         ("ortgenai", "CUDA", "int4", "directml.ipynb")),
+        ({}, ("openvino", "CPU", "int4", "openvino.ipynb")),
+        # An NPU the driver cannot drive yet is not recommended: the next best device is, with the fix.
+        ({"openvino_devices": [CPU, GPU, NPU], "npu_problem": "The NPU driver is too old"},
+         ("openvino", "GPU", "int4", "openvino.ipynb")),
+        ({"openvino_devices": [CPU, NPU], "npu_problem": "The NPU driver is too old"},
+         ("openvino", "CPU", "int4", "openvino.ipynb")),
+    ],
+)
+def test_recommendation_table(kw: dict[str, object], expected: tuple[str, str, str, str]) -> None:
+    rec = recommend(facts(**kw))
+    assert (rec.backend, rec.device, rec.precision, rec.notebook) == expected
+    if rec.device == "NPU":
+        assert "channel-wise (group size -1), ratio 1.0" in rec.settings and "npu_preset" in rec.call
+    if kw.get("npu_problem"):
+        assert any("driver is too old" in n for n in rec.notes)
+    if rec.device == "CUDA" and "cuda" not in str(kw.get("ort_flavour", "")):
+        assert any("onnxruntime-genai-cuda" in n for n in rec.notes)
+
+
+def test_small_laptops_are_warned_about_the_export() -> None:
+    rec = recommend(facts(ram_total_gb=8.0, ram_available_gb=5.0))
+    assert rec.device == "CPU" and any("11.3 GB" in n for n in rec.notes)
+    assert recommend(facts()).notes == []
+
+
+def test_needs_are_judged_against_ram_and_disk() -> None:
+    seed = NEEDS[0]
+    assert seed.basis == "measured" and seed.export_peak_ram_gb == pytest.approx(11.25, abs=0.1)
+    assert all(n.basis == "estimate" for n in NEEDS[1:])
+    assert fit(seed, facts()).endswith("fits, disk ok")
+    assert "too little RAM" in fit(seed, facts(ram_total_gb=8.0))
+    assert "tight" in fit(seed, facts(ram_available_gb=6.0))
+    assert "too little disk" in fit(seed, facts(disk_free_gb=5.0))
+
+
+def test_report_renders_as_text_json_and_a_dataframe() -> None:
+    r = report(facts(openvino_devices=[CPU, GPU, NPU]))
+    text = str(r)
+    assert "Intel(R) AI Boost (driver 4512, compiler 7.1)" in text and "Phi-3-mini needs (estimates)" in text
+    assert r.get("notebook") == "notebooks/npu.ipynb" and repr(r) == text
+    data = json.loads(r.to_json())
+    assert data["recommendation"]["device"] == "NPU" and "npu_preset" in data["recommendation"]["call"]
+    assert data["facts"]["isa"] == ["AVX2", "AVX-VNNI"] and len(data["rows"]) == len(r.rows)
+    frame = r.to_frame()
+    assert list(frame.columns) == ["section", "item", "value"] and len(frame) == len(r.rows)
+    html = r._repr_html_()
+    assert "<table" in html and "Intel(R) AI Boost" in html and "recommendation" in html
+
+
+def test_this_machine() -> None:
+    """The real facts here: a CPU-only Linux box without an NPU or the NPU library."""
+    f = gather()
+    assert f.has("CPU") and not f.has("NPU") and f.ram_total_gb > 1 and f.disk_free_gb > 0
+    assert f.cpu and f.isa_source
+    if sys.platform.startswith("linux"):
+        assert f.isa_source == "/proc/cpuinfo" and "AVX2" in f.isa
+    assert "not importable" in f.npu_library or "importable" in f.npu_library
+    rec = recommend(f)
+    assert isinstance(rec, Recommendation) and rec.device in ("CPU", "GPU", "NPU", "CUDA")
+    if not f.has("GPU") and not f.nvidia_gpus:
+        assert (rec.backend, rec.device) == ("openvino", "CPU")
+
+
+def test_cli_doctor_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"rows", "facts", "recommendation"} <= set(data)
+    assert any(row["section"] == "OpenVINO devices" and row["item"] == "CPU" for row in data["rows"])
+    assert data["recommendation"]["backend"] in ("openvino", "ortgenai")

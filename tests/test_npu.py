@@ -1,0 +1,247 @@
+"""The NPU routes: OpenVINO GenAI's NPU preset (run on the CPU here) and the seed's archived library.
+
+This machine has no NPU: the preset's export and answers run for real on the CPU, the NPU-only
+pipeline options and error paths are checked where they act, and the library's adapter runs only
+where the library imports (Windows, in its own environment); elsewhere it is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import phi3kit as kit
+from phi3kit import pocket
+from phi3kit.backends import npu_library
+from phi3kit.backends.npu_library import (
+    NPULibraryBackend,
+    NPULibraryLimitError,
+    NPULibraryUnavailableError,
+    import_library,
+    second_model_problem,
+    unavailable_message,
+)
+from phi3kit.backends.openvino import (
+    NPUDriverError,
+    OpenVINOBackend,
+    check_npu_context,
+    export_command,
+    npu_blob_dir,
+    npu_compile_failure,
+    npu_preset,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+_sessions: dict[tuple[str, ...], kit.Session] = {}
+
+
+def preset_session(precision: str = "int4", **options: object) -> kit.Session:
+    """The pocket model through the NPU preset, on the CPU (explicitly: there is no NPU here)."""
+    key = (precision, *map(str, sorted(options.items())))
+    if key not in _sessions:
+        cfg = npu_preset(kit.LoadConfig(model="pocket", precision=precision, device="CPU", **options))  # type: ignore[arg-type]
+        _sessions[key] = kit.Session.load(cfg, log=lambda m: None)
+    return _sessions[key]
+
+
+# --- route 1: the NPU preset ---------------------------------------------------------------------
+def test_preset_export_settings_are_the_npu_guides() -> None:
+    cfg = npu_preset(kit.LoadConfig(model="pocket", precision="int4", device="CPU"))
+    assert (cfg.group_size, cfg.ratio, cfg.sym) == (-1, 1.0, True)
+    assert cfg.runtime_config == {}  # the CPU plugin rejects NPU options: none are passed to it
+    cmd = export_command(Path("src"), Path("out"), cfg, {"hidden_size": 256, "intermediate_size": 512}, print)
+    assert cmd[cmd.index("--group-size") + 1] == "-1" and cmd[cmd.index("--ratio") + 1] == "1.0" and "--sym" in cmd
+    assert npu_preset(kit.LoadConfig(precision="int4", group_size=128)).group_size == 128  # group-wise is allowed
+    fp16 = npu_preset(kit.LoadConfig(precision="fp16", device="CPU"))
+    assert (fp16.group_size, fp16.ratio) == (None, None)
+
+
+def test_preset_pipeline_options_on_the_npu(tmp_path: Path) -> None:
+    cfg = npu_preset(kit.LoadConfig(precision="int4", device="NPU", cache_dir=str(tmp_path),
+                                    runtime_config={"MIN_RESPONSE_LEN": 512}),
+                     max_prompt_len=2048, generate_hint="BEST_PERF")
+    assert cfg.runtime_config == {"MIN_RESPONSE_LEN": 512, "MAX_PROMPT_LEN": 2048, "GENERATE_HINT": "BEST_PERF",
+                                  "CACHE_DIR": str(tmp_path.resolve() / "npu-blobs")}  # explicit entries win
+    assert npu_blob_dir(str(tmp_path)) == tmp_path.resolve() / "npu-blobs"
+    assert "CACHE_DIR" not in npu_preset(kit.LoadConfig(device="NPU"), blob_cache=False).runtime_config
+    assert kit.backends.get("openvino").npu_preset is npu_preset  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("options", "preset", "what"),
+    [
+        ({"precision": "int8"}, {}, "precision for the NPU preset"),
+        ({"group_size": 64}, {}, "group_size for the NPU"),
+        ({"ratio": 0.6}, {}, "ratio for the NPU"),
+        ({"sym": False}, {}, "sym for the NPU"),
+        ({"backend": "transformers"}, {}, "backend for the NPU preset"),
+        ({"device": "NPU", "runtime": "optimum"}, {}, "runtime for the NPU"),
+        ({"device": "NPU"}, {"generate_hint": "FASTEST"}, "GENERATE_HINT"),
+    ],
+)
+def test_preset_refuses_what_the_npu_cannot_run(options: dict[str, object], preset: dict[str, str], what: str) -> None:
+    with pytest.raises(kit.UnknownChoiceError, match=f"Unknown {what}.*Valid choices"):
+        npu_preset(kit.LoadConfig(**options), **preset)  # type: ignore[arg-type]
+
+
+def test_npu_context_is_checked_before_generating() -> None:
+    check_npu_context(1000, 100, {})  # 1000 <= 1024, 1100 <= 1024 + 128
+    with pytest.raises(kit.ContextWindowError, match="MAX_PROMPT_LEN=1024.*max_prompt_len=1280"):
+        check_npu_context(1100, 10, {})
+    with pytest.raises(kit.ContextWindowError, match="1152 tokens.*max_new_tokens <= 152"):
+        check_npu_context(1000, 200, {})
+    check_npu_context(1000, 600, {"MIN_RESPONSE_LEN": 600})
+
+
+def test_missing_npu_fails_before_the_export_and_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(kit.DeviceNotFoundError) as err:
+        kit.load("pocket", "openvino", "int4", device="NPU", cache_dir=str(tmp_path / "cache"))
+    msg = str(err.value)
+    assert not (tmp_path / "cache").exists()  # refused before any export
+    assert "'NPU' is not available" in msg and "NPU driver" in msg
+    assert "device='CPU' explicitly" in msg and "phi3kit doctor" in msg
+
+
+@pytest.mark.slow
+def test_npu_pipeline_failure_is_explained() -> None:
+    """Past the device check, the real LLMPipeline on 'NPU' fails here; the kit says why and what to do."""
+    export = preset_session().export.path
+    cfg = npu_preset(kit.LoadConfig(model="pocket", precision="int4", device="NPU"))
+    with pytest.raises(NPUDriverError) as err:
+        OpenVINOBackend(export, cfg)
+    msg = str(err.value)
+    assert "could not compile" in msg and "NPU seen: none" in msg and "npu_preset()" in msg
+    assert isinstance(err.value, kit.DeviceNotFoundError) and err.value.__cause__ is not None
+
+
+def test_compile_failure_message_names_the_driver_seen() -> None:
+    from phi3kit.backends.openvino import NPUInfo
+
+    msg = npu_compile_failure(RuntimeError("a\nZE_RESULT_ERROR_UNSUPPORTED_FEATURE\n"),
+                              NPUInfo("Intel(R) AI Boost", 2408, "5.4", []), platform="win32")
+    assert "(ZE_RESULT_ERROR_UNSUPPORTED_FEATURE)" in msg and "driver 2408, compiler 5.4" in msg
+    assert "intel-npu-driver-windows" in msg
+
+
+@pytest.mark.slow
+def test_preset_export_is_channel_wise_int4() -> None:
+    import openvino as ov
+
+    model = ov.Core().read_model(preset_session().export.path / "openvino_model.xml")
+    weights = {op.get_friendly_name(): (op.get_output_element_type(0).get_type_name(), list(op.get_output_shape(0)))
+               for op in model.get_ordered_ops()
+               if op.get_type_name() == "Constant" and op.get_friendly_name().endswith(".weight")
+               and len(op.get_output_shape(0)) >= 2}
+    layers = {k: v for k, v in weights.items() if ".layers." in k}
+    assert len(layers) == 8  # 2 layers x (qkv, o, gate_up, down)
+    assert all(t == "i4" and len(shape) == 2 for t, shape in layers.values()), layers  # ratio 1.0, one scale/row
+    # NNCF keeps the embedding and the LM head in int8 unless all_layers is set; OpenVINO's NPU guide accepts that.
+    assert {t for k, (t, _) in weights.items() if ".layers." not in k} == {"u8"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["int4", "fp16"])
+def test_pocket_answers_its_questions_through_the_preset(precision: str) -> None:
+    """Channel-wise int4 at ratio 1.0 does not degrade the pocket model: every answer is exact."""
+    s = preset_session(precision)
+    assert "MAX_PROMPT_LEN" not in s.backend.props  # type: ignore[attr-defined]
+    wrong = []
+    for qa in pocket.load_qa():
+        r = s.generate(qa["question"], max_new_tokens=160)
+        if r.text != qa["answer"] or r.metrics.finish_reason != "stop":
+            wrong.append((qa["question"], r.text))
+    assert wrong == []
+    m = r.metrics
+    assert m.new_tokens > 5 and m.ttft_s > 0 and m.tokens_per_s > 0
+
+
+# --- route 2: the seed's intel-npu-acceleration-library ----------------------------------------------
+def test_library_route_is_refused_with_the_reason_where_it_does_not_import() -> None:
+    try:
+        import_library()
+    except NPULibraryUnavailableError:
+        pass
+    else:
+        pytest.skip("intel-npu-acceleration-library imports here: the real-library tests below cover it")
+    with pytest.raises(kit.MissingDependencyError) as err:
+        kit.load("pocket", "npu-library", "int4", device="NPU")
+    msg = str(err.value)
+    assert "archived" in msg and "route='openvino-genai'" in msg
+    assert err.value.package == "intel-npu-acceleration-library"
+    if sys.platform != "win32":
+        assert "win_amd64" in msg and "Ubuntu-only" in msg
+    else:
+        assert "numpy<2" in msg and "npu.txt" in msg
+
+
+@pytest.mark.parametrize(
+    ("platform", "cause", "expected", "absent"),
+    [
+        ("linux", None, ["does not install on Linux", "Ubuntu-only OpenVINO archive", "OpenVINO GenAI"], ["numpy"]),
+        ("darwin", None, ["does not install on macOS", "win_amd64"], []),
+        ("win32", ModuleNotFoundError("No module named 'intel_npu_acceleration_library'",
+                                      name="intel_npu_acceleration_library"),
+         ["environment of its own", "numpy<2", r"requirements\npu.txt", "end of life"], ["Import failed"]),
+        ("win32", ModuleNotFoundError("No module named 'neural_compressor.adaptor'", name="neural_compressor.adaptor"),
+         ["Import failed with", "neural_compressor.adaptor", "neural-compressor==3.1.1"], []),
+    ],
+)
+def test_library_unavailable_messages(platform: str, cause: BaseException | None, expected: list[str],
+                                      absent: list[str]) -> None:
+    msg = unavailable_message(platform, cause)
+    for text in expected:
+        assert text in msg
+    for text in absent:
+        assert text not in msg
+
+
+def test_second_quantized_model_is_refused_not_crashed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert second_model_problem("int4", []) is None
+    assert second_model_problem("fp16", [("a", "int4")]) is None
+    assert second_model_problem("int4", [("a", "fp16")]) is None
+    problem = second_model_problem("int8", [("/models/phi3", "int4")])
+    assert problem and "phi3 (int4)" in problem and "Restart" in problem and "fp16" in problem
+    # The guard runs before the library is touched, so it holds even where the library is missing.
+    monkeypatch.setattr(npu_library, "LOADED", [("/models/phi3", "int4")])
+    with pytest.raises(NPULibraryLimitError, match="aborts it"):
+        NPULibraryBackend(tmp_path, kit.LoadConfig(backend="npu-library", precision="int4", device="NPU"))
+
+
+def test_npu_requirements_are_windows_only_and_pinned() -> None:
+    lines = [line.strip() for line in (ROOT / "requirements" / "npu.txt").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines[0] == "-r base.txt"
+    pins = {line.split(";")[0].strip() for line in lines[1:]}
+    assert pins == {"intel-npu-acceleration-library==1.4.0", "neural-compressor==3.1.1", "numpy<2",
+                    "setuptools<81", "six"}
+    assert all('sys_platform == "win32"' in line for line in lines[1:])
+    assert "openvino" not in " ".join(lines)  # the library bundles its own OpenVINO
+
+
+def _library_or_skip() -> None:
+    try:
+        import_library()
+    except NPULibraryUnavailableError as exc:
+        pytest.skip(f"intel-npu-acceleration-library does not import here: {str(exc)[:160]}...")
+
+
+@pytest.mark.slow
+def test_library_adapter_streams_the_pocket_answer() -> None:
+    _library_or_skip()
+    device = NPULibraryBackend.devices("npu-library")[0]  # NPU, or the library's own CPU fallback, named
+    s = kit.load("pocket", "npu-library", "fp16", device=device)
+    qa = pocket.load_qa()[0]
+    r = s.generate(qa["question"], max_new_tokens=96)
+    assert "".join(r) == r.text and r.text.split()[:3] == qa["answer"].split()[:3]
+    assert r.metrics.new_tokens > 3 and r.metrics.tokens_per_s > 0
+
+
+@pytest.mark.slow
+def test_library_second_int4_model_is_refused_for_real() -> None:
+    _library_or_skip()
+    device = NPULibraryBackend.devices("npu-library")[0]
+    kit.load("pocket", "npu-library", "int4", device=device)
+    with pytest.raises(NPULibraryLimitError):
+        kit.load("pocket", "npu-library", "int8", device=device)
