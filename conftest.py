@@ -24,6 +24,8 @@ NOTEBOOKS = ROOT / "notebooks"
 # The values each notebook runs with under test: the pocket model, short answers.
 NOTEBOOK_TEST_PARAMETERS: dict[str, dict[str, object]] = {
     "openvino.ipynb": {"model": "pocket", "precision": "int8", "max_new_tokens": 64},
+    "directml.ipynb": {"model": "pocket", "precision": "int8", "device": "CPU", "max_new_tokens": 64},
+    "npu.ipynb": {"model": "pocket", "device": "CPU", "precision": "int4", "max_new_tokens": 64},
 }
 
 

@@ -17,6 +17,11 @@ class LoadConfig:
     `group_size`, `ratio` and `sym` shape int4 weights (None: the backend's default,
     the seed's 128 / 0.6 / symmetric for OpenVINO). `runtime_config` is passed to the
     runtime as-is (OpenVINO properties such as INFERENCE_PRECISION_HINT).
+    `build_target` is what ONNX Runtime GenAI's builder targets (cpu | dml | cuda; None: the device's
+    provider), kept apart from `device` so a DirectML build can be checked on any CPU.
+    `fallback_to_cpu` lets ortgenai run on the CPU when its device is missing (logged, never silent).
+    `accuracy_level` is ortgenai's int4/int8 matmul compute type (1 = fp32 activations, matches PyTorch;
+    4 = int8 activations, much faster on CPU; None: the builder's default, 4 on CPU).
     """
 
     model: str = DEFAULT_MODEL
@@ -32,6 +37,9 @@ class LoadConfig:
     group_size_fallback: str = "adjust"
     trust_remote_code: bool = False
     runtime_config: dict[str, Any] = field(default_factory=dict)
+    build_target: str | None = None
+    fallback_to_cpu: bool = False
+    accuracy_level: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,7 +47,12 @@ class LoadConfig:
 
 @dataclass
 class GenerationConfig:
-    """How to decode. Greedy by default so runs are reproducible."""
+    """How to decode. Greedy by default so runs are reproducible.
+
+    `ignore_eos` keeps generating through end-of-turn tokens up to `max_new_tokens`: benchmarks
+    need a fixed number of new tokens per run (as llm_bench and benchmark_e2e do), or a faster
+    route that happens to stop early would look better than it is.
+    """
 
     max_new_tokens: int = 128
     do_sample: bool = False
@@ -47,6 +60,7 @@ class GenerationConfig:
     top_p: float = 1.0
     top_k: int = 50
     seed: int | None = None
+    ignore_eos: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) \

@@ -16,7 +16,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 SHARED = {"model", "precision", "device", "max_new_tokens", "prompt", "system", "do_sample", "cache_dir"}
 
 
-@pytest.mark.parametrize("name", ["openvino.ipynb", "npu.ipynb"])
+@pytest.mark.parametrize("name", ["openvino.ipynb", "npu.ipynb", "directml.ipynb"])
 def test_parameters_are_typed_and_documented(name: str) -> None:
     params = notebook_parameters(NOTEBOOKS / name)
     assert SHARED <= set(params)

@@ -10,6 +10,8 @@ from .base import Backend
 REGISTRY: dict[str, str] = {
     "transformers": "phi3kit.backends.transformers:TransformersBackend",
     "openvino": "phi3kit.backends.openvino:OpenVINOBackend",
+    "ortgenai": "phi3kit.backends.ortgenai:OrtGenAIBackend",
+    "npu-library": "phi3kit.backends.npu_library:NPULibraryBackend",
 }
 
 

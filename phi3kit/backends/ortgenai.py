@@ -1,0 +1,405 @@
+"""ONNX Runtime GenAI: the model builder exports the model; the GenAI loop runs it on CPU, DirectML or CUDA.
+
+The build target (`-e cpu|dml|cuda` of the builder) and the device that runs the model are two
+choices: a model built for DirectML stores `dml` in its genai_config.json, but clearing the
+providers runs it on the CPU, which is how Linux CI exercises the DirectML build end to end.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..cache import Export, ExportCache
+from ..config import GenerationConfig, LoadConfig
+from ..errors import DeviceNotFoundError, ExportError, MissingDependencyError, UnknownChoiceError
+from ..sources import ModelSource
+from .base import Backend, Log, Token, threaded_stream
+
+# Device (as users spell it, like the other backends) -> ONNX Runtime GenAI provider name.
+PROVIDERS = {"CPU": "cpu", "DML": "dml", "CUDA": "cuda"}
+TARGETS = tuple(PROVIDERS.values())  # what the builder's -e accepts among those the kit supports
+BLOCK_SIZES = (16, 32, 64, 128, 256)  # the builder's MatMulNBits block sizes (int4 and int8)
+DEFAULT_BLOCK_SIZE = 32
+# MatMulNBits compute type. On a 104M-parameter model here, int8 weights decode at 1.5 tokens/s with
+# level 1 and 43.5 with level 4 (int8 activations), which is why the builder defaults to 4 on CPU.
+ACCURACY_LEVELS = {1: "fp32", 2: "fp16", 3: "bf16", 4: "int8 activations"}
+# The three pip distributions that all ship the `onnxruntime_genai` module (never install two).
+DISTRIBUTIONS = ("onnxruntime-genai", "onnxruntime-genai-directml", "onnxruntime-genai-cuda")
+INSTALL = {
+    "dml": ("onnxruntime-genai-directml", "directml.txt",
+            "DirectML needs Windows 10/11 and a DirectX 12 GPU; the wheel exists for win_amd64 only"),
+    "cuda": ("onnxruntime-genai-cuda", "cuda.txt", "CUDA needs an NVIDIA GPU, its driver and the CUDA 12 runtime"),
+}
+# Builder output that is one line per weight or per progress tick: kept for error reports, not logged.
+_NOISE = re.compile(r"matmul_nbits_quantizer \[INFO\] - (skip to|start to|complete)|^Saving .*it/s\]|^\s*\d+it \[|"
+                    r"^Loading weights:")
+
+
+def genai_distribution() -> tuple[str, str] | None:
+    """(distribution, version) of the installed onnxruntime-genai flavour, or None."""
+    for dist in DISTRIBUTIONS:
+        try:
+            return dist, version(dist)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def normalize_device(device: str) -> str:
+    """'dml', 'Dml' and 'DML' all mean DirectML; raise with the valid spellings otherwise."""
+    if isinstance(device, str) and device.upper() in PROVIDERS:
+        return device.upper()
+    raise UnknownChoiceError("device for backend 'ortgenai'", device, PROVIDERS,
+                             hint="(lower case works too: 'cpu', 'dml', 'cuda'.)")
+
+
+def build_target(cfg: LoadConfig) -> str:
+    """The builder's -e: `cfg.build_target`, or the provider of `cfg.device` when unset."""
+    target = cfg.build_target if cfg.build_target is not None else PROVIDERS[normalize_device(cfg.device)]
+    if not isinstance(target, str) or target.lower() not in TARGETS:
+        raise UnknownChoiceError("build_target", target, TARGETS)
+    return target.lower()
+
+
+@dataclass(frozen=True)
+class BuilderDialect:
+    """How the installed model builder spells its options: they were renamed between releases."""
+
+    precisions: tuple[str, ...]
+    block_size: str  # 0.13: int4_block_size; 0.18: block_size (0.18 silently ignores the old name)
+    accuracy_level: str  # 0.13: int4_accuracy_level; 0.18: accuracy_level
+
+
+def parse_builder(source: str) -> BuilderDialect:
+    """Read the option names and precisions from the builder's own source (importing it takes seconds)."""
+    legacy = "int4_block_size =" in source  # documented in 0.13's --extra_options help
+    found = re.search(r'"--precision".*?choices=\[([^\]]*)\]', source, re.S)
+    precisions = tuple(re.findall(r'"(\w+)"', found.group(1))) if found else ("int4", "int8", "fp16", "fp32")
+    return BuilderDialect(precisions, *(("int4_block_size", "int4_accuracy_level") if legacy
+                                        else ("block_size", "accuracy_level")))
+
+
+@cache
+def builder_dialect() -> BuilderDialect:
+    spec = importlib.util.find_spec("onnxruntime_genai")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    builder = Path(locations[0]) / "models" / "builder.py" if locations else None
+    if builder is None or not builder.is_file():
+        return parse_builder("")
+    return parse_builder(builder.read_text(encoding="utf-8"))
+
+
+def block_size(cfg: LoadConfig) -> int | None:
+    """Weight-only quantization block size (int4 and int8 both use MatMulNBits), None for float."""
+    if cfg.precision not in ("int4", "int8"):
+        return None
+    size = DEFAULT_BLOCK_SIZE if cfg.group_size is None else cfg.group_size
+    if size not in BLOCK_SIZES:
+        raise UnknownChoiceError("group_size (int4/int8 block size) for backend 'ortgenai'", size,
+                                 [str(b) for b in BLOCK_SIZES])
+    return size
+
+
+def accuracy_level(cfg: LoadConfig) -> int | None:
+    """The builder's accuracy_level for int4/int8 (None: its default, 4 on CPU), None for float."""
+    if cfg.precision not in ("int4", "int8") or cfg.accuracy_level is None:
+        return None
+    if cfg.accuracy_level not in ACCURACY_LEVELS:
+        raise UnknownChoiceError("accuracy_level for backend 'ortgenai'", cfg.accuracy_level,
+                                 [f"{k} ({v})" for k, v in ACCURACY_LEVELS.items()])
+    return cfg.accuracy_level
+
+
+def head_size(model_config: dict[str, Any]) -> int:
+    return int(model_config.get("head_dim") or model_config["hidden_size"] // model_config["num_attention_heads"])
+
+
+def builder_traps(model_config: dict[str, Any], precision: str, target: str) -> list[str]:
+    """Why onnxruntime-genai 0.18 would build a broken model from this checkpoint, measured on this kit's models.
+
+    Each trap otherwise surfaces late: at the first token, or as silently wrong logits.
+    """
+    c = model_config
+    heads, hidden = int(c["num_attention_heads"]), int(c["hidden_size"])
+    kv_heads, hs = int(c.get("num_key_value_heads") or heads), head_size(c)
+    problems = []
+    if hs % 16:
+        problems.append(f"head size {hs} (hidden_size / num_attention_heads) is not a multiple of 16: the "
+                        "attention kernel (GroupQueryAttention) fails at the first token")
+    rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+    factor = float(rope.get("partial_rotary_factor", c.get("partial_rotary_factor", 1.0)) or 1.0)
+    rotary = int(hs * factor)
+    if factor < 1.0 and (rotary // 2) % 8:
+        problems.append(f"partial rotary: {rotary} rotary dimensions (head size {hs} x {factor}) give a cos/sin "
+                        f"cache width of {rotary // 2}, which GroupQueryAttention needs to be a multiple of 8 "
+                        "(it fails at the first token)")
+    vocab = int(c["vocab_size"])
+    linear_outputs = {"qkv_proj": (heads + 2 * kv_heads) * hs, "o_proj / down_proj": hidden,
+                      "gate_up_proj": 2 * int(c["intermediate_size"])}
+    clash = [name for name, n in linear_outputs.items() if n == vocab]
+    if clash:
+        problems.append(f"{', '.join(clash)} has vocab_size={vocab} outputs, and the builder takes every linear "
+                        "layer with vocab_size outputs for the LM head: the logits would silently come from the "
+                        "wrong layer")
+    if precision == "fp16" and target == "cpu" and kv_heads < heads:
+        problems.append(f"fp16 built for the CPU fails with grouped-query attention ({kv_heads} key/value heads < "
+                        f"{heads} heads: 'Shape mismatch attempting to re-use buffer'); the builder does not list "
+                        "FP16 CPU as supported. Use int8/fp32 on the CPU, or build_target='dml' or 'cuda' (an fp16 "
+                        "GPU build, which also runs on the CPU)")
+    return problems
+
+
+def builder_command(src: Path, out: Path, tmp_cache: Path, cfg: LoadConfig) -> list[str]:
+    """The model builder command for this export, as a user would type it."""
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out),
+           "-p", cfg.precision, "-e", build_target(cfg), "-c", str(tmp_cache)]
+    extra = []
+    names = builder_dialect()
+    if (size := block_size(cfg)) is not None:
+        extra.append(f"{names.block_size}={size}")
+    if (level := accuracy_level(cfg)) is not None:
+        extra.append(f"{names.accuracy_level}={level}")
+    if cfg.trust_remote_code:
+        extra.append("hf_remote=true")
+    return [*cmd, "--extra_options", *extra] if extra else cmd
+
+
+def _probe_dir(root: Path) -> Path:
+    """A model of three ONNX nodes with no layers: enough for og.Model to open a session on a provider."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    vocab = 4
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["input_ids"], ["ids_f"], to=TensorProto.FLOAT),
+         helper.make_node("Unsqueeze", ["ids_f", "axis"], ["ids_u"]),
+         helper.make_node("Expand", ["ids_u", "shape"], ["logits"])],
+        "phi3kit-probe",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", vocab])],
+        [helper.make_tensor("axis", TensorProto.INT64, [1], [2]),
+         helper.make_tensor("shape", TensorProto.INT64, [3], [1, 1, vocab])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(root / "model.onnx"))
+    decoder = {"filename": "model.onnx", "head_size": 16, "hidden_size": 16, "num_attention_heads": 1,
+               "num_key_value_heads": 1, "num_hidden_layers": 0, "session_options": {"provider_options": []},
+               "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                          "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+               "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                           "present_value_names": "present.%d.value"}}
+    config = {"model": {"type": "phi3", "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 0,
+                        "context_length": 8, "vocab_size": vocab, "decoder": decoder},
+              "search": {"max_length": 8}}
+    (root / "genai_config.json").write_text(json.dumps(config))
+    return root
+
+
+@cache
+def probe(provider: str) -> str | None:
+    """None if `provider` can open a session here, else the runtime's own error message.
+
+    `og.is_dml_available()` and friends report how the package was compiled (here they say
+    True for providers this build then refuses), so the honest test is to open a session.
+    """
+    import onnxruntime_genai as og
+
+    with tempfile.TemporaryDirectory(prefix="phi3kit-probe-") as tmp:
+        config = og.Config(str(_probe_dir(Path(tmp))))
+        config.clear_providers()
+        if provider != "cpu":
+            config.append_provider(provider)
+        try:
+            og.Model(config)
+        except Exception as exc:  # noqa: BLE001 - any failure means "cannot run here"; the message says why
+            return str(exc).strip()
+    return None
+
+
+def unavailable_message(device: str, reason: str) -> str:
+    """What is missing for `device`, the package that provides it, and the explicit way out."""
+    package, requirements, needs = INSTALL[PROVIDERS[device]]
+    dist = genai_distribution()
+    installed = dist[0] if dist else "none"
+    if installed == package:
+        fix = f"{package} is installed, so the device or its driver is missing: {needs}."
+    elif device == "DML" and sys.platform != "win32":
+        fix = (f"DirectML is Windows-only: on Windows, pip install -r requirements/{requirements} installs "
+               f"{package}. Here, use device='CUDA' on an NVIDIA GPU, or the CPU.")
+    else:
+        fix = (f"Install {package} ({needs}): pip uninstall -y {installed} onnxruntime && "
+               f"pip install -r requirements/{requirements} (one onnxruntime-genai flavour at a time: "
+               "they ship the same module).")
+    reason = reason.rstrip(".") + "." if reason else "no session could be opened."
+    return (f"Device {device!r} is not available to the ortgenai backend here (installed: {installed}). "
+            f"ONNX Runtime GenAI said: {reason} {fix} To run on the CPU instead, pass device='CPU', "
+            f"or fallback_to_cpu=True to keep the {PROVIDERS[device]} build and run it on the CPU.")
+
+
+class OrtGenAIBackend(Backend):
+    name = "ortgenai"
+    runtimes: ClassVar[tuple[str, ...]] = ("genai",)
+    precisions: ClassVar[tuple[str, ...]] = ("int4", "int8", "fp16", "fp32")
+    requirements = "directml.txt"
+
+    @classmethod
+    def devices(cls, runtime: str) -> list[str]:
+        """CPU, plus DML / CUDA when a session really opens on them (probed once per process)."""
+        if importlib.util.find_spec("onnxruntime_genai") is None:
+            raise MissingDependencyError("onnxruntime-genai", "The ONNX Runtime GenAI backend", cls.requirements)
+        return [d for d, p in PROVIDERS.items() if p == "cpu" or probe(p) is None]
+
+    @classmethod
+    def provider_for(cls, cfg: LoadConfig) -> str:
+        """The provider the model will run on: the device's, or cpu under an explicit fallback_to_cpu."""
+        device = normalize_device(cfg.device)
+        provider = PROVIDERS[device]
+        if provider == "cpu" or device in cls.devices(cls.default_runtime()):
+            return provider
+        if cfg.fallback_to_cpu:
+            return "cpu"
+        raise DeviceNotFoundError(unavailable_message(device, probe(provider) or ""))
+
+    @classmethod
+    def check(cls, cfg: LoadConfig) -> None:
+        runtime = cfg.runtime or cls.default_runtime()
+        if runtime not in cls.runtimes:
+            raise UnknownChoiceError(f"runtime for backend '{cls.name}'", runtime, cls.runtimes)
+        if cfg.precision not in cls.precisions:
+            hint = ("(bf16: onnxruntime-genai 0.18 builds it for the CPU but cannot run it; use fp16 or fp32.)"
+                    if cfg.precision == "bf16" else "")
+            raise UnknownChoiceError(f"precision for backend '{cls.name}'", cfg.precision, cls.precisions, hint)
+        target = build_target(cfg)
+        if cfg.precision not in (builder := builder_dialect()).precisions:
+            dist = genai_distribution() or ("onnxruntime-genai", "?")
+            raise UnknownChoiceError(
+                f"precision for the installed model builder ({dist[0]} {dist[1]})", cfg.precision,
+                [p for p in cls.precisions if p in builder.precisions],
+                hint="(int8 builds need onnxruntime-genai 0.18; PyPI's newest DirectML build, 0.13.1, has no int8.)")
+        if cfg.precision == "fp32" and target != "cpu":
+            raise UnknownChoiceError(
+                f"precision for build target {target!r}", "fp32", ("int4", "int8", "fp16"),
+                hint=f"(onnxruntime-genai 0.18 writes an invalid fp32 graph for -e {target}: 'Graph output "
+                     "(present.0.key) does not exist'. Use fp16, or build_target='cpu' for fp32 on the CPU.)")
+        block_size(cfg)
+        accuracy_level(cfg)
+        cls.provider_for(cfg)
+
+    @classmethod
+    def export(cls, source: ModelSource, cfg: LoadConfig, cache: ExportCache, log: Log = print) -> Export:
+        cls.check(cfg)  # kit.export() and kit.load() call check() too; a direct call must not skip it
+        target, size = build_target(cfg), block_size(cfg)
+        if problems := builder_traps(source.config, cfg.precision, target):
+            raise ExportError(
+                f"ONNX Runtime GenAI cannot build {source.name!r} correctly: " + "; ".join(problems)
+                + ". The openvino and transformers backends run this model.")
+        device = normalize_device(cfg.device)
+        if cls.provider_for(cfg) != PROVIDERS[device]:
+            log(f"fallback_to_cpu=True: {device} is not available here ({probe(PROVIDERS[device])}); "
+                f"the model is built for {target} and will run on the CPU.")
+        if cfg.precision == "int8" and target == "dml":
+            log("Note: the builder lists INT4 and FP16 for DirectML, not INT8; this int8 build runs on the CPU, "
+                "but a DirectML GPU may reject it. Prefer precision='int4' or 'fp16' for DML.")
+        dist = genai_distribution()
+        key = {"backend": cls.name, **source.cache_key(), "precision": cfg.precision, "target": target,
+               "block_size": size, "accuracy_level": accuracy_level(cfg), "trust_remote_code": cfg.trust_remote_code,
+               "versions": {dist[0]: dist[1]} if dist else {}}
+
+        def build(out: Path) -> None:
+            if importlib.util.find_spec("onnx_ir") is None:  # the builder imports it without declaring it
+                raise MissingDependencyError("onnx-ir", "The ONNX Runtime GenAI model builder", cls.requirements)
+            with tempfile.TemporaryDirectory(prefix="phi3kit-ortgenai-") as tmp:
+                cmd = builder_command(source.path, out, Path(tmp), cfg)
+                log("Building with: python " + " ".join(cmd[1:]))
+                run_builder(cmd, log)
+            for needed in ("genai_config.json", "tokenizer.json"):
+                if not (out / needed).is_file():
+                    raise ExportError(f"the model builder did not write {needed}; see the log above.")
+            gen_config = source.path / "generation_config.json"
+            if gen_config.is_file() and not (out / gen_config.name).exists():
+                shutil.copy2(gen_config, out / gen_config.name)  # stop ids; the builder does not copy it
+
+        label = f"{Path(source.name).name}-{cfg.precision}-{target}"
+        return cache.get_or_build(cls.name, label, key, build, log)
+
+    def __init__(self, model_dir: Path, cfg: LoadConfig) -> None:
+        import onnxruntime_genai as og
+
+        self.provider = self.provider_for(cfg)
+        self.device = normalize_device(cfg.device)
+        self.fell_back = self.provider != PROVIDERS[self.device]
+        config = og.Config(str(model_dir))
+        config.clear_providers()  # the build target's provider is in genai_config.json; the device decides
+        if self.provider != "cpu":
+            config.append_provider(self.provider)
+        if cfg.runtime_config:
+            config.overlay(json.dumps(cfg.runtime_config))  # merged into genai_config.json
+        self.model = og.Model(config)
+
+    def stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int]) -> Iterator[Token]:
+        import numpy as np
+        import onnxruntime_genai as og
+
+        params = og.GeneratorParams(self.model)
+        options: dict[str, Any] = {"max_length": len(prompt_ids) + gen.max_new_tokens, "do_sample": gen.do_sample}
+        if gen.ignore_eos:  # the generator finishes at its eos by itself; min_length keeps it going
+            options["min_length"] = options["max_length"]
+        if gen.do_sample:
+            options.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
+            if gen.seed is not None:
+                options["random_seed"] = gen.seed
+        params.set_search_options(**options)
+        stops = set(stop_ids)
+        model = self.model
+
+        def run(emit: Any) -> None:
+            generator = og.Generator(model, params)
+            generator.append_tokens(np.asarray([prompt_ids], dtype=np.int32))  # prefill: the prompt in one pass
+            while not generator.is_done():
+                generator.generate_next_token()
+                token = int(generator.get_next_tokens()[0])
+                if not emit(token) or (token in stops and not gen.ignore_eos):
+                    return
+
+        return threaded_stream(run)
+
+    def close(self) -> None:
+        self.__dict__.pop("model", None)
+
+
+def run_builder(cmd: list[str], log: Log) -> None:
+    """Run the model builder, logging its output without the per-weight chatter; raise with its tail."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    try:
+        for raw in proc.stdout:  # text mode turns tqdm's carriage returns into lines
+            line = raw.rstrip()
+            lines.append(line)
+            if line and not _NOISE.search(line):
+                log(line)
+        rc = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    if rc != 0:
+        tail = "\n".join(line for line in lines[-30:] if not _NOISE.search(line))
+        raise ExportError(f"the ONNX Runtime GenAI model builder failed (exit {rc}):\n{tail}")
+    log(f"Model builder finished in {time.perf_counter() - start:.1f} s.")
