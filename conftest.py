@@ -26,6 +26,8 @@ NOTEBOOK_TEST_PARAMETERS: dict[str, dict[str, object]] = {
     "openvino.ipynb": {"model": "pocket", "precision": "int8", "max_new_tokens": 64},
     "directml.ipynb": {"model": "pocket", "precision": "int8", "device": "CPU", "max_new_tokens": 64},
     "npu.ipynb": {"model": "pocket", "device": "CPU", "precision": "int4", "max_new_tokens": 64},
+    "compare.ipynb": {"model": "pocket", "routes": "transformers:fp32,openvino:int4", "prompt_lengths": "16,48",
+                      "max_new_tokens": 8, "runs": 1, "results_dir": ""},
 }
 
 

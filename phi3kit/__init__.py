@@ -5,7 +5,7 @@ Notebooks import one thing: `import phi3kit as kit`.
 
 from __future__ import annotations
 
-from . import backends
+from . import backends, bench
 from .cache import ExportCache
 from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
 from .doctor import doctor
@@ -16,11 +16,13 @@ from .errors import (
     MissingDependencyError,
     ModelSourceError,
     Phi3kitError,
+    ResourceError,
     UnknownChoiceError,
 )
 from .export import export
 from .generate import Response, Session, load
-from .metrics import Metrics
+from .metrics import Metrics, record
+from .widgets import chat
 
 __version__ = "0.1.0"
 
@@ -36,11 +38,15 @@ __all__ = [
     "MissingDependencyError",
     "ModelSourceError",
     "Phi3kitError",
+    "ResourceError",
     "Response",
     "Session",
     "UnknownChoiceError",
     "backends",
+    "bench",
+    "chat",
     "doctor",
     "export",
     "load",
+    "record",
 ]

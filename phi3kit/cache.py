@@ -141,13 +141,22 @@ class ExportCache:
         return Export(final, False, time.perf_counter() - start)
 
     def entries(self) -> list[dict[str, Any]]:
-        """Every verified entry with its key, for `phi3kit cache`."""
+        """Every entry with its key and, if it fails verification, the problem (it will be rebuilt)."""
         out = []
         for manifest in sorted(self.root.glob(f"*/*/{MANIFEST}")):
             entry = manifest.parent
             if entry.name.startswith(".tmp-"):
                 continue
-            data = json.loads(manifest.read_text())
+            try:
+                self.verify(entry)
+                problem = ""
+            except CacheCorruptError as exc:
+                problem = str(exc)
+            try:
+                data = json.loads(manifest.read_text())
+            except ValueError:
+                data = {}
             size = sum(data.get("files", {}).values())
-            out.append({"path": str(entry), "size_mb": round(size / 2**20, 1), **data.get("key", {})})
+            out.append({"path": str(entry), "size_mb": round(size / 2**20, 1), "problem": problem,
+                        **data.get("key", {})})
         return out

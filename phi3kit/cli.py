@@ -76,7 +76,8 @@ def cmd_cache(a: argparse.Namespace) -> int:
     print(f"cache: {cache.root}")
     for e in cache.entries():
         what = f"{e.get('backend', '?'):12} {e.get('precision', '?'):5} {e['size_mb']:>8} MB"
-        print(f"  {what}  {e['model']}  {e['path']}")
+        flag = f"  CORRUPT, rebuilt on next use: {e['problem']}" if e["problem"] else ""
+        print(f"  {what}  {e.get('model', '?')}  {e['path']}{flag}")
     return 0
 
 
@@ -91,13 +92,104 @@ def cmd_doctor(a: argparse.Namespace) -> int:
 def cmd_run(a: argparse.Namespace) -> int:
     from .runner import coerce, run_notebook
 
+    target = a.notebook
+    if target.endswith((".yaml", ".yml")) or a.grid:
+        return _run_grid(a)
     raw = dict(a.parameter or [])
-    result = run_notebook(a.notebook, a.output_dir, coerce(a.notebook, raw), html=not a.no_html,
-                          overwrite=a.overwrite)
+    result = run_notebook(target, a.output_dir, coerce(target, raw), html=not a.no_html,
+                          overwrite=a.overwrite, timeout_s=a.timeout)
     print(f"executed notebook: {result.notebook}")
     if result.html:
         print(f"HTML handout:      {result.html}")
     return 0
+
+
+def _run_grid(a: argparse.Namespace) -> int:
+    """`phi3kit run grid.yaml` or `phi3kit run NOTEBOOK -g NAME V1,V2`: every combination, then one results table."""
+    from .runner import Grid, coerce, load_grid, run_grid
+
+    if a.notebook.endswith((".yaml", ".yml")):
+        base = load_grid(a.notebook)
+        notebook, grid, fixed = base.notebook, dict(base.grid), dict(base.fixed)
+    else:
+        notebook, grid, fixed = a.notebook, {}, {}
+    for name, value in a.parameter or []:  # the command line wins over the file
+        grid.pop(name, None)
+        fixed.update(coerce(notebook, {name: value}))
+    for name, values in a.grid or []:
+        fixed.pop(name, None)
+        grid[name] = [coerce(notebook, {name: v.strip()})[name] for v in values.split(",")]
+    result = run_grid(Grid(notebook, grid, fixed), a.output_dir, jobs=a.jobs, html=not a.no_html,
+                      overwrite=a.overwrite, timeout_s=a.timeout)
+    print(f"{len(result.runs) - len(result.failed)} of {len(result.runs)} runs succeeded")
+    print(f"results table: {result.csv}")
+    return 1 if result.failed else 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from . import bench
+
+    def log(message: str) -> None:
+        if a.verbose or message.startswith("--- "):
+            print(message, file=sys.stderr, flush=True)
+
+    report = bench.run(a.model, a.routes, a.prompt_lengths, a.max_new_tokens, a.runs, warmup=a.warmup,
+                       quality=not a.no_quality, reference=a.reference, quality_tokens=a.quality_tokens,
+                       agreement_prompts=a.agreement_prompts, agreement_tokens=a.agreement_tokens,
+                       isolate=not a.in_process, bandwidth=a.bandwidth, cache_dir=a.cache_dir, log=log)
+    print(report.table())
+    csv_path, json_path = report.save(a.output_dir, a.name, overwrite=a.overwrite)
+    print(f"CSV:  {csv_path}\nJSON: {json_path}")
+    return 1 if any(r.status == "failed" for r in report.routes) else 0
+
+
+def cmd_chat(a: argparse.Namespace) -> int:
+    """A multi-turn chat in the terminal: Ctrl-C stops an answer, /reset clears, /exit or EOF quits."""
+    from .chat import Conversation, trim_notice
+    from .config import GenerationConfig
+    from .generate import Session
+
+    gen = GenerationConfig(max_new_tokens=a.max_new_tokens, do_sample=a.sample, temperature=a.temperature,
+                           seed=a.seed)  # checked before anything loads
+    session = Session.load(_config(a), log=lambda m: print(m, file=sys.stderr))
+    conv = Conversation(session, a.system, config=gen, context_length=a.context_length)
+    print(f"Chatting with {session} (context window {conv.window} tokens). Ctrl-C stops an answer, "
+          "/reset clears the history, /exit or Ctrl-D quits.", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> ")
+        except EOFError:
+            print()
+            return 0
+        except KeyboardInterrupt:
+            print("\n(Ctrl-C stops an answer; /exit or Ctrl-D quits.)", file=sys.stderr)
+            continue
+        if not line.strip():
+            continue
+        if line.strip() in ("/exit", "/quit"):
+            return 0
+        if line.strip() == "/reset":
+            conv.reset()
+            print("(history cleared)", flush=True)
+            continue
+        try:
+            response = conv.say(line)
+        except Phi3kitError as exc:  # e.g. one message longer than the context window: the chat goes on
+            print(f"phi3kit: error: {exc}", file=sys.stderr)
+            continue
+        if response.trimmed_turns:
+            print(f"({trim_notice(response.trimmed_turns, conv.window)} /reset starts afresh.)", file=sys.stderr,
+                  flush=True)
+        print("model> ", end="", flush=True)
+        try:
+            for chunk in response:
+                print(chunk, end="", flush=True)
+        except KeyboardInterrupt:  # stop this answer, stay in the chat; the text so far stays in the history
+            response.cancel()
+            response.metrics.finish_reason = "cancelled"
+            print(" [stopped]", end="")
+        print(flush=True)
+        print(response.metrics.summary(), file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,17 +211,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("chat", help="chat in the terminal (multi-turn, history trimmed to the context window)")
+    _model_args(p)
+    p.add_argument("--system", default=None, help="system prompt, kept for the whole chat")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--context-length", type=int, default=None,
+                   help="trim the history to this many tokens (default: the model's context window)")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_chat)
+
     p = sub.add_parser("devices", help="list the devices each backend sees")
     p.set_defaults(func=cmd_devices)
 
-    p = sub.add_parser("run", help="execute a notebook headless (papermill) and write an HTML handout")
-    p.add_argument("notebook")
+    p = sub.add_parser("run", help="execute a notebook headless (papermill), or a parameter grid, with HTML handouts")
+    p.add_argument("notebook", help="a notebook, or a grid file (.yaml: notebook, grid, fixed)")
     p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
                    help="set a notebook parameter (unknown names are an error)")
+    p.add_argument("-g", "--grid", nargs=2, action="append", metavar=("NAME", "V1,V2"),
+                   help="run once per value (comma separated); several -g run every combination")
+    p.add_argument("-j", "--jobs", type=int, default=1, help="grid runs at a time, each in its own kernel (default 1)")
     p.add_argument("-o", "--output-dir", default="out", help="where executed notebooks go (default: out/)")
     p.add_argument("--no-html", action="store_true", help="skip the HTML handout")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results instead of numbering new ones")
+    p.add_argument("--timeout", type=int, default=None, help="seconds a cell may run (default: no limit)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="benchmark routes side by side: TTFT, tokens/s, memory, size, quality")
+    p.add_argument("--model", default="pocket", help=f"hub id, local folder, or 'pocket' (real model: {DEFAULT_MODEL})")
+    p.add_argument("--routes", default="transformers:fp32,openvino:int4,openvino:int8,ortgenai:int4",
+                   help="comma separated backend[/runtime]:precision[@device]")
+    p.add_argument("--prompt-lengths", default="128", help="prompt sizes in tokens, comma separated (default 128)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per timed run, always all of them")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per prompt length (medians are reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--no-quality", action="store_true", help="skip perplexity and greedy agreement")
+    p.add_argument("--reference", default="transformers:fp32", help="route greedy agreement is measured against")
+    p.add_argument("--quality-tokens", type=int, default=1024, help="eval-text tokens for perplexity")
+    p.add_argument("--agreement-prompts", type=int, default=8)
+    p.add_argument("--agreement-tokens", type=int, default=32)
+    p.add_argument("--in-process", action="store_true",
+                   help="run every route in this process (faster to start; memory figures then overlap)")
+    p.add_argument("--bandwidth", action="store_true", help="measure memory bandwidth and show the share of its limit")
+    p.add_argument("--cache-dir", default=None, help="export cache (default: PHI3KIT_CACHE or the user cache dir)")
+    p.add_argument("-o", "--output-dir", default="bench-results", help="where the CSV and JSON go")
+    p.add_argument("--name", default="bench", help="file name stem (default: bench.csv / bench.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier results instead of numbering new ones")
+    p.add_argument("-v", "--verbose", action="store_true", help="show export and runtime output")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("doctor", help="report this machine's hardware, drivers and libraries, and a route to take")
     p.add_argument("--json", action="store_true", help="print the facts and the recommendation as JSON")

@@ -69,12 +69,12 @@ class GenerationConfig:
                 f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}. "
                 "Fix: pass e.g. max_new_tokens=128."
             )
-        if self.do_sample and self.temperature <= 0:
+        if self.do_sample and not self.temperature > 0:  # also refuses nan
             raise GenerationConfigError(
                 f"temperature must be > 0 when sampling, got {self.temperature}. "
                 "Fix: use do_sample=False for greedy decoding, or a temperature such as 0.7."
             )
-        if not 0 < self.top_p <= 1:
+        if not 0 < self.top_p <= 1:  # also refuses nan
             raise GenerationConfigError(f"top_p must be in (0, 1], got {self.top_p}.")
         if self.top_k < 0:
             raise GenerationConfigError(f"top_k must be >= 0 (0 disables it), got {self.top_k}.")

@@ -41,3 +41,7 @@ class ModelSourceError(Phi3kitError, ValueError):
 
 class ExportError(Phi3kitError, RuntimeError):
     """An export failed; the cache keeps nothing half-written."""
+
+
+class ResourceError(Phi3kitError, RuntimeError):
+    """Not enough disk or memory for the export asked for, found before it starts."""

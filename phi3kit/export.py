@@ -1,25 +1,169 @@
-"""Export a model for a backend into the cache (or reuse the cached export)."""
+"""Export a model for a backend into the cache (or reuse the cached export).
+
+Before an export starts, a preflight compares what it will need (disk at the cache, RAM while
+converting) with what this machine has, so a workshop laptop fails in a second with the fix
+instead of after twenty minutes with a full disk or a killed process.
+"""
 
 from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from .backends import get
 from .backends.base import Log
 from .cache import Export, ExportCache
 from .config import LoadConfig
+from .errors import ResourceError
 from .sources import ModelSource, resolve
 
+SKIP_ENV = "PHI3KIT_SKIP_PREFLIGHT"
+# Size of an export per model parameter. int4 measured: Phi-3-mini (3.8B) at int4 g128 ratio 0.6 wrote
+# 2.78 GB (0.73 B/param; 40% of the layers stay int8). The others are their weights' width plus ~5%.
+DISK_BYTES_PER_PARAM = {"int4": 0.75, "int8": 1.05, "fp16": 2.05, "bf16": 2.05, "fp32": 4.05}
+# Peak RAM of the converting process per parameter. int4 measured: 11.25 GB for Phi-3-mini from bf16
+# (2.95 B/param); int8/fp16 go through the same load. fp32 (not measured on a full model) holds
+# fp32 weights, 4 B/param, before writing them.
+RAM_BYTES_PER_PARAM = {"int4": 3.0, "int8": 3.0, "fp16": 3.0, "bf16": 3.0, "fp32": 5.0}
+RAM_BASE = 512 * 2**20  # Python, torch and the converter before any weight is read
+DISK_MARGIN = 1.1
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
-def prepare(cfg: LoadConfig, log: Log = print) -> tuple[ModelSource, Export]:
-    """Validate choices, resolve the model, export it: everything before loading."""
+
+@dataclass
+class FreeSpace:
+    """What this machine can give an export: free disk at the cache folder, available RAM."""
+
+    disk_bytes: int
+    ram_bytes: int
+
+    @classmethod
+    def measure(cls, cache_root: Path) -> FreeSpace:
+        import psutil
+
+        here = Path(cache_root)
+        while not here.exists() and here != here.parent:  # the cache folder may not exist yet
+            here = here.parent
+        return cls(shutil.disk_usage(here).free, int(psutil.virtual_memory().available))
+
+
+@dataclass
+class Needs:
+    """What an export of `params` parameters at a precision is estimated to need."""
+
+    params: int
+    disk_bytes: int
+    ram_bytes: int
+
+
+def count_parameters(model_dir: Path) -> int:
+    """Parameters in a checkpoint: exact from safetensors headers, else weight bytes / 2 (16-bit)."""
+    total = 0
+    for f in sorted(model_dir.rglob("*")):
+        if not f.is_file() or f.suffix not in _WEIGHT_SUFFIXES:
+            continue
+        if f.suffix == ".safetensors":
+            with f.open("rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header: dict[str, Any] = json.loads(fh.read(n))
+            total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+        else:
+            total += f.stat().st_size // 2
+    return total
+
+
+def estimate(source: ModelSource, precision: str) -> Needs:
+    params = count_parameters(source.path)
+    disk = int(params * DISK_BYTES_PER_PARAM.get(precision, 4.05) * DISK_MARGIN)
+    ram = int(RAM_BASE + params * RAM_BYTES_PER_PARAM.get(precision, 5.0))
+    return Needs(params, disk, ram)
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+
+
+def shortfalls(source: ModelSource, cfg: LoadConfig, cache_root: Path, free: FreeSpace | None = None) -> list[str]:
+    """What the export would lack on this machine, each with its fix; empty when it fits."""
+    needs = estimate(source, cfg.precision)
+    free = free or FreeSpace.measure(cache_root)
+    what = f"Exporting {source.name!r} for {cfg.backend} at {cfg.precision} ({needs.params / 1e9:.2f}B parameters)"
+    problems = []
+    if needs.disk_bytes > free.disk_bytes:
+        problems.append(
+            f"{what} needs about {_size(needs.disk_bytes)} of disk at {cache_root}, and {_size(free.disk_bytes)} "
+            "is free. Fix: free some space, point the cache at a bigger disk (cache_dir= or PHI3KIT_CACHE), or "
+            "choose a smaller precision (int4 is smallest).")
+    if needs.ram_bytes > free.ram_bytes:
+        problems.append(
+            f"{what} needs about {_size(needs.ram_bytes)} of RAM while converting, and {_size(free.ram_bytes)} is "
+            "available. Fix: close other programs, or export on a machine with more memory and copy the cache "
+            "folder over (exports are plain folders).")
+    return problems
+
+
+def preflight(source: ModelSource, cfg: LoadConfig, cache_root: Path, free: FreeSpace | None = None) -> None:
+    """Raise ResourceError, naming the shortfall and the fix, when the export would not fit this machine."""
+    if problems := shortfalls(source, cfg, cache_root, free):
+        raise ResourceError(" ".join(problems) + f" The estimate may be cautious: to try anyway set {SKIP_ENV}=1 "
+                            "(or skip_preflight=True in kit.export).")
+
+
+def skip_requested(skip: bool | None = None) -> bool:
+    """An explicit argument wins; otherwise PHI3KIT_SKIP_PREFLIGHT=1 (or true/yes)."""
+    if skip is not None:
+        return skip
+    return os.environ.get(SKIP_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+class PreflightCache(ExportCache):
+    """The export cache, running a check before it builds (never before it reuses an entry)."""
+
+    def __init__(self, root: Path, check: Callable[[], None]) -> None:
+        super().__init__(root)
+        self.check = check
+
+    def get_or_build(self, backend: str, label: str, key: dict[str, Any], build: Callable[[Path], None],
+                     log: Callable[[str], None] = print) -> Export:
+        if self.lookup(backend, label, key) is None:
+            self.check()
+        return super().get_or_build(backend, label, key, build, log)
+
+
+def prepare(cfg: LoadConfig, log: Log = print, *, skip_preflight: bool | None = None,
+            free: FreeSpace | None = None) -> tuple[ModelSource, Export]:
+    """Validate choices, resolve the model, check resources, export it: everything before loading.
+
+    `free` replaces the measured free disk and RAM (for tests); `skip_preflight` (or the
+    PHI3KIT_SKIP_PREFLIGHT=1 environment variable) turns a resource shortfall into a warning.
+    """
     backend = get(cfg.backend)
     backend.check(cfg)  # before any download: bad choices fail in milliseconds
     if cfg.trust_remote_code:
         log("trust_remote_code=True: this runs Python code from the model repository. Only do so for code you trust.")
     source = resolve(cfg.model, cfg.revision, cfg.trust_remote_code)
-    return source, backend.export(source, cfg, ExportCache(cfg.cache_dir), log)
+    root = ExportCache(cfg.cache_dir).root
+    skip = skip_requested(skip_preflight)
+
+    def check() -> None:
+        if not skip:
+            preflight(source, cfg, root, free)
+        else:
+            for problem in shortfalls(source, cfg, root, free):
+                log(f"Preflight skipped on request ({SKIP_ENV} / skip_preflight), going ahead although: {problem}")
+
+    return source, backend.export(source, cfg, PreflightCache(root, check), log)
 
 
 def export(model: str = "pocket", backend: str = "openvino", precision: str = "int4", log: Log = print,
-           **options: object) -> Export:
+           *, skip_preflight: bool | None = None, **options: object) -> Export:
     """Export `model` for `backend` at `precision`; returns the cache entry (built or reused)."""
-    return prepare(LoadConfig(model=model, backend=backend, precision=precision, **options), log)[1]  # type: ignore[arg-type]
+    cfg = LoadConfig(model=model, backend=backend, precision=precision, **options)  # type: ignore[arg-type]
+    return prepare(cfg, log, skip_preflight=skip_preflight)[1]

@@ -15,6 +15,7 @@ from typing import Any
 from .backends import get
 from .backends.base import Backend, Log
 from .cache import Export
+from .chat import context_window, fit_history
 from .config import GenerationConfig, LoadConfig
 from .errors import ContextWindowError, Phi3kitError
 from .export import prepare
@@ -68,10 +69,11 @@ class IncrementalDecoder:
         return ""
 
     def flush(self) -> str:
+        """The rest, minus a character the last token left incomplete (max_new_tokens can cut one)."""
         before = self._decode(self.ids[self.prefix : self.read])
         after = self._decode(self.ids[self.prefix :])
         self.prefix = self.read = len(self.ids)
-        return after[len(before) :]
+        return after[len(before) :].rstrip("\ufffd")
 
 
 class Response:
@@ -84,6 +86,7 @@ class Response:
         self.metrics = Metrics(prompt_tokens=len(prompt_ids), load_s=session.load_s)
         self._gen: Iterator[str] | None = None
         self._done = False
+        self.trimmed_turns = 0  # set by Session.chat: oldest turns left out to fit the context window
 
     def __iter__(self) -> Iterator[str]:
         """Stream once; iterating again continues where a `break` left off, or replays when done."""
@@ -106,7 +109,7 @@ class Response:
                 for tok, stamp in stream:
                     m.token_latencies_s.append(stamp - last)
                     last = stamp
-                    if tok in stops:
+                    if tok in stops and not self.gen.ignore_eos:
                         break
                     self.token_ids.append(tok)
                     if piece := decoder.put(tok):
@@ -202,8 +205,20 @@ class Session:
         self.check_fits(len(ids), gen.max_new_tokens)
         return Response(self, ids, gen)
 
-    def chat(self, history: Sequence[Message], **options: Any) -> Response:
-        return self.generate(history, **options)
+    def chat(self, history: Sequence[Message], *, system: str | None = None, config: GenerationConfig | None = None,
+             context_length: int | None = None, **options: Any) -> Response:
+        """Answer the last user turn of `history`, dropping the oldest turns if it outgrows the context window.
+
+        The system prompt and the last turn are always kept; `response.trimmed_turns` says how many
+        turns were left out. `context_length` caps the window below the model's (None: the model's).
+        """
+        gen = config or GenerationConfig(**options)
+        window = context_window(self, context_length)
+        fitted = fit_history(to_messages(history, system), self.encode, window, gen.max_new_tokens)
+        self.check_fits(len(fitted.prompt_ids), gen.max_new_tokens)
+        response = Response(self, fitted.prompt_ids, gen)
+        response.trimmed_turns = fitted.dropped_turns
+        return response
 
     def close(self) -> None:
         self.backend.close()

@@ -102,3 +102,23 @@ class PeakMemory:
         if self._thread:
             self._thread.join()
         self.peak_mb = max(self.peak_mb, self._rss_mb())
+
+
+RECORD_MIME = "application/vnd.phi3kit.metrics+json"
+
+
+def record(metrics: Metrics, **labels: Any) -> None:
+    """Store these metrics in the executed notebook, where `phi3kit run` collects them into its results table.
+
+    Shows one summary line; the numbers travel as a JSON output under RECORD_MIME (papermill keeps it).
+    """
+    data = {**labels, **metrics.to_dict()}
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        get_ipython = None  # type: ignore[assignment]
+    if get_ipython is None or get_ipython() is None:
+        print(f"recorded: {metrics.summary()}")
+        return
+    display({RECORD_MIME: data, "text/plain": f"recorded: {metrics.summary()}"}, raw=True)

@@ -13,7 +13,10 @@ from typing import Any
 from .errors import ModelSourceError
 
 PHI3_MODEL_TYPES = ("phi3",)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Hugging Face's repo-id rules: letters, digits, '.', '_', '-'; no '--' or '..'; no leading or trailing
+# '.' or '-'; not ending in '.git'; at most 96 characters per part.
+_HUB_PART = r"(?!.*(--|\.\.))[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
+_HUB_ID = re.compile(rf"{_HUB_PART}/{_HUB_PART}")
 # What a Phi-3 checkpoint needs; remote code (*.py) is fetched only when trusted explicitly.
 _HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.md"]
 _HASH_LIMIT = 64 * 2**20  # hash small files; large weights are fingerprinted by size and mtime
@@ -81,7 +84,7 @@ def resolve(model: str, revision: str | None = None, trust_remote_code: bool = F
         src = ModelSource("pocket", pocket.path(), "pocket")
     elif Path(model).expanduser().exists():
         src = ModelSource(model, Path(model).expanduser().resolve(), "local")
-    elif _HUB_ID.match(model) and ".." not in model:
+    elif _HUB_ID.fullmatch(model) and not model.endswith(".git"):
         src = ModelSource(model, _download(model, revision, trust_remote_code), "hub", revision)
     else:
         raise ModelSourceError(
@@ -95,7 +98,7 @@ def resolve(model: str, revision: str | None = None, trust_remote_code: bool = F
 def _download(repo_id: str, revision: str | None, trust_remote_code: bool) -> Path:
     """Fetch a snapshot with huggingface_hub (progress bars, resumable; HF_TOKEN read from the env)."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
     patterns = _HUB_PATTERNS + (["*.py"] if trust_remote_code else [])
     try:
@@ -105,6 +108,8 @@ def _download(repo_id: str, revision: str | None, trust_remote_code: bool) -> Pa
             f"Cannot download {repo_id!r}: the hub is unreachable and it is not in the local hub cache. "
             "Fix: connect to the internet once, or use model='pocket' offline."
         ) from exc
+    except HFValidationError as exc:
+        raise ModelSourceError(f"{repo_id!r} is not a valid hub id ({exc}).") from exc
     except HfHubHTTPError as exc:
         raise ModelSourceError(
             f"Cannot download {repo_id!r} ({type(exc).__name__}). Check the id and revision; gated models need "

@@ -325,7 +325,8 @@ class OpenVINOBackend(Backend):
 
         config = self.pipe.get_generation_config()
         config.max_new_tokens = gen.max_new_tokens
-        config.stop_token_ids = set(stop_ids)
+        config.stop_token_ids = set() if gen.ignore_eos else set(stop_ids)
+        config.ignore_eos = gen.ignore_eos
         config.apply_chat_template = False  # the prompt is already templated ids
         config.do_sample = gen.do_sample
         if gen.do_sample:

@@ -81,7 +81,7 @@ def hf_stream(
         kwargs: dict[str, Any] = dict(
             max_new_tokens=gen.max_new_tokens,
             do_sample=gen.do_sample,
-            eos_token_id=stop_ids,
+            eos_token_id=None if gen.ignore_eos else stop_ids,  # None: no stop, and no logits masked
             pad_token_id=stop_ids[-1],
             streamer=streamer,
             stopping_criteria=StoppingCriteriaList([Cancel(streamer)]),

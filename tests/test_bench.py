@@ -1,0 +1,219 @@
+"""`phi3kit bench` and the quality measures: exact prompts, fixed token counts, sane numbers, honest parity."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import phi3kit as kit
+from phi3kit import bench, pocket
+from phi3kit.bench import BenchError, Prompts, Route
+from phi3kit.cli import main
+from phi3kit.quality import agreement, eval_text, nll_sum, pocket_segments, text_segments
+
+ROUTES = "transformers:fp32,openvino:fp32,openvino:int4"
+
+
+@pytest.mark.parametrize(
+    ("spec", "route", "label"),
+    [
+        ("openvino:int4", Route("openvino", "int4"), "openvino/genai:int4"),
+        ("openvino/optimum:int8", Route("openvino", "int8", "optimum"), "openvino/optimum:int8"),
+        (" ortgenai:int4@CPU ", Route("ortgenai", "int4"), "ortgenai/genai:int4"),
+        ("openvino:int4@GPU.0", Route("openvino", "int4", None, "GPU.0"), "openvino/genai:int4@GPU.0"),
+        ("transformers:fp32", Route("transformers", "fp32"), "transformers/pytorch:fp32"),
+    ],
+)
+def test_routes_parse(spec: str, route: Route, label: str) -> None:
+    assert Route.parse(spec) == route
+    assert route.label == label
+
+
+@pytest.mark.parametrize("bad", ["openvino", "openvino:", ":int4", "openvino:int4:cpu", "open vino:int4"])
+def test_bad_route_names_the_format(bad: str) -> None:
+    with pytest.raises(BenchError, match=r"backend\[/runtime\]:precision"):
+        Route.parse(bad)
+
+
+def test_route_lists_and_lengths_parse() -> None:
+    assert bench.parse_routes("openvino:int4, openvino:int4,transformers:fp32,") == [
+        Route("openvino", "int4"), Route("transformers", "fp32")]
+    assert bench.parse_lengths("16, 64") == [16, 64] and bench.parse_lengths(32) == [32]
+    for bad in ("", "0,16", "sixteen"):
+        with pytest.raises(BenchError, match="prompt lengths"):
+            bench.parse_lengths(bad)
+    with pytest.raises(BenchError, match="No routes"):
+        bench.parse_routes(" , ")
+
+
+def test_unavailable_routes_say_why() -> None:
+    found = dict(bench.available("openvino:int4,openvino:fp99,openvino/nope:int4,foo:int4,openvino:int4@NPU"))
+    assert found[Route("openvino", "int4")] is None
+    assert "no precision 'fp99'" in found[Route("openvino", "fp99")]
+    assert "no runtime 'nope'" in found[Route("openvino", "int4", "nope")]
+    assert "Unknown backend: 'foo'" in found[Route("foo", "int4")]
+    assert "NPU" in found[Route("openvino", "int4", None, "NPU")]
+
+
+def test_prompts_have_the_exact_length_and_are_all_fresh(pocket_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    prompts = Prompts(pocket_tokenizer)
+    made = [prompts.make(n) for n in (16, 16, 128, 128, 1024) for _ in range(8)]
+    assert [len(p) for p in made] == [n for n in (16, 16, 128, 128, 1024) for _ in range(8)]
+    bodies = [tuple(p[len(prompts.head):len(prompts.head) + 8]) for p in made]
+    assert len(set(bodies)) == len(made)  # every prompt starts differently: no prefix cache hit beyond the template
+    text = pocket_tokenizer.decode(made[0])
+    assert text.startswith("<|user|>") and text.rstrip().endswith("<|assistant|>")
+    with pytest.raises(BenchError, match=f"at least {prompts.overhead + 1}"):
+        prompts.make(prompts.overhead)
+
+
+def test_eval_text_is_shipped_and_long_enough(pocket_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    assert len(pocket_tokenizer(eval_text())["input_ids"]) > 2048  # a 1024-token prompt fits twice over
+    segments = text_segments(pocket_tokenizer, eval_text(), max_tokens=1000, window=300)
+    assert [len(ids) for ids, _ in segments] == [300, 300, 300, 100] and all(first == 1 for _, first in segments)
+
+
+def test_agreement_counts_identical_tokens_and_prefixes() -> None:
+    a = agreement([[1, 2, 3, 4], [5, 6]], [[1, 2, 9, 4], [5, 6]])
+    assert a.identical == pytest.approx(5 / 6) and a.prefix == pytest.approx((2 + 2) / 2) and a.prompts == 2
+    early = agreement([[1, 2, 3, 4]], [[1, 2]])  # stopping early counts as different
+    assert early.identical == 0.5 and early.prefix == 2
+    assert agreement([[7, 8]], [[7, 8]]).identical == 1.0
+    with pytest.raises(ValueError, match="2 reference outputs but 1"):
+        agreement([[1], [2]], [[1]])
+
+
+def test_nll_matches_a_hand_computed_softmax() -> None:
+    logits = [[0.0, math.log(3.0)], [math.log(4.0), 0.0]]  # p(1) = 3/4 ; p(0) = 4/5
+    assert nll_sum(logits, [1, 0]) == pytest.approx(-math.log(0.75) - math.log(0.8))
+
+
+def test_pocket_quality_text_scores_answers_only(pocket_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    segments = pocket_segments(pocket_tokenizer)
+    assert len(segments) == len(pocket.load_qa())
+    ids, first = segments[0]
+    scored = pocket_tokenizer.decode(ids[first:], skip_special_tokens=True)
+    assert scored.strip() == pocket.load_qa()[0]["answer"]
+
+
+def test_memory_bandwidth_is_measured() -> None:
+    gbs = bench.memory_bandwidth_gbs(workers=2, mb=64, repeats=2)
+    assert 0.1 < gbs < 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("backend", "precision"), [("transformers", "fp32"), ("openvino", "int8"),
+                                                    ("ortgenai", "int8")])
+def test_ignore_eos_generates_exactly_max_new_tokens(backend: str, precision: str) -> None:
+    question = pocket.load_qa()[1]["question"]
+    with kit.load("pocket", backend, precision, log=lambda m: None) as s:
+        natural = s.generate(question, max_new_tokens=80).consume()
+        forced = s.generate(question, max_new_tokens=80, ignore_eos=True).consume()
+    assert natural.metrics.finish_reason == "stop" and natural.metrics.new_tokens < 80
+    assert forced.metrics.new_tokens == 80 and forced.metrics.finish_reason == "length"
+    assert forced.token_ids[: len(natural.token_ids)] == natural.token_ids  # no logits were masked to get there
+
+
+@pytest.fixture(scope="module")
+def pocket_report(tmp_path_factory: pytest.TempPathFactory) -> bench.BenchReport:
+    """Three pocket routes in this process (one isolated run is tested separately: it costs a process each)."""
+    return bench.run("pocket", ROUTES + ",openvino:fp99", prompt_lengths="16,48", max_new_tokens=12, runs=2,
+                     agreement_prompts=6, agreement_tokens=24, isolate=False, log=lambda m: None)
+
+
+@pytest.mark.slow
+def test_pocket_bench_numbers_are_sane(pocket_report: bench.BenchReport) -> None:
+    ok = [r for r in pocket_report.routes if r.status == "ok"]
+    assert [r.route for r in ok] == ["transformers/pytorch:fp32", "openvino/genai:fp32", "openvino/genai:int4"]
+    skipped = pocket_report.route("openvino:fp99")
+    assert skipped.status == "skipped" and "fp99" in skipped.note
+    for r in ok:
+        assert len(r.runs) == 4 and {x.prompt_tokens for x in r.runs} == {16, 48}
+        assert all(x.new_tokens == 12 and len(x.latencies_s) == 12 for x in r.runs)  # ignore_eos honoured
+        assert len({x.prompt_key for x in r.runs}) == 4  # a fresh prompt for every timed run
+        for x in r.runs:
+            assert 0 < x.ttft_s < 30 and 0 < x.tpot_s < x.ttft_s * 50 and x.tokens_per_s > 0
+            assert x.second_token_s == x.latencies_s[1] and x.peak_rss_mb > 50
+        assert r.size_mb > 0 and r.load_s > 0 and r.warmup_s > 0
+    assert pocket_report.route("openvino:int4").size_mb < pocket_report.route("openvino:fp32").size_mb / 2
+
+
+@pytest.mark.slow
+def test_pocket_quality_fp32_agrees_with_pytorch(pocket_report: bench.BenchReport) -> None:
+    torch_fp32 = pocket_report.route("transformers:fp32")
+    ov_fp32 = pocket_report.route("openvino:fp32")
+    ov_int4 = pocket_report.route("openvino:int4")
+    assert torch_fp32.agreement == 1.0 and ov_fp32.agreement == 1.0  # fp32 end to end: identical greedy tokens
+    assert len(ov_fp32.greedy) == 6 and all(len(g) > 5 for g in ov_fp32.greedy)
+    assert 0.0 <= ov_int4.agreement <= 1.0 and 0 <= ov_int4.prefix_match <= 24
+    # The pocket model knows its answers: perplexity near 1, and the fp32 routes compute the same number.
+    assert 1.0 < torch_fp32.perplexity < 3.0
+    assert ov_fp32.perplexity == pytest.approx(torch_fp32.perplexity, rel=1e-4)
+    assert math.isfinite(ov_int4.perplexity) and ov_int4.perplexity > 1.0
+    assert torch_fp32.perplexity_text == "pocket QA answers given their questions"
+
+
+@pytest.mark.slow
+def test_report_saves_csv_and_json(pocket_report: bench.BenchReport, tmp_path: Path) -> None:
+    csv_path, json_path = pocket_report.save(tmp_path)
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == 3 * 2 + 1  # three routes at two prompt lengths, and the skipped route
+    assert {r["status"] for r in rows} == {"ok", "skipped"}
+    assert all(float(r["tokens_per_s"]) > 0 and float(r["new_tokens"]) == 12 for r in rows if r["status"] == "ok")
+    again = bench.BenchReport.load(json_path)
+    assert again.rows() == pocket_report.rows()
+    assert len(json.loads(json_path.read_text())["routes"][0]["runs"][0]["latencies_s"]) == 12
+    assert pocket_report.save(tmp_path)[0].name == "bench-1.csv"  # nothing overwritten
+    table = str(pocket_report)
+    assert "openvino/genai:int4" in table and "skipped" in table
+
+
+@pytest.mark.slow
+def test_random_model_isolated_routes_and_ortgenai_logits(random_phi3: Callable[[str], Path]) -> None:
+    """A tiny random model in separate processes: ORT GenAI fp32 logits give PyTorch's perplexity."""
+    model = str(random_phi3("mini-4k"))
+    report = bench.run(model, "ortgenai:fp32,ortgenai:int4", prompt_lengths=24, max_new_tokens=6, runs=1,
+                       quality_tokens=256, agreement_prompts=2, agreement_tokens=8, log=lambda m: None)
+    assert [r.route for r in report.routes] == ["ortgenai/genai:fp32", "ortgenai/genai:int4"]  # the reference
+    assert report.reference == "transformers/pytorch:fp32"  # ran for agreement only: it is not a row
+    fp32, int4 = report.route("ortgenai:fp32"), report.route("ortgenai:int4")
+    assert fp32.status == "ok" and int4.status == "ok", (fp32.note, int4.note)
+    assert fp32.agreement == 1.0 and 0 <= int4.agreement <= 1
+    assert fp32.perplexity_text == "phi3kit/data/eval.txt" and fp32.perplexity_tokens == 255
+    assert math.isfinite(int4.perplexity) and fp32.peak_rss_mb > 0 and all(x.new_tokens == 6 for x in fp32.runs)
+
+
+@pytest.mark.slow
+def test_bench_command_writes_table_csv_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "--routes", "openvino:int8", "--prompt-lengths", "20", "--max-new-tokens", "5", "--runs", "1",
+            "--no-quality", "--in-process", "-o", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "openvino/genai:int8" in out and "tok/s" in out
+    rows = list(csv.DictReader((tmp_path / "bench.csv").open()))
+    assert len(rows) == 1 and rows[0]["prompt_tokens"] == "20" and rows[0]["perplexity"] == ""
+    assert (tmp_path / "bench.json").is_file()
+
+
+def test_bench_command_refuses_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--routes", "openvino", "-o", "/nonexistent"]) == 2
+    assert "backend[/runtime]:precision" in capsys.readouterr().err
+    assert main(["bench", "--max-new-tokens", "0"]) == 2
+    assert "max_new_tokens" in capsys.readouterr().err
+
+
+def test_compare_notebook_parameters_are_typed_and_documented() -> None:
+    from phi3kit.runner import notebook_parameters
+
+    params = notebook_parameters(Path(__file__).resolve().parents[1] / "notebooks" / "compare.ipynb")
+    assert set(params) == {"model", "routes", "prompt_lengths", "max_new_tokens", "runs", "cache_dir", "results_dir"}
+    for p in params.values():
+        assert p["inferred_type_name"] in {"str", "int"} and p["help"], p
+    assert params["model"]["default"].strip("\"'") == kit.DEFAULT_MODEL
+    assert len(bench.parse_routes(params["routes"]["default"].strip("\"'"))) == 4
+    assert bench.parse_lengths(params["prompt_lengths"]["default"].strip("\"'")) == [128, 512]

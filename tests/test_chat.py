@@ -1,0 +1,280 @@
+"""Chat: history trimmed to the context window, the Conversation API, the panel (headless), `phi3kit chat`."""
+
+from __future__ import annotations
+
+import html
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import phi3kit as kit
+from phi3kit import pocket
+from phi3kit.chat import Conversation, fit_history, split_turns, trim_notice
+from phi3kit.widgets import HEADLESS_NOTE, ChatPanel, in_jupyterlab
+
+QA = {q["question"]: q["answer"] for q in pocket.load_qa()}
+Q1, Q2, Q3 = "What is an NPU?", "What is OpenVINO?", "What is papermill?"
+ROOT = Path(__file__).resolve().parents[1]
+
+_sessions: dict[str, kit.Session] = {}
+
+
+def pocket_session() -> kit.Session:
+    """PyTorch on the pocket model: no export, loads in about a second."""
+    if "pocket" not in _sessions:
+        _sessions["pocket"] = kit.load("pocket", "transformers", "fp32", log=lambda m: None)
+    return _sessions["pocket"]
+
+
+def noisy_session(random_phi3: Callable[[str], Path]) -> kit.Session:
+    """A random model: greedy, it rambles on for thousands of tokens, an answer long enough to stop."""
+    if "noisy" not in _sessions:
+        _sessions["noisy"] = kit.load(str(random_phi3("mini-4k")), "transformers", "fp32", log=lambda m: None)
+    return _sessions["noisy"]
+
+
+def turns(n: int) -> list[dict[str, str]]:
+    qs = list(QA)[:n]
+    out: list[dict[str, str]] = []
+    for q in qs:
+        out += [{"role": "user", "content": q}, {"role": "assistant", "content": QA[q]}]
+    return out
+
+
+# --- trimming ------------------------------------------------------------------------------------
+
+
+def test_split_turns_keeps_system_apart() -> None:
+    msgs = [{"role": "system", "content": "s"}, *turns(2), {"role": "user", "content": "q"}]
+    head, groups = split_turns(msgs)
+    assert head == [{"role": "system", "content": "s"}]
+    assert [len(g) for g in groups] == [2, 2, 1] and groups[-1][0]["content"] == "q"
+
+
+def test_fit_history_drops_the_fewest_oldest_turns(pocket_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    def encode(m: list[dict[str, str]]) -> list[int]:
+        return pocket_tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True)["input_ids"]
+
+    msgs = [{"role": "system", "content": "Be brief."}, *turns(5), {"role": "user", "content": Q1}]
+    full = len(encode(msgs))
+    assert fit_history(msgs, encode, full + 10, 10).dropped_turns == 0
+    fitted = fit_history(msgs, encode, full + 9, 10)  # one token short: exactly one turn must go
+    assert fitted.dropped_turns == 1 and fitted.messages == [msgs[0], *msgs[3:]]
+    for window in range(60, full, 37):
+        f = fit_history(msgs, encode, window, 16)
+        assert len(f.prompt_ids) + 16 <= window and f.prompt_ids == encode(f.messages)
+        assert f.messages[0] == msgs[0] and f.messages[-1] == msgs[-1]  # system prompt and question kept
+        if f.dropped_turns:  # dropping one turn fewer would not have fitted
+            bigger = [msgs[0], *msgs[1 + 2 * (f.dropped_turns - 1):]]
+            assert len(encode(bigger)) + 16 > window
+    with pytest.raises(kit.ContextWindowError, match="last message plus the system prompt.*Fix"):
+        fit_history(msgs, encode, 20, 16)
+
+
+def test_session_chat_trims_and_says_how_much() -> None:
+    s = pocket_session()
+    history = [*turns(6), {"role": "user", "content": Q2}]
+    r = s.chat(history, context_length=120, max_new_tokens=60)
+    assert r.trimmed_turns == 6  # the window holds only the question: every earlier turn is left out
+    assert r.prompt_ids == s.encode([{"role": "user", "content": Q2}])
+    assert r.text == QA[Q2]
+    untrimmed = s.chat(history, max_new_tokens=60)
+    assert untrimmed.trimmed_turns == 0 and len(untrimmed.prompt_ids) > 300
+    assert s.generate(Q1).trimmed_turns == 0
+
+
+def test_chat_with_system_prompt_and_bad_input() -> None:
+    s = pocket_session()
+    r = s.chat([{"role": "user", "content": Q1}], system="You are terse.", max_new_tokens=8)
+    assert r.prompt_ids == s.encode([{"role": "system", "content": "You are terse."}, {"role": "user", "content": Q1}])
+    with pytest.raises(kit.Phi3kitError, match="last message must be the user's turn"):
+        s.chat(turns(1))
+    with pytest.raises(kit.Phi3kitError, match="max_new_tokens must be a positive integer"):
+        s.chat([{"role": "user", "content": Q1}], max_new_tokens=0)
+    with pytest.raises(kit.Phi3kitError, match="context_length must be a positive integer"):
+        s.chat([{"role": "user", "content": Q1}], context_length=0)
+    with pytest.raises(kit.ContextWindowError, match="does not fit the context window of 4096.*Fix: shorten"):
+        s.chat([{"role": "user", "content": "word " * 5000}])
+
+
+# --- Conversation --------------------------------------------------------------------------------
+
+
+def test_conversation_keeps_history_across_turns() -> None:
+    conv = Conversation(pocket_session(), "Answer from what you were taught.", max_new_tokens=96)
+    r = conv.say(Q1)
+    assert conv.history == [{"role": "user", "content": Q1}]  # the answer is added once it is consumed
+    assert "".join(r) == QA[Q1]
+    assert conv.history[-1] == {"role": "assistant", "content": QA[Q1]}
+    r2 = conv.say(Q2)
+    assert r2.prompt_ids == pocket_session().encode([*conv.messages])  # system, Q1, A1, Q2
+    conv.say(Q3)  # r2 was never read: it is answered first, so the history stays question/answer
+    assert [m["role"] for m in conv.history] == ["user", "assistant", "user", "assistant", "user"]
+    assert conv.messages[0]["role"] == "system"
+    conv.reset()
+    assert conv.history == [] and conv.messages[0]["content"] == "Answer from what you were taught."
+    assert conv.say(Q1).text == QA[Q1]
+
+
+def test_conversation_trims_to_a_small_window_and_refuses_what_never_fits() -> None:
+    conv = Conversation(pocket_session(), context_length=100, max_new_tokens=64)
+    for q in (Q1, Q2, Q3):
+        r = conv.say(q)
+        assert r.text == QA[q]  # only the question fits: the pocket model answers as trained
+    assert r.trimmed_turns == 2 and len(conv.history) == 6  # the full history is kept, trimmed per answer
+    assert "the 2 oldest turns were left out" in trim_notice(r.trimmed_turns, conv.window)
+    with pytest.raises(kit.ContextWindowError, match="context window of 100"):
+        conv.say("word " * 200)
+    assert len(conv.history) == 6  # a refused message is not added
+    with pytest.raises(kit.ContextWindowError, match="leaves no room"):
+        Conversation(pocket_session(), context_length=64, max_new_tokens=64)
+    with pytest.raises(kit.Phi3kitError, match="non-empty string"):
+        conv.say("   ")
+
+
+def test_stopped_answer_keeps_its_text(random_phi3: Callable[[str], Path]) -> None:
+    conv = Conversation(noisy_session(random_phi3), max_new_tokens=2000)
+    r = conv.say("Tell me everything.")
+    it = iter(r)
+    first = [next(it) for _ in range(3)]
+    r.cancel()
+    assert r.metrics.finish_reason == "cancelled" and r.metrics.new_tokens < 100
+    assert conv.history[-1] == {"role": "assistant", "content": "".join(first)}
+
+
+# --- the panel, headless -------------------------------------------------------------------------
+
+
+def test_panel_streams_an_answer_and_reports_metrics() -> None:
+    panel = kit.chat(pocket_session(), system="Be helpful.", interactive=False)
+    assert isinstance(panel, ChatPanel) and "System prompt" in panel.transcript.children[0].value
+    panel.input.value = Q1  # what pressing Enter in the text box does
+    panel.wait(30)
+    assert panel.input.value == "" and not panel.busy
+    assert f'<span dir="auto">{html.escape(QA[Q1])}</span>' in panel.answer.value
+    assert html.escape(panel.response.metrics.summary()) in panel.answer.value  # a metrics line per answer
+    assert "(stop)" in panel.metrics.value and "tokens/s" in panel.metrics.value and panel.notice.value == ""
+    assert panel.send_button.disabled is False and panel.stop_button.disabled is True
+    assert panel.send("") is None and panel.send("   ") is None  # nothing to send
+    panel.reset()
+    assert len(panel.transcript.children) == 1 and panel.conversation.history == []
+
+
+def test_panel_says_when_it_trims() -> None:
+    panel = kit.chat(pocket_session(), context_length=130, max_new_tokens=64, interactive=False)
+    for q in (Q1, Q2):
+        panel.send(q)
+        panel.wait(30)
+    assert "the oldest turn was left out" in panel.notice.value and "130-token" in panel.notice.value
+    assert f">{html.escape(QA[Q2])}<" in panel.answer.value
+    panel.send("word " * 300)
+    assert "context window" in panel.notice.value and not panel.busy  # shown in the panel, not raised
+
+
+def test_panel_stop_button_stops_a_long_answer(random_phi3: Callable[[str], Path]) -> None:
+    panel = kit.chat(noisy_session(random_phi3), max_new_tokens=3000, interactive=False)
+    panel.send("Tell me everything.")
+    deadline = time.monotonic() + 30
+    while len(panel.answer.value) < 400 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert panel.busy, "the answer should still be streaming"
+    panel.stop_button.click()
+    panel.wait(10)
+    assert not panel.busy
+    assert "(cancelled)" in panel.metrics.value and " [stopped]</span>" in panel.answer.value
+    assert panel.response is not None and panel.response.metrics.new_tokens < 3000
+
+
+def test_headless_chat_shows_nothing_interactive_and_returns_at_once(capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    assert not in_jupyterlab()
+    start = time.perf_counter()
+    panel = kit.chat(pocket_session())
+    panel._ipython_display_()
+    assert time.perf_counter() - start < 2 and not panel.interactive and not panel.busy
+    assert capsys.readouterr().out.strip() == HEADLESS_NOTE
+    monkeypatch.setenv("JPY_SESSION_NAME", "x.ipynb")
+    assert kit.chat(pocket_session()).interactive
+
+
+# --- phi3kit chat in a terminal ------------------------------------------------------------------
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-u", "-m", "phi3kit.cli", "chat", *args]
+
+
+def test_cli_chat_multi_turn_trim_reset_errors_exit() -> None:
+    script = f"{'word ' * 5000}\n{Q1}\n{Q2}\n/reset\n{Q3}\n/exit\n{Q1}\n"
+    out = subprocess.run(cli("--backend", "transformers", "--precision", "fp32", "--context-length", "130",
+                             "--max-new-tokens", "64"),
+                         input=script, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    answers = [line.split("model> ", 1)[1] for line in out.stdout.splitlines() if "model> " in line]
+    assert answers == [QA[Q1], QA[Q2], QA[Q3]]  # /exit stops before the last question
+    assert "(history cleared)" in out.stdout
+    assert out.stderr.count("tokens/s") == 3  # a metrics line per answer
+    assert out.stderr.count("the oldest turn was left out") == 1  # Q2 (after Q1); Q3 came after /reset
+    assert "phi3kit: error: The last message is" in out.stderr and "Fix:" in out.stderr  # and the chat went on
+
+
+def test_cli_chat_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from phi3kit.cli import main
+
+    assert main(["chat", "--backend", "tensorrt"]) == 2 and "Unknown backend" in capsys.readouterr().err
+    assert main(["chat", "--backend", "transformers", "--precision", "fp32", "--max-new-tokens", "0"]) == 2
+    assert "max_new_tokens must be a positive integer" in capsys.readouterr().err
+    assert main(["chat", "--backend", "transformers", "--precision", "fp32", "--context-length", "100"]) == 2
+    assert "leaves no room" in capsys.readouterr().err
+
+
+def test_cli_ctrl_c_stops_the_answer_not_the_chat(random_phi3: Callable[[str], Path]) -> None:
+    proc = subprocess.Popen(cli("--model", str(random_phi3("mini-4k")), "--backend", "transformers", "--precision",
+                                "fp32", "--max-new-tokens", "3000"),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdin and proc.stdout and proc.stderr
+    got: dict[str, bytearray] = {"out": bytearray(), "err": bytearray()}
+
+    def pump(name: str, stream) -> None:  # type: ignore[no-untyped-def]
+        while chunk := stream.read1(4096):
+            got[name] += chunk
+
+    readers = [threading.Thread(target=pump, args=(n, s), daemon=True)
+               for n, s in (("out", proc.stdout), ("err", proc.stderr))]
+    for t in readers:
+        t.start()
+
+    def wait_for(what: str, pred: Callable[[], bool], timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"waited for {what}; stdout={bytes(got['out'])[-500:]!r} "
+                            f"stderr={bytes(got['err'])[-1500:]!r}")
+            time.sleep(0.02)
+
+    try:
+        proc.stdin.write(b"Tell me everything.\n")
+        proc.stdin.flush()
+        wait_for("the answer to stream", lambda: len(got["out"].partition(b"model> ")[2]) > 50)
+        proc.send_signal(signal.SIGINT)
+        wait_for("the stop", lambda: b"[stopped]" in got["out"] and b"(cancelled)" in got["err"])
+        proc.stdin.write(b"/reset\n")
+        proc.stdin.flush()
+        wait_for("the chat to go on", lambda: b"(history cleared)" in got["out"])
+        proc.stdin.close()  # EOF quits
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for t in readers:
+        t.join(5)
+    summary = next(line for line in got["err"].decode().splitlines() if "(cancelled)" in line)
+    assert int(summary.split()[0]) < 3000

@@ -1,0 +1,135 @@
+"""Property-based tests: whatever prompt, history or setting a learner types, the kit either answers
+or raises one of its documented errors (Phi3kitError), never a library's traceback."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import phi3kit as kit
+from phi3kit.cache import ExportCache
+from phi3kit.chat import fit_history
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+_sessions: dict[str, kit.Session] = {}
+ANSWERED: list[int] = []  # histories the chat property really answered (not refused)
+
+
+def pocket_session() -> kit.Session:
+    if "s" not in _sessions:
+        _sessions["s"] = kit.load("pocket", "transformers", "fp32", log=lambda m: None)
+    return _sessions["s"]
+
+
+# Any text, including special-token look-alikes, right-to-left marks, NULs and surrogate-free emoji.
+texts = st.one_of(
+    st.text(max_size=120),
+    st.sampled_from(["", " ", "<|end|>", "<|user|>hi<|end|><|assistant|>", "\x00", "\u202e مرحبا", "👩🏽‍💻" * 20,
+                     "word " * 300]),
+)
+floats = st.floats(min_value=-2, max_value=5, allow_nan=False)
+message = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "bot", ""]),
+                                 "content": texts})
+
+
+@st.composite
+def conversations(draw: st.DrawFn) -> list[dict[str, str]]:
+    """Mostly well-formed histories (system?, user/assistant pairs, a question), sometimes anything at all."""
+    if draw(st.integers(0, 4)) == 0:
+        return draw(st.lists(message, max_size=6))
+    msgs = [{"role": "system", "content": draw(texts)}] if draw(st.booleans()) else []
+    for q, a in draw(st.lists(st.tuples(texts, texts), max_size=6)):
+        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return [*msgs, {"role": "user", "content": draw(texts)}]
+
+
+@SETTINGS
+@given(prompt=texts, system=st.one_of(st.none(), texts), max_new_tokens=st.integers(-3, 6),
+       do_sample=st.booleans(), temperature=floats, top_p=floats, top_k=st.integers(-2, 100),
+       seed=st.one_of(st.none(), st.integers(0, 2**31)))
+def test_generate_answers_or_raises_a_documented_error(prompt: str, system: str | None, max_new_tokens: int,
+                                                       do_sample: bool, temperature: float, top_p: float, top_k: int,
+                                                       seed: int | None) -> None:
+    s = pocket_session()
+    try:
+        r = s.generate(prompt, system=system, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                       temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    except kit.Phi3kitError:
+        return
+    chunks = list(r)
+    assert "".join(chunks) == r.text
+    assert 1 <= r.metrics.new_tokens <= max_new_tokens
+    assert r.metrics.finish_reason in ("stop", "length")
+
+
+@SETTINGS
+@given(history=conversations(), context_length=st.one_of(st.none(), st.integers(-5, 400)),
+       max_new_tokens=st.integers(-1, 8))
+def test_chat_answers_or_raises_a_documented_error(history: list[dict[str, str]], context_length: int | None,
+                                                   max_new_tokens: int) -> None:
+    s = pocket_session()
+    try:
+        r = s.chat(history, context_length=context_length, max_new_tokens=max_new_tokens)
+    except kit.Phi3kitError:
+        return
+    ANSWERED.append(len(history))
+    window = s.context_length if context_length is None else min(context_length, s.context_length)
+    assert len(r.prompt_ids) + max_new_tokens <= window
+    assert 0 <= r.trimmed_turns <= sum(m["role"] == "user" for m in history)
+    assert r.text == "".join(r.chunks)
+
+
+@SETTINGS
+@given(history=st.lists(st.tuples(texts, texts), min_size=0, max_size=10), question=texts,
+       system=st.one_of(st.none(), texts), window=st.integers(1, 2000), max_new_tokens=st.integers(1, 64))
+def test_trimming_keeps_system_and_question_and_drops_the_fewest(pocket_tokenizer, history: list[tuple[str, str]],  # type: ignore[no-untyped-def]
+                                                                 question: str, system: str | None, window: int,
+                                                                 max_new_tokens: int) -> None:
+    def encode(m: list[dict[str, str]]) -> list[int]:
+        return pocket_tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True)["input_ids"]
+
+    msgs = [{"role": "system", "content": system}] if system else []
+    for q, a in history:
+        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    msgs.append({"role": "user", "content": question})
+    try:
+        f = fit_history(msgs, encode, window, max_new_tokens)
+    except kit.ContextWindowError:
+        head = msgs[:1] if system else []
+        assert len(encode([*head, msgs[-1]])) + max_new_tokens > window  # refused only when nothing fits
+        return
+    assert len(f.prompt_ids) + max_new_tokens <= window and f.messages[-1] == msgs[-1]
+    assert (f.messages[0] == msgs[0]) if system else True
+    assert f.messages == (msgs[:1] if system else []) + msgs[len(msgs) - len(f.messages) + (1 if system else 0):]
+    if f.dropped_turns:
+        keep_one_more = (msgs[:1] if system else []) + msgs[(1 if system else 0) + 2 * (f.dropped_turns - 1):]
+        assert len(encode(keep_one_more)) + max_new_tokens > window
+
+
+@SETTINGS
+@given(backend=st.text(max_size=40), label=st.text(max_size=200), model=st.text(max_size=80))
+def test_cache_entry_is_always_a_child_of_the_root(tmp_path_factory: pytest.TempPathFactory, backend: str,
+                                                   label: str, model: str) -> None:
+    root = tmp_path_factory.getbasetemp() / "prop-cache"
+    cache = ExportCache(root)
+    path = cache.entry_dir(backend, label, {"model": model})
+    assert path.parent.parent == cache.root and cache.root in path.parents
+    assert path.name and not path.name.startswith(".") and "/" not in path.name
+
+
+def test_nan_temperature_is_a_documented_error() -> None:
+    with pytest.raises(kit.Phi3kitError, match="temperature"):
+        pocket_session().generate("hi", do_sample=True, temperature=math.nan, max_new_tokens=2).consume()
+
+
+def test_properties_ran_on_the_pocket_model() -> None:
+    """The properties above mean something only if the model answers at all, and often."""
+    if ANSWERED:  # this file ran as a whole: most generated histories must have been answered, not refused
+        assert len(ANSWERED) >= 10 and max(ANSWERED) >= 3, ANSWERED
+    assert pocket_session().generate("What is an NPU?", max_new_tokens=8).consume().metrics.new_tokens == 8
+    assert Path(pocket_session().source.path).name == "model"

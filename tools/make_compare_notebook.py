@@ -1,0 +1,132 @@
+"""Authoring source of notebooks/compare.ipynb: `python tools/make_compare_notebook.py`, then
+`python tools/store_outputs.py notebooks/compare.ipynb` to store the checked outputs."""
+
+from pathlib import Path
+
+from nbcells import write
+
+ROOT = Path(__file__).resolve().parents[1]
+cells = [
+("md", """
+# Compare the routes: speed, memory and quality side by side
+
+The other notebooks run Phi-3 one way at a time. This one runs **the same prompts through several
+routes** (PyTorch, OpenVINO, ONNX Runtime GenAI, at several precisions) on this machine and puts
+the numbers next to each other:
+
+* **time to first token** (TTFT): reading the prompt, for prompts of different lengths;
+* **decode speed** in tokens per second, and the latency of every single token;
+* **memory**: the peak resident memory of each route's process, and the weights on disk;
+* **quality**: perplexity on a fixed text and how often the greedy answer matches PyTorch's.
+
+A route is written `backend:precision`, optionally `backend/runtime:precision@device`,
+for example `openvino:int4`, `openvino/optimum:int8` or `ortgenai:int4@CPU`.
+"""),
+("md", """
+## Parameters
+
+Defaults compare the real Phi-3-mini. PyTorch fp32 holds the whole model in 32-bit floats
+(about 15 GB, more while loading); the kit skips it, saying why, when the RAM is not there.
+`model = "pocket"` runs everything in seconds, offline.
+"""),
+("parameters", """
+model: str = "microsoft/Phi-3-mini-4k-instruct"  # hub id, local folder, or "pocket" (offline teaching model)
+routes: str = "transformers:fp32,openvino:int4,openvino:int8,ortgenai:int4"  # comma separated backend:precision
+prompt_lengths: str = "128,512"  # prompt sizes to time, in tokens, comma separated
+max_new_tokens: int = 64  # tokens generated per timed run (always this many: end tokens do not stop it)
+runs: int = 3  # timed runs per prompt length, after one warm-up run that is not counted
+cache_dir: str = ""  # folder for exports; empty for the kit default (PHI3KIT_CACHE or the user cache)
+results_dir: str = "results"  # where the CSV and JSON of the results go; empty to keep them in memory only
+"""),
+("md", """
+## 1. The machine
+
+Every number below belongs to this hardware. Decoding reads all the weights once per token, so
+memory bandwidth sets the pace more than the CPU's clock; prompt reading is arithmetic, where
+cores and instruction sets (AVX-512, AMX) matter.
+"""),
+("code", """
+import phi3kit as kit
+
+machine = kit.doctor()
+for item in ("CPU", "ISA", "cores", "RAM", "OS"):
+    print(f"{item:6} {machine.get(item)}")
+"""),
+("md", """
+## 2. Which routes run here?
+
+Each backend says which devices it sees and whether its packages are installed. A route that
+cannot run is skipped with the reason, instead of failing halfway through the comparison.
+"""),
+("code", """
+# NBVAL_CHECK_OUTPUT
+for route, problem in kit.bench.available(routes):
+    print(f"{route.label:28} {'runs here' if problem is None else 'skipped: ' + problem}")
+"""),
+("md", """
+## 3. Measure
+
+`kit.bench.run` does for each route what OpenVINO's `llm_bench` and ONNX Runtime GenAI's
+`benchmark_e2e` do:
+
+* it exports the model (cached after the first time) and loads it, timing both;
+* it runs one **warm-up** generation that is not counted: the first run compiles kernels;
+* every timed run gets a **fresh prompt** of exactly the requested length, cut from a fixed text
+  at a new place: OpenVINO GenAI caches prompts it has seen, which would fake the TTFT;
+* it generates **exactly `max_new_tokens`** greedy tokens, so no route wins by stopping early;
+* each route runs **in its own process**, so its memory is its own and is returned afterwards.
+
+This takes a while for the real model (each export takes minutes the first time).
+"""),
+("code", """
+report = kit.bench.run(model, routes, prompt_lengths, max_new_tokens, runs, cache_dir=cache_dir or None)
+report
+"""),
+("md", """
+## 4. Side by side
+
+* **TTFT** grows with the prompt: the whole prompt is processed before the first token.
+* **Decode speed** mostly follows the bytes of weights read per token: int4 reads about half of
+  int8 and a quarter of fp16, which is why compressing weights makes the model faster, not only smaller.
+* **Memory**: the peak includes the runtime itself and the key/value cache, not just the weights.
+* **Per-token latency** should be flat after the first token; spikes are other programs
+  competing for the CPU.
+"""),
+("code", """
+report.plot();
+"""),
+("md", """
+## 5. What does the speed cost?
+
+* **Perplexity**: how surprised the model is by a fixed text (the pocket model: its own answers).
+  Lower is better; compare each route with PyTorch fp32, not with other models.
+* **Agreement**: the share of greedy tokens identical to PyTorch fp32's on the same prompts, and
+  **prefix match**: how many tokens in a row match before the first difference.
+
+Integer weights round every value, so int4 usually drifts first; fp32 routes should agree fully.
+"""),
+("code", """
+report.quality()
+"""),
+("md", """
+## 6. Keep the numbers
+
+The table as CSV (one row per route and prompt length) and everything as JSON, per-token
+latencies included, so results from different laptops in the room can be compared later.
+"""),
+("code", """
+if results_dir:
+    csv_path, json_path = report.save(results_dir, stem="compare")  # never overwrites: compare-1.csv...
+    print(csv_path, json_path, sep="\\n")
+"""),
+("md", """
+## Next
+
+* Run `phi3kit bench --model pocket --routes openvino:int4,openvino:fp16` in a terminal: the same
+  measurement with a table, a CSV and a JSON file.
+* `phi3kit run notebooks/openvino.ipynb -g precision int4,int8 --jobs 2` runs a notebook over a
+  parameter grid and collects each run's metrics into one table.
+* `docs/benchmarks.md` has the full-size Phi-3-mini numbers measured on a 2-core CPU.
+"""),
+]
+write(ROOT / "notebooks" / "compare.ipynb", cells, "Compare Phi-3 routes")
