@@ -36,7 +36,7 @@ from typing import Any
 import psutil
 
 from . import backends
-from .backends.base import Log
+from .backends.base import Log, run_logged
 from .config import GenerationConfig, LoadConfig
 from .errors import Phi3kitError
 from .quality import agreement, eval_text, perplexity, quality_segments
@@ -314,8 +314,8 @@ class BenchReport:
                 return r
         raise KeyError(f"no route {label!r} in this report (routes: {', '.join(r.route for r in self.routes)})")
 
-    def table(self) -> str:
-        """A fixed-width table for the terminal."""
+    def _cells(self) -> tuple[list[str], list[list[str]], list[str]]:
+        """Header, formatted rows of the routes that ran, and one note per route that did not."""
         cols = [("route", "route", "{}"), ("prompt", "prompt_tokens", "{}"), ("TTFT ms", "ttft_ms", "{:.1f}"),
                 ("2nd tok ms", "second_token_ms", "{:.1f}"), ("TPOT ms", "tpot_ms", "{:.2f}"),
                 ("tok/s", "tokens_per_s", "{:.1f}"), ("RSS MB", "peak_rss_mb", "{:.0f}"),
@@ -323,17 +323,21 @@ class BenchReport:
                 ("ppl", "perplexity", "{:.3f}"), ("agree", "agreement", "{:.3f}"), ("prefix", "prefix_match", "{:.1f}")]
         if self.bandwidth_gbs:
             cols.append(("% limit", "share_of_limit", "{:.0%}"))
-        lines, notes = [], []
-        cells = [[h for h, _, _ in cols]]
+        rows, notes = [], []
         for row in self.rows():
             if row["status"] != "ok":
                 notes.append(f"{row['route']}: {row['status']}: {row['note']}")
                 continue
-            cells.append([("-" if row[k] is None else f.format(row[k])) for _, k, f in cols])
-        widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
-        for c in cells:
-            lines.append("  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths,
-                                                                                                     strict=True))))
+            rows.append([("-" if row[k] is None else f.format(row[k])) for _, k, f in cols])
+        return [h for h, _, _ in cols], rows, notes
+
+    def table(self) -> str:
+        """A fixed-width table for the terminal."""
+        header, rows, notes = self._cells()
+        cells = [header, *rows]
+        widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+        lines = ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths, strict=True)))
+                 for c in cells]
         return "\n".join(lines + notes)
 
     __str__ = __repr__ = table
@@ -344,12 +348,13 @@ class BenchReport:
         return pd.DataFrame(self.rows(), columns=list(ROW_FIELDS))
 
     def _repr_html_(self) -> str:
-        frame = self.to_frame()
-        shown = frame[frame.status == "ok"][["route", "prompt_tokens", "ttft_ms", "second_token_ms", "tpot_ms",
-                                             "tokens_per_s", "peak_rss_mb", "size_mb", "load_s", "perplexity",
-                                             "agreement"]]
-        notes = "".join(f"<p><b>{r.route}</b> {r.status}: {r.note}</p>" for r in self.routes if r.status != "ok")
-        return shown.to_html(index=False, float_format=lambda v: f"{v:.2f}", na_rep="-") + notes
+        from html import escape
+
+        header, rows, notes = self._cells()
+        head = "".join(f"<th>{escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td style='text-align:{'left' if i == 0 else 'right'}'>{escape(v)}</td>"
+                                        for i, v in enumerate(row)) + "</tr>" for row in rows)
+        return f"<table><tr>{head}</tr>{body}</table>" + "".join(f"<p>{escape(n)}</p>" for n in notes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -589,20 +594,8 @@ def measure_isolated(route: Route, model: str, settings: Settings, log: Log = pr
         job, out = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job.write_text(json.dumps({"route": asdict(route), "model": model, "settings": asdict(settings)}))
         cmd = [sys.executable, "-c", "from phi3kit.bench import _worker_main; _worker_main()", str(job), str(out)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        tail: list[str] = []
-        assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                line = line.rstrip()
-                tail = (tail + [line])[-20:]
-                if line:
-                    log(line)
-            rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+        rc, lines = run_logged(cmd, log)
+        tail = lines[-20:]
         if out.is_file():
             return RouteResult.from_dict(json.loads(out.read_text()))
         killed = " (killed: out of memory?)" if rc in (-9, 137) else ""

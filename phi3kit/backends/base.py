@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import queue
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -83,6 +84,28 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free runtime resources early (the garbage collector does it otherwise)."""
+
+
+def run_logged(cmd: list[str], log: Log, show: Callable[[str], bool] = bool) -> tuple[int, list[str]]:
+    """Run a tool (an exporter, a bench worker), passing each output line to `log` as it comes.
+
+    Returns (exit code, every line). Interrupting the caller kills the tool, so a stopped export
+    leaves no process behind writing into a folder the cache is about to discard.
+    """
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    try:
+        for raw in proc.stdout:  # text mode turns tqdm's carriage returns into lines
+            line = raw.rstrip()
+            lines.append(line)
+            if show(line):
+                log(line)
+        return proc.wait(), lines
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
 
 
 class _Raised:

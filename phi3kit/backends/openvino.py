@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -15,7 +14,7 @@ from ..config import GenerationConfig, LoadConfig
 from ..devices import missing_device_message, openvino_devices
 from ..errors import ContextWindowError, DeviceNotFoundError, ExportError, MissingDependencyError, UnknownChoiceError
 from ..sources import ModelSource
-from .base import Backend, Log, Token, threaded_stream
+from .base import Backend, Log, Token, run_logged, threaded_stream
 
 # The seed tutorial's int4 recipe; FACTS.md: group size must divide every weight's input dim.
 INT4_DEFAULTS = {"group_size": 128, "ratio": 0.6}
@@ -261,19 +260,7 @@ class OpenVINOBackend(Backend):
         def build(out: Path) -> None:
             cmd = export_command(source.path, out, cfg, source.config, log)
             log("Exporting with: optimum-cli " + " ".join(cmd[3:]))
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    bufsize=1)
-            lines: list[str] = []
-            assert proc.stdout is not None
-            try:
-                for line in proc.stdout:
-                    lines.append(line.rstrip())
-                    log(line.rstrip())
-                rc = proc.wait()
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
+            rc, lines = run_logged(cmd, log)
             if rc != 0:
                 tail = "\n".join(lines[-15:])
                 raise ExportError(f"optimum-cli export failed (exit {rc}):\n{tail}")

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from ..cache import Export, ExportCache
 from ..config import GenerationConfig, LoadConfig
 from ..errors import DeviceNotFoundError, ExportError, MissingDependencyError, UnknownChoiceError
 from ..sources import ModelSource
-from .base import Backend, Log, Token, threaded_stream
+from .base import Backend, Log, Token, run_logged, threaded_stream
 
 # Device (as users spell it, like the other backends) -> ONNX Runtime GenAI provider name.
 PROVIDERS = {"CPU": "cpu", "DML": "dml", "CUDA": "cuda"}
@@ -385,20 +384,7 @@ class OrtGenAIBackend(Backend):
 def run_builder(cmd: list[str], log: Log) -> None:
     """Run the model builder, logging its output without the per-weight chatter; raise with its tail."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    lines: list[str] = []
-    assert proc.stdout is not None
-    try:
-        for raw in proc.stdout:  # text mode turns tqdm's carriage returns into lines
-            line = raw.rstrip()
-            lines.append(line)
-            if line and not _NOISE.search(line):
-                log(line)
-        rc = proc.wait()
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
+    rc, lines = run_logged(cmd, log, show=lambda line: bool(line) and not _NOISE.search(line))
     if rc != 0:
         tail = "\n".join(line for line in lines[-30:] if not _NOISE.search(line))
         raise ExportError(f"the ONNX Runtime GenAI model builder failed (exit {rc}):\n{tail}")
