@@ -75,14 +75,49 @@ class Metrics:
         return ax
 
 
-class PeakMemory:
-    """Samples this process's RSS in a thread; `peak_mb` is the highest value seen."""
+_CLEAR_REFS = "/proc/self/clear_refs"
+_active = 0  # PeakMemory blocks open now: only the outermost may reset the kernel's high-water mark
+_active_lock = threading.Lock()
 
-    def __init__(self, interval_s: float = 0.01) -> None:
+
+def _kernel_hwm_mb() -> float | None:
+    """Linux's own peak RSS of this process (VmHWM), or None where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_kernel_hwm() -> bool:
+    try:
+        with open(_CLEAR_REFS, "w") as f:
+            f.write("5")  # 5: reset the peak RSS to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """This process's peak RSS during a block (`peak_mb`).
+
+    On Linux the kernel keeps the high-water mark itself (VmHWM, reset through /proc/self/clear_refs),
+    so nothing runs beside the model. Elsewhere a thread samples RSS every `interval_s`: a 10 ms sampler
+    slowed full-size int4 decode on 2 cores by 9% (docs/benchmarks.md), so the default is 0.1 s.
+    A block opened inside another one does not reset the mark: it may then report the outer block's
+    peak (too high, never too low).
+    """
+
+    def __init__(self, interval_s: float = 0.1, *, sampler: bool | None = None) -> None:
         self._proc = psutil.Process()
         self._interval = interval_s
+        self._force_sampler = sampler
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._kernel = False
         self.peak_mb = self._rss_mb()
 
     def _rss_mb(self) -> float:
@@ -93,15 +128,27 @@ class PeakMemory:
             self.peak_mb = max(self.peak_mb, self._rss_mb())
 
     def __enter__(self) -> PeakMemory:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        global _active
+        with _active_lock:
+            outermost = _active == 0
+            _active += 1
+            if not self._force_sampler and _kernel_hwm_mb() is not None:
+                self._kernel = (not outermost) or _reset_kernel_hwm()
+        self.peak_mb = self._rss_mb()
+        if not self._kernel:
+            self._thread = threading.Thread(target=self._run, name="phi3kit-peak-memory", daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        global _active
         self._stop.set()
         if self._thread:
             self._thread.join()
-        self.peak_mb = max(self.peak_mb, self._rss_mb())
+        hwm = _kernel_hwm_mb() if self._kernel else None
+        self.peak_mb = max(self.peak_mb, self._rss_mb(), hwm or 0.0)
+        with _active_lock:
+            _active -= 1
 
 
 RECORD_MIME = "application/vnd.phi3kit.metrics+json"

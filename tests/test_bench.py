@@ -123,7 +123,7 @@ def test_ignore_eos_generates_exactly_max_new_tokens(backend: str, precision: st
 def pocket_report(tmp_path_factory: pytest.TempPathFactory) -> bench.BenchReport:
     """Three pocket routes in this process (one isolated run is tested separately: it costs a process each)."""
     return bench.run("pocket", ROUTES + ",openvino:fp99", prompt_lengths="16,48", max_new_tokens=12, runs=2,
-                     agreement_prompts=6, agreement_tokens=24, isolate=False, log=lambda m: None)
+                     agreement_prompts=4, agreement_tokens=24, isolate=False, log=lambda m: None)
 
 
 @pytest.mark.slow
@@ -149,7 +149,7 @@ def test_pocket_quality_fp32_agrees_with_pytorch(pocket_report: bench.BenchRepor
     ov_fp32 = pocket_report.route("openvino:fp32")
     ov_int4 = pocket_report.route("openvino:int4")
     assert torch_fp32.agreement == 1.0 and ov_fp32.agreement == 1.0  # fp32 end to end: identical greedy tokens
-    assert len(ov_fp32.greedy) == 6 and all(len(g) > 5 for g in ov_fp32.greedy)
+    assert len(ov_fp32.greedy) == 4 and all(len(g) > 5 for g in ov_fp32.greedy)
     assert 0.0 <= ov_int4.agreement <= 1.0 and 0 <= ov_int4.prefix_match <= 24
     # The pocket model knows its answers: perplexity near 1, and the fp32 routes compute the same number.
     assert 1.0 < torch_fp32.perplexity < 3.0
@@ -174,18 +174,18 @@ def test_report_saves_csv_and_json(pocket_report: bench.BenchReport, tmp_path: P
 
 
 @pytest.mark.slow
-def test_random_model_isolated_routes_and_ortgenai_logits(random_phi3: Callable[[str], Path]) -> None:
-    """A tiny random model in separate processes: ORT GenAI fp32 logits give PyTorch's perplexity."""
+def test_random_model_isolated_route_and_ortgenai_logits(random_phi3: Callable[[str], Path]) -> None:
+    """A tiny random model, each route in its own process: ORT GenAI fp32 logits give PyTorch's perplexity."""
     model = str(random_phi3("mini-4k"))
-    report = bench.run(model, "ortgenai:fp32,ortgenai:int4", prompt_lengths=24, max_new_tokens=6, runs=1,
-                       quality_tokens=256, agreement_prompts=2, agreement_tokens=8, log=lambda m: None)
-    assert [r.route for r in report.routes] == ["ortgenai/genai:fp32", "ortgenai/genai:int4"]  # the reference
-    assert report.reference == "transformers/pytorch:fp32"  # ran for agreement only: it is not a row
-    fp32, int4 = report.route("ortgenai:fp32"), report.route("ortgenai:int4")
-    assert fp32.status == "ok" and int4.status == "ok", (fp32.note, int4.note)
-    assert fp32.agreement == 1.0 and 0 <= int4.agreement <= 1
+    report = bench.run(model, "ortgenai:fp32", prompt_lengths=24, max_new_tokens=6, runs=1, quality_tokens=256,
+                       agreement_prompts=2, agreement_tokens=8, log=lambda m: None)
+    assert [r.route for r in report.routes] == ["ortgenai/genai:fp32"]  # the reference ran for agreement only
+    assert report.reference == "transformers/pytorch:fp32" and report.isolated
+    fp32 = report.route("ortgenai:fp32")
+    assert fp32.status == "ok", fp32.note
+    assert fp32.agreement == 1.0 and fp32.prefix_match == sum(map(len, fp32.greedy)) / 2  # identical throughout
     assert fp32.perplexity_text == "phi3kit/data/eval.txt" and fp32.perplexity_tokens == 255
-    assert math.isfinite(int4.perplexity) and fp32.peak_rss_mb > 0 and all(x.new_tokens == 6 for x in fp32.runs)
+    assert math.isfinite(fp32.perplexity) and fp32.peak_rss_mb > 0 and all(x.new_tokens == 6 for x in fp32.runs)
 
 
 @pytest.mark.slow

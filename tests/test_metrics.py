@@ -1,0 +1,52 @@
+"""PeakMemory: the peak RSS of a block, without a sampler thread beside the model where the OS keeps one."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from phi3kit.metrics import PeakMemory, _kernel_hwm_mb
+
+
+def allocate_and_free(mb: int, hold_s: float = 0.0) -> None:
+    block = np.ones(mb * 2**20, dtype=np.uint8)  # ones, not zeros: the pages must really be touched
+    assert int(block[::4096].sum()) == mb * 256
+    threading.Event().wait(hold_s)  # a sampler only sees what is there when it looks
+    del block
+
+
+@pytest.mark.parametrize("sampler", [False, True])
+def test_peak_sees_a_freed_allocation(sampler: bool) -> None:
+    with PeakMemory(interval_s=0.005, sampler=sampler) as mem:
+        before = mem.peak_mb
+        allocate_and_free(300, hold_s=0.1 if sampler else 0.0)
+    assert mem.peak_mb >= before + 250, (before, mem.peak_mb)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's high-water mark is Linux's")
+def test_kernel_mark_is_used_and_reset_per_block() -> None:
+    assert _kernel_hwm_mb() is not None
+    allocate_and_free(300)  # the process's lifetime peak is now at least this high
+    with PeakMemory() as mem:
+        assert mem._thread is None  # no thread runs beside the model
+        start = mem._rss_mb()
+        allocate_and_free(20)
+    assert start + 15 <= mem.peak_mb < start + 150  # the 300 MB before the block is not counted
+    with PeakMemory() as small:
+        pass
+    with PeakMemory() as big:
+        allocate_and_free(300)
+    assert big.peak_mb >= small.peak_mb + 250  # the mark was reset when each block opened
+
+
+def test_nested_block_never_reports_less_than_its_own_peak() -> None:
+    with PeakMemory() as outer:
+        allocate_and_free(200)
+        with PeakMemory() as inner:
+            allocate_and_free(100)
+            now = inner._rss_mb()
+    assert inner.peak_mb >= now + 90
+    assert outer.peak_mb >= inner.peak_mb - 1 and outer.peak_mb >= now + 190
