@@ -111,10 +111,10 @@ class PeakMemory:
     peak (too high, never too low).
     """
 
-    def __init__(self, interval_s: float = 0.1, *, sampler: bool | None = None) -> None:
+    def __init__(self, interval_s: float = 0.1, *, sampler: bool = False) -> None:
         self._proc = psutil.Process()
         self._interval = interval_s
-        self._force_sampler = sampler
+        self._force_sampler = sampler  # the thread even where the kernel keeps the mark (tests)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._kernel = False

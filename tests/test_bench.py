@@ -174,18 +174,20 @@ def test_report_saves_csv_and_json(pocket_report: bench.BenchReport, tmp_path: P
 
 
 @pytest.mark.slow
-def test_random_model_isolated_route_and_ortgenai_logits(random_phi3: Callable[[str], Path]) -> None:
+def test_random_model_isolated_routes_and_ortgenai_logits(random_phi3: Callable[[str], Path]) -> None:
     """A tiny random model, each route in its own process: ORT GenAI fp32 logits give PyTorch's perplexity."""
     model = str(random_phi3("mini-4k"))
-    report = bench.run(model, "ortgenai:fp32", prompt_lengths=24, max_new_tokens=6, runs=1, quality_tokens=256,
-                       agreement_prompts=2, agreement_tokens=8, log=lambda m: None)
-    assert [r.route for r in report.routes] == ["ortgenai/genai:fp32"]  # the reference ran for agreement only
-    assert report.reference == "transformers/pytorch:fp32" and report.isolated
-    fp32 = report.route("ortgenai:fp32")
-    assert fp32.status == "ok", fp32.note
+    report = bench.run(model, "ortgenai:fp32,ortgenai:int4", prompt_lengths=24, max_new_tokens=6, runs=1,
+                       quality_tokens=256, agreement_prompts=2, agreement_tokens=8, log=lambda m: None)
+    assert [r.route for r in report.routes] == ["ortgenai/genai:fp32", "ortgenai/genai:int4"]  # the reference
+    assert report.reference == "transformers/pytorch:fp32" and report.isolated  # ran for agreement only: no row
+    fp32, int4 = report.route("ortgenai:fp32"), report.route("ortgenai:int4")
+    assert fp32.status == "ok" and int4.status == "ok", (fp32.note, int4.note)
     assert fp32.agreement == 1.0 and fp32.prefix_match == sum(map(len, fp32.greedy)) / 2  # identical throughout
+    assert 0 <= int4.agreement <= 1
     assert fp32.perplexity_text == "phi3kit/data/eval.txt" and fp32.perplexity_tokens == 255
-    assert math.isfinite(fp32.perplexity) and fp32.peak_rss_mb > 0 and all(x.new_tokens == 6 for x in fp32.runs)
+    assert math.isfinite(fp32.perplexity) and math.isfinite(int4.perplexity)
+    assert fp32.peak_rss_mb > 0 and all(x.new_tokens == 6 for x in fp32.runs)
 
 
 @pytest.mark.slow
