@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from . import backends
-from .config import DEFAULT_MODEL, LoadConfig
+from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
 from .errors import Phi3kitError
 
 
@@ -40,11 +40,9 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from .config import GenerationConfig
     from .generate import Session
 
-    gen = GenerationConfig(max_new_tokens=a.max_new_tokens, do_sample=a.sample, temperature=a.temperature,
-                           seed=a.seed)  # checked before anything loads
+    gen = _generation_config(a)  # checked before anything loads
     session = Session.load(_config(a), log=lambda m: print(m, file=sys.stderr))
     response = session.generate(a.prompt, system=a.system, config=gen)
     for chunk in response:
@@ -146,11 +144,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def cmd_chat(a: argparse.Namespace) -> int:
     """A multi-turn chat in the terminal: Ctrl-C stops an answer, /reset clears, /exit or EOF quits."""
     from .chat import Conversation, trim_notice
-    from .config import GenerationConfig
     from .generate import Session
 
-    gen = GenerationConfig(max_new_tokens=a.max_new_tokens, do_sample=a.sample, temperature=a.temperature,
-                           seed=a.seed)  # checked before anything loads
+    gen = _generation_config(a)  # checked before anything loads
     session = Session.load(_config(a), log=lambda m: print(m, file=sys.stderr))
     conv = Conversation(session, a.system, config=gen, context_length=a.context_length)
     print(f"Chatting with {session} (context window {conv.window} tokens). Ctrl-C stops an answer, "
@@ -192,6 +188,19 @@ def cmd_chat(a: argparse.Namespace) -> int:
         print(response.metrics.summary(), file=sys.stderr, flush=True)
 
 
+def _generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="keep going through end-of-turn tokens up to --max-new-tokens (for timing runs)")
+
+
+def _generation_config(a: argparse.Namespace) -> GenerationConfig:
+    return GenerationConfig(max_new_tokens=a.max_new_tokens, do_sample=a.sample, temperature=a.temperature,
+                            seed=a.seed, ignore_eos=a.ignore_eos)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phi3kit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -205,9 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--system", default=None)
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    _generation_args(p)
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.set_defaults(func=cmd_generate)
 
@@ -217,9 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--context-length", type=int, default=None,
                    help="trim the history to this many tokens (default: the model's context window)")
-    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    _generation_args(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("devices", help="list the devices each backend sees")

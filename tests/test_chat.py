@@ -236,8 +236,10 @@ def test_cli_chat_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_cli_ctrl_c_stops_the_answer_not_the_chat(random_phi3: Callable[[str], Path]) -> None:
+    # --ignore-eos: the random model's greedy answer ends with a stop token after 135 tokens (0.25 s),
+    # which could finish before the signal arrives; this way only Ctrl-C can end it early.
     proc = subprocess.Popen(cli("--model", str(random_phi3("mini-4k")), "--backend", "transformers", "--precision",
-                                "fp32", "--max-new-tokens", "3000"),
+                                "fp32", "--max-new-tokens", "3000", "--ignore-eos"),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     assert proc.stdin and proc.stdout and proc.stderr
     got: dict[str, bytearray] = {"out": bytearray(), "err": bytearray()}

@@ -44,3 +44,19 @@ def test_doctor_reports_devices(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "OpenVINO devices" in out and "openvino" in out
+
+def test_generate_ignore_eos_runs_to_max_new_tokens(capsys: pytest.CaptureFixture[str]) -> None:
+    """The pocket model ends its answer with <|end|>; --ignore-eos keeps going to exactly --max-new-tokens."""
+    import json
+
+    from phi3kit import pocket
+
+    question = pocket.load_qa()[0]["question"]
+    argv = ["generate", question, "--backend", "transformers", "--precision", "fp32", "--max-new-tokens", "200",
+            "--json"]
+    assert main(argv) == 0
+    stopped = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert main([*argv, "--ignore-eos"]) == 0
+    forced = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert stopped["finish_reason"] == "stop" and stopped["new_tokens"] < 200
+    assert forced["finish_reason"] == "length" and forced["new_tokens"] == 200
