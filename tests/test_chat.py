@@ -240,7 +240,10 @@ def test_cli_ctrl_c_stops_the_answer_not_the_chat(random_phi3: Callable[[str], P
     # which could finish before the signal arrives; this way only Ctrl-C can end it early.
     proc = subprocess.Popen(cli("--model", str(random_phi3("mini-4k")), "--backend", "transformers", "--precision",
                                 "fp32", "--max-new-tokens", "3000", "--ignore-eos"),
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                            # A shell's background job (`.ci/run &`) ignores SIGINT, and children inherit that;
+                            # a terminal's chat has the default, which is what this test is about.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdin and proc.stdout and proc.stderr
     got: dict[str, bytearray] = {"out": bytearray(), "err": bytearray()}
 
