@@ -159,6 +159,50 @@ def test_pocket_quality_fp32_agrees_with_pytorch(pocket_report: bench.BenchRepor
 
 
 @pytest.mark.slow
+def test_kit_overhead_compares_like_with_like() -> None:
+    """The kit and LLMPipeline called directly, on one compiled pipeline: the same prompt ids, paired numbers."""
+    rows = bench.kit_overhead("pocket", "int4", "40", max_new_tokens=10, runs=3, log=lambda m: None)
+    assert len(rows) == 1
+    o = rows[0]
+    assert o["same_prompt_ids"] is True  # the pipeline's tokenizer makes the kit's ids of the direct call's text
+    assert o["prompt_tokens"] == 40 and o["runs"] == 3 and o["new_tokens"] == 10
+    for side in ("kit", "direct"):
+        assert o[f"{side}_ttft_ms"] > 0 and o[f"{side}_tpot_ms"] > 0
+        assert o[f"{side}_tokens_per_s"] == pytest.approx(1000 / o[f"{side}_tpot_ms"])
+    assert math.isfinite(o["ttft_overhead_ms"]) and math.isfinite(o["tpot_overhead_ms"])
+    for key in ("ttft_overhead", "decode_overhead"):
+        lo, hi = o[f"{key}_95"]
+        assert math.isfinite(o[key]) and lo <= o[key] <= hi
+
+
+def test_overhead_verdict_needs_the_whole_interval() -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "full_size.py"
+    spec = importlib.util.spec_from_file_location("full_size", path)
+    assert spec and spec.loader
+    full_size = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(full_size)
+
+    def row(decode: tuple[float, float, float], ttft: tuple[float, float, float]) -> dict:
+        return {"prompt_tokens": 128, "decode_overhead": decode[1], "decode_overhead_95": (decode[0], decode[2]),
+                "ttft_overhead": ttft[1], "ttft_overhead_95": (ttft[0], ttft[2])}
+
+    def verdict(o: dict) -> str:
+        return full_size.overhead_verdicts([o])["kit overhead, 128-token prompt"]
+
+    assert "met" in verdict(row((-0.01, 0.0, 0.01), (0.0, 0.005, 0.019)))
+    assert "not resolved" in verdict(row((-0.01, 0.0, 0.03), (0.0, 0.005, 0.01)))  # median under 2%, interval not
+    assert "missed" in verdict(row((0.025, 0.03, 0.04), (0.0, 0.005, 0.01)))
+    assert "decode +0.00%" in verdict(row((-0.01, 0.0, 0.01), (0.0, 0.005, 0.019)))
+    old = {"prompt_tokens": 128, "decode_overhead": 0.093, "ttft_overhead": 0.073}  # rows from before the intervals
+    assert "missed" in verdict(old)
+    assert "| 128 |" in "\n".join(full_size.overhead_table([{**old, "runs": 5, "direct_ttft_ms": 9161.0,
+                                                               "kit_ttft_ms": 9830.0, "direct_tokens_per_s": 3.64,
+                                                               "kit_tokens_per_s": 3.30}]))
+
+
+@pytest.mark.slow
 def test_report_saves_csv_and_json(pocket_report: bench.BenchReport, tmp_path: Path) -> None:
     csv_path, json_path = pocket_report.save(tmp_path)
     rows = list(csv.DictReader(csv_path.open()))
