@@ -5,7 +5,8 @@
 Builds `make_random_phi3("mini-4k", size="full")` (bf16, 7.6 GB) unless it exists, measures the read
 bandwidth, then runs each route in its own process (so memory is returned between routes): PyTorch
 fp32/bf16, OpenVINO GenAI and optimum-intel int4/int8/fp16, ONNX Runtime GenAI int4/int8. Last, the
-kit's overhead over calling OpenVINO GenAI's LLMPipeline directly on the same int4 export.
+kit's overhead over calling OpenVINO GenAI's LLMPipeline directly (the kit's own int4 pipeline);
+`--overhead-only` measures just that, on this model or on the pocket model (`--model-dir pocket`).
 
 Random weights make the speed and memory real and the text meaningless: perplexity and agreement
 here only show how far each precision's numbers drift from PyTorch fp32, not language quality.

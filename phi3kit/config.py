@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import Phi3kitError
 
 DEFAULT_MODEL = "microsoft/Phi-3-mini-4k-instruct"
+# Below this, logits / temperature overflow (fp16 logits already at 1e-3): the sampler sees inf and NaN and the
+# runtime fails with its own traceback. Sampling that cold is greedy decoding in all but name.
+MIN_TEMPERATURE = 0.01
 
 
 @dataclass
@@ -69,10 +73,11 @@ class GenerationConfig:
                 f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}. "
                 "Fix: pass e.g. max_new_tokens=128."
             )
-        if self.do_sample and not self.temperature > 0:  # also refuses nan
+        if self.do_sample and not MIN_TEMPERATURE <= self.temperature < math.inf:  # also refuses nan
             raise GenerationConfigError(
-                f"temperature must be > 0 when sampling, got {self.temperature}. "
-                "Fix: use do_sample=False for greedy decoding, or a temperature such as 0.7."
+                f"temperature must be a finite number >= {MIN_TEMPERATURE} when sampling, got {self.temperature}. "
+                "Fix: use do_sample=False for greedy decoding (what a colder temperature amounts to), "
+                "or a temperature such as 0.7."
             )
         if not 0 < self.top_p <= 1:  # also refuses nan
             raise GenerationConfigError(f"top_p must be in (0, 1], got {self.top_p}.")

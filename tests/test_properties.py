@@ -7,14 +7,17 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import phi3kit as kit
 from phi3kit.cache import ExportCache
 from phi3kit.chat import fit_history
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI runs a fixed set of examples, so a red run can be rerun and a green one means the same each time
+# (a random draw once found 9 answered histories of 40 against a floor of 10, and once a real bug: keep @example
+# for what a random draw finds).
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 _sessions: dict[str, kit.Session] = {}
 ANSWERED: list[int] = []  # histories the chat property really answered (not refused)
@@ -52,6 +55,8 @@ def conversations(draw: st.DrawFn) -> list[dict[str, str]]:
 @given(prompt=texts, system=st.one_of(st.none(), texts), max_new_tokens=st.integers(-3, 6),
        do_sample=st.booleans(), temperature=floats, top_p=floats, top_k=st.integers(-2, 100),
        seed=st.one_of(st.none(), st.integers(0, 2**31)))
+@example(prompt="", system=None, max_new_tokens=1, do_sample=True, temperature=1.8850676030456194e-258, top_p=1.0,
+         top_k=0, seed=None)  # logits / temperature overflowed: torch.multinomial's traceback, not a kit error
 def test_generate_answers_or_raises_a_documented_error(prompt: str, system: str | None, max_new_tokens: int,
                                                        do_sample: bool, temperature: float, top_p: float, top_k: int,
                                                        seed: int | None) -> None:
