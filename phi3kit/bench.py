@@ -724,9 +724,9 @@ def kit_overhead(model: str = "pocket", precision: str = "int4", prompt_lengths:
     Direct: `pipe.generate(templated_text, config, streamer)` on the kit's own `LLMPipeline`, with a
     StreamerBase that timestamps tokens. Kit: `session.generate(text)`, TTFT counted from the call
     (templating and tokenizing included). A second pipeline would be a second copy of the weights in
-    other pages, and that difference (seen at +-10% on a shared VM) is not the kit's. Every call gets
-    a fresh prompt of the same length, so the prefix cache helps neither side; pairs alternate their
-    order, so drift cancels. Decode speed is judged by the median per-token latency, with a bootstrap
+    other pages, which times memory placement too (an earlier run against one saw +6.5% to +9.3%).
+    Every call gets a fresh prompt of the same length, so the prefix cache helps neither side; pairs
+    alternate their order, so drift cancels. Decode speed is judged by the median per-token latency, with a bootstrap
     95% interval over the pairs' ratios. The kit's cost in milliseconds (per call, per token) does not
     grow with the model, so a small model measures it precisely and bounds the share on a big one.
     """

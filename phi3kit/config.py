@@ -9,8 +9,8 @@ from typing import Any
 from .errors import Phi3kitError
 
 DEFAULT_MODEL = "microsoft/Phi-3-mini-4k-instruct"
-# Below this, logits / temperature overflow (fp16 logits already at 1e-3): the sampler sees inf and NaN and the
-# runtime fails with its own traceback. Sampling that cold is greedy decoding in all but name.
+# Below this, logits / temperature overflow (a logit of 70 in fp16 already at 1e-3): the sampler sees inf and NaN
+# and the runtime fails with its own traceback. Sampling that cold is greedy decoding in all but name.
 MIN_TEMPERATURE = 0.01
 
 
