@@ -606,14 +606,10 @@ def measure_isolated(route: Route, model: str, settings: Settings, log: Log = pr
 
 def hardware() -> dict[str, Any]:
     """The machine the numbers belong to."""
-    from .doctor import isa_features, parse_cpuinfo
+    from .doctor import cpu_info
 
-    cpu = platform.processor() or platform.machine()
-    isa: list[str] = []  # AVX2 only or AVX-512/VNNI/AMX decides int4 speed as much as bandwidth does
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        name, flags = parse_cpuinfo(cpuinfo.read_text(errors="replace"))
-        cpu, isa = name or cpu, isa_features(flags)
+    name, isa, _ = cpu_info()  # AVX2 only or AVX-512/VNNI/AMX decides int4 speed as much as bandwidth does
+    cpu = name or platform.machine()
     vm = psutil.virtual_memory()
     libs = {}
     for lib in LIBRARIES:
@@ -726,9 +722,10 @@ def kit_overhead(model: str = "pocket", precision: str = "int4", prompt_lengths:
     (templating and tokenizing included). A second pipeline would be a second copy of the weights in
     other pages, which times memory placement too (an earlier run against one saw +6.5% to +9.3%).
     Every call gets a fresh prompt of the same length, so the prefix cache helps neither side; pairs
-    alternate their order, so drift cancels. Decode speed is judged by the median per-token latency, with a bootstrap
-    95% interval over the pairs' ratios. The kit's cost in milliseconds (per call, per token) does not
-    grow with the model, so a small model measures it precisely and bounds the share on a big one.
+    alternate their order, so drift cancels. Decode speed is judged by the median per-token latency,
+    with a bootstrap 95% interval over the pairs' ratios. The kit's cost in milliseconds (per call,
+    per token) does not grow with the model, so a small model measures it precisely and bounds the
+    share on a big one.
     """
     import numpy as np
     import openvino_genai
@@ -757,16 +754,19 @@ def kit_overhead(model: str = "pocket", precision: str = "int4", prompt_lengths:
         ids = prompts.make(n)[len(prompts.head): n - len(prompts.tail)]
         return session.tokenizer.decode(ids)
 
+    def templated(text: str) -> str:
+        return session.tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                     add_generation_prompt=True, tokenize=False)
+
     def direct(text: str) -> tuple[float, list[float]]:
         config = pipe.get_generation_config()
         config.max_new_tokens, config.ignore_eos, config.apply_chat_template = max_new_tokens, True, False
         config.stop_token_ids = set()
         config.do_sample = False
-        templated = session.tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                          add_generation_prompt=True, tokenize=False)
+        prompt = templated(text)
         streamer = Stamps()
         start = time.perf_counter()
-        pipe.generate(templated, config, streamer)
+        pipe.generate(prompt, config, streamer)
         t = streamer.times
         return t[0] - start, [b - a for a, b in zip(t, t[1:], strict=False)]
 
@@ -787,9 +787,7 @@ def kit_overhead(model: str = "pocket", precision: str = "int4", prompt_lengths:
 
     def same_input(text: str) -> bool:
         """The ids the pipeline's own tokenizer makes of the direct call's text are the ids the kit sends."""
-        templated = session.tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                          add_generation_prompt=True, tokenize=False)
-        direct_ids = np.asarray(pipe.get_tokenizer().encode(templated).input_ids.data).reshape(-1).tolist()
+        direct_ids = np.asarray(pipe.get_tokenizer().encode(templated(text)).input_ids.data).reshape(-1).tolist()
         return direct_ids == session.generate(text, max_new_tokens=1).prompt_ids
 
     rows = []

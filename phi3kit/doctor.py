@@ -163,7 +163,8 @@ def capabilities_isa(caps: list[str]) -> list[str]:
     return out
 
 
-def _cpu(core: Any) -> tuple[str, list[str], str]:
+def cpu_info(core: Any = None) -> tuple[str, list[str], str]:
+    """The CPU's name, the instruction sets that matter, and where they were read from."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         model, flags = parse_cpuinfo(cpuinfo.read_text(errors="replace"))
@@ -279,7 +280,7 @@ def gather() -> Facts:
                   ram_total_gb=mem.total / 1e9, ram_available_gb=mem.available / 1e9,
                   cache_dir=str(cache), disk_free_gb=_free_gb(cache))
     core = _openvino(facts)
-    facts.cpu, facts.isa, facts.isa_source = _cpu(core)
+    facts.cpu, facts.isa, facts.isa_source = cpu_info(core)
     _ort(facts)
     facts.nvidia_gpus = _nvidia_gpus()
     facts.npu_library = _npu_library()
