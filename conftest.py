@@ -15,6 +15,7 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # the tests never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["PHI3KIT_HEADLESS"] = "1"  # notebook kernels (nbval) inherit it: nobody clicks a chat panel in a test
 # One export cache for the whole run (kernels inherit it); set PHI3KIT_CACHE to reuse one across runs.
 os.environ.setdefault("PHI3KIT_CACHE", tempfile.mkdtemp(prefix="phi3kit-test-cache-"))
 

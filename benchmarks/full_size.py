@@ -202,13 +202,13 @@ def overhead_verdicts(overhead: list[dict]) -> dict[str, str]:
 
 
 def measure_overhead(model_dir: Path, a: argparse.Namespace) -> list[dict]:
-    """bench.kit_overhead in a process of its own (the int4 export is built into the cache if absent)."""
+    """kit_overhead.py's experiment in a process of its own (the int4 export is built into the cache if absent)."""
     log("--- kit overhead vs LLMPipeline (int4)")
-    code = ("import json, sys; from phi3kit import bench; print('RESULT', json.dumps(bench.kit_overhead("
-            "sys.argv[1], 'int4', sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), cache_dir=sys.argv[5], "
-            "log=lambda m: None)))")
+    code = ("import json, sys; sys.path.insert(0, sys.argv[6]); from kit_overhead import kit_overhead; "
+            "print('RESULT', json.dumps(kit_overhead(sys.argv[1], 'int4', sys.argv[2], int(sys.argv[3]), "
+            "int(sys.argv[4]), cache_dir=sys.argv[5], log=lambda m: None)))")
     proc = subprocess.run([sys.executable, "-c", code, str(model_dir), a.overhead_prompt_lengths,
-                           str(a.max_new_tokens), str(a.overhead_runs), a.cache_dir],
+                           str(a.max_new_tokens), str(a.overhead_runs), a.cache_dir, str(Path(__file__).parent)],
                           capture_output=True, text=True)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:

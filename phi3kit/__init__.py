@@ -1,6 +1,8 @@
 """phi3kit: learn and run Phi-3 locally, one notebook per route.
 
-Notebooks import one thing: `import phi3kit as kit`.
+Notebooks import one thing: `import phi3kit as kit`. Each name below is a function or a class;
+modules keep names of their own (`phi3kit.conversation`, `phi3kit.exporting`, `phi3kit.diagnostics`),
+so `import phi3kit.<module> as m` always gives the module.
 """
 
 from __future__ import annotations
@@ -8,7 +10,8 @@ from __future__ import annotations
 from . import backends, bench
 from .cache import ExportCache
 from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
-from .doctor import doctor
+from .conversation import Conversation
+from .diagnostics import doctor
 from .errors import (
     ContextWindowError,
     DeviceNotFoundError,
@@ -19,7 +22,7 @@ from .errors import (
     ResourceError,
     UnknownChoiceError,
 )
-from .export import export
+from .exporting import export
 from .generate import Response, Session, load
 from .metrics import Metrics, record
 from .widgets import chat
@@ -29,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MODEL",
     "ContextWindowError",
+    "Conversation",
     "DeviceNotFoundError",
     "ExportCache",
     "ExportError",

@@ -7,16 +7,18 @@ import json
 import sys
 from collections.abc import Sequence
 
-from . import backends
+from . import backends, bench
 from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
 from .errors import Phi3kitError
 
 
-def _model_args(p: argparse.ArgumentParser, default_model: str = "pocket") -> None:
-    p.add_argument("--model", default=default_model,
-                   help=f"hub id, local folder, or 'pocket' (default: {default_model}; real model: {DEFAULT_MODEL})")
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"hub id, local folder, or 'pocket' (default: {DEFAULT_MODEL})")
     p.add_argument("--backend", default="openvino", help=f"one of: {', '.join(backends.names())}")
-    p.add_argument("--precision", default="int4", help="int4 | int8 | fp16 | fp32 (backend-dependent)")
+    p.add_argument("--precision", default=None,
+                   help="int4 | int8 | fp16 | fp32 (default: the backend's own, int4 where it quantizes, fp32 for "
+                        "transformers)")
     p.add_argument("--device", default="CPU", help="CPU, GPU, NPU, AUTO... (what the runtime reports)")
     p.add_argument("--runtime", default=None, help="openvino: genai (default) | optimum")
     p.add_argument("--cache-dir", default=None, help="export cache (default: PHI3KIT_CACHE or the user cache dir)")
@@ -32,7 +34,7 @@ def _config(a: argparse.Namespace) -> LoadConfig:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from .export import prepare
+    from .exporting import prepare
 
     _, exp = prepare(_config(a))
     print(f"{'reused' if exp.cached else 'built'} {exp.path} ({exp.seconds:.1f} s)")
@@ -80,7 +82,7 @@ def cmd_cache(a: argparse.Namespace) -> int:
 
 
 def cmd_doctor(a: argparse.Namespace) -> int:
-    from .doctor import doctor
+    from .diagnostics import doctor
 
     r = doctor()
     print(r.to_json() if a.json else r)
@@ -125,8 +127,6 @@ def _run_grid(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from . import bench
-
     def log(message: str) -> None:
         if a.verbose or message.startswith("--- "):
             print(message, file=sys.stderr, flush=True)
@@ -143,7 +143,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 def cmd_chat(a: argparse.Namespace) -> int:
     """A multi-turn chat in the terminal: Ctrl-C stops an answer, /reset clears, /exit or EOF quits."""
-    from .chat import Conversation, trim_notice
+    from .conversation import Conversation
     from .generate import Session
 
     gen = _generation_config(a)  # checked before anything loads
@@ -173,9 +173,8 @@ def cmd_chat(a: argparse.Namespace) -> int:
         except Phi3kitError as exc:  # e.g. one message longer than the context window: the chat goes on
             print(f"phi3kit: error: {exc}", file=sys.stderr)
             continue
-        if response.trimmed_turns:
-            print(f"({trim_notice(response.trimmed_turns, conv.window)} /reset starts afresh.)", file=sys.stderr,
-                  flush=True)
+        if response.trim_notice:
+            print(f"({response.trim_notice} /reset starts afresh.)", file=sys.stderr, flush=True)
         print("model> ", end="", flush=True)
         try:
             for chunk in response:
@@ -244,8 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("bench", help="benchmark routes side by side: TTFT, tokens/s, memory, size, quality")
-    p.add_argument("--model", default="pocket", help=f"hub id, local folder, or 'pocket' (real model: {DEFAULT_MODEL})")
-    p.add_argument("--routes", default="transformers:fp32,openvino:int4,openvino:int8,ortgenai:int4",
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"hub id, local folder, or 'pocket' (default: {DEFAULT_MODEL})")
+    p.add_argument("--routes", default=bench.DEFAULT_ROUTES,
                    help="comma separated backend[/runtime]:precision[@device]")
     p.add_argument("--prompt-lengths", default="128", help="prompt sizes in tokens, comma separated (default 128)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per timed run, always all of them")

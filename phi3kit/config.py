@@ -8,7 +8,9 @@ from typing import Any
 
 from .errors import Phi3kitError
 
-DEFAULT_MODEL = "microsoft/Phi-3-mini-4k-instruct"
+# One default model for every entry point (kit.load, kit.export, LoadConfig, the CLI): the pocket model runs
+# offline in seconds. Real checkpoints are named explicitly (a hub id, a folder).
+DEFAULT_MODEL = "pocket"
 # Below this, logits / temperature overflow (a logit of 70 in fp16 already at 1e-3): the sampler sees inf and NaN
 # and the runtime fails with its own traceback. Sampling that cold is greedy decoding in all but name.
 MIN_TEMPERATURE = 0.01
@@ -18,6 +20,7 @@ MIN_TEMPERATURE = 0.01
 class LoadConfig:
     """What to run: a model, through a backend, at a precision, on a device.
 
+    `precision` None means the backend's own default (int4 where it quantizes, fp32 for PyTorch).
     `group_size`, `ratio` and `sym` shape int4 weights (None: the backend's default,
     the seed's 128 / 0.6 / symmetric for OpenVINO). `runtime_config` is passed to the
     runtime as-is (OpenVINO properties such as INFERENCE_PRECISION_HINT).
@@ -30,7 +33,7 @@ class LoadConfig:
 
     model: str = DEFAULT_MODEL
     backend: str = "openvino"
-    precision: str = "int4"
+    precision: str | None = None
     device: str = "CPU"
     runtime: str | None = None
     revision: str | None = None

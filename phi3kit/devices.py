@@ -15,7 +15,8 @@ HINTS = {
 
 
 @lru_cache(maxsize=1)
-def _core() -> Any:
+def core() -> Any:
+    """One OpenVINO Core per process (creating one loads every device plugin)."""
     import openvino as ov
 
     return ov.Core()
@@ -23,18 +24,18 @@ def _core() -> Any:
 
 def openvino_devices() -> list[str]:
     """Devices OpenVINO reports here, e.g. ['CPU', 'GPU', 'NPU'], plus the AUTO plugin."""
-    return [*_core().available_devices, "AUTO"]
+    return [*core().available_devices, "AUTO"]
 
 
 def openvino_device_info() -> list[dict[str, str]]:
     """Name, full name and driver version (where the plugin reports one) of each device."""
-    core = _core()
+    ov = core()
     rows = []
-    for dev in core.available_devices:
-        row = {"device": dev, "name": str(core.get_property(dev, "FULL_DEVICE_NAME"))}
+    for dev in ov.available_devices:
+        row = {"device": dev, "name": str(ov.get_property(dev, "FULL_DEVICE_NAME"))}
         for prop in ("GPU_DRIVER_VERSION", "NPU_DRIVER_VERSION"):
             try:
-                row["driver"] = str(core.get_property(dev, prop))
+                row["driver"] = str(ov.get_property(dev, prop))
             except RuntimeError:
                 continue
         rows.append(row)

@@ -45,3 +45,9 @@ class ExportError(Phi3kitError, RuntimeError):
 
 class ResourceError(Phi3kitError, RuntimeError):
     """Not enough disk or memory for the export asked for, found before it starts."""
+
+
+def last_line(exc: BaseException) -> str:
+    """The last non-empty line of an exception's message: what a C++ runtime's long error actually says."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__

@@ -15,14 +15,14 @@ from typing import Any
 from .backends import get
 from .backends.base import Backend, Log
 from .cache import Export
-from .chat import context_window, fit_history
-from .config import GenerationConfig, LoadConfig
+from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
+from .context import Message, context_window, fit_history
+from .context import trim_notice as _trim_notice
 from .errors import ContextWindowError, Phi3kitError
-from .export import prepare
+from .exporting import complete, prepare
 from .metrics import Metrics, PeakMemory
 from .sources import ModelSource
 
-Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
 END_TOKENS = ("<|end|>", "<|endoftext|>")
 
@@ -87,6 +87,7 @@ class Response:
         self._gen: Iterator[str] | None = None
         self._done = False
         self.trimmed_turns = 0  # set by Session.chat: oldest turns left out to fit the context window
+        self.window = session.context_length  # the window this answer was fitted to
 
     def __iter__(self) -> Iterator[str]:
         """Stream once; iterating again continues where a `break` left off, or replays when done."""
@@ -134,6 +135,11 @@ class Response:
             self.chunks.append(tail)
             yield tail
 
+    @property
+    def trim_notice(self) -> str:
+        """What to tell the user when older turns were left out of this answer ('' when none were)."""
+        return _trim_notice(self.trimmed_turns, self.window) if self.trimmed_turns else ""
+
     def consume(self) -> Response:
         for _ in self:
             pass
@@ -170,6 +176,7 @@ class Session:
 
     @classmethod
     def load(cls, cfg: LoadConfig, log: Log = print) -> Session:
+        cfg = complete(cfg)
         source, export = prepare(cfg, log)  # validates choices first: bad input fails in milliseconds
         from transformers import AutoTokenizer
 
@@ -213,11 +220,11 @@ class Session:
         turns were left out. `context_length` caps the window below the model's (None: the model's).
         """
         gen = config or GenerationConfig(**options)
-        window = context_window(self, context_length)
+        window = context_window(self.context_length, context_length)
         fitted = fit_history(to_messages(history, system), self.encode, window, gen.max_new_tokens)
         self.check_fits(len(fitted.prompt_ids), gen.max_new_tokens)
         response = Response(self, fitted.prompt_ids, gen)
-        response.trimmed_turns = fitted.dropped_turns
+        response.trimmed_turns, response.window = fitted.dropped_turns, window
         return response
 
     def close(self) -> None:
@@ -253,7 +260,7 @@ def stop_token_ids(tokenizer: Any, model_dir: Path) -> list[int]:
     return ids
 
 
-def load(model: str = "pocket", backend: str = "openvino", precision: str = "int4", device: str = "CPU",
+def load(model: str = DEFAULT_MODEL, backend: str = "openvino", precision: str | None = None, device: str = "CPU",
          runtime: str | None = None, *, log: Log = print, **options: Any) -> Session:
     """Resolve, export (cached) and load a model: the one call a notebook needs."""
     cfg = LoadConfig(model=model, backend=backend, precision=precision, device=device, runtime=runtime, **options)

@@ -56,8 +56,9 @@ class Metrics:
             ("decode speed", f"{self.tokens_per_s:.1f} tokens/s"),
             ("peak memory (RSS)", f"{self.peak_rss_mb:.0f} MB"),
         ]
-        body = "".join(f"<tr><th style='text-align:left'>{k}</th><td>{v}</td></tr>" for k, v in rows)
-        return f"<table>{body}</table>"
+        import pandas as pd
+
+        return pd.DataFrame(rows).to_html(index=False, header=False)
 
     def plot(self, ax: Any = None, title: str = "Per-token latency") -> Any:
         """Latency of every generated token; the first bar is the time to first token."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import itertools
 import re
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,42 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Phi3kitError, UnknownChoiceError
+
+# The kernel `phi3kit run` starts is this interpreter, whatever kernelspecs are installed: a `python3`
+# kernelspec from another installation on the Jupyter path would otherwise win ("No module named phi3kit").
+KERNEL_NAME = "phi3kit-own-python"
+HEADLESS_ENV = "PHI3KIT_HEADLESS"  # set in the kernels the kit runs headless: no one can click a panel there
+
+
+def kernel_manager_class() -> type:
+    """A jupyter_client kernel manager whose KERNEL_NAME is this Python (sys.executable) running ipykernel."""
+    import ipykernel.kernelspec
+    from jupyter_client import AsyncKernelManager
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    class OwnKernelSpecs(KernelSpecManager):
+        def get_kernel_spec(self, kernel_name: str) -> Any:
+            if kernel_name != KERNEL_NAME:
+                return super().get_kernel_spec(kernel_name)
+            spec = ipykernel.kernelspec.get_kernel_dict()
+            spec["env"] = {HEADLESS_ENV: "1"}
+            return self.kernel_spec_class(resource_dir=ipykernel.kernelspec.RESOURCES, **spec)
+
+    class OwnKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            kwargs.setdefault("kernel_spec_manager", OwnKernelSpecs())
+            super().__init__(**kwargs)
+
+    return OwnKernelManager
+
+
+def execute(notebook: str | Path, out: str | Path, parameters: dict[str, Any], timeout_s: int | None) -> None:
+    """papermill.execute_notebook in this interpreter's own kernel, headless."""
+    import papermill
+
+    papermill.execute_notebook(str(notebook), str(out), parameters=parameters, cwd=str(Path(notebook).parent),
+                               progress_bar=False, execution_timeout=timeout_s, kernel_name=KERNEL_NAME,
+                               kernel_manager_class=kernel_manager_class())
 
 
 @dataclass
@@ -138,16 +175,13 @@ def to_html(notebook: Path, overwrite: bool = False, offline: bool = True) -> Pa
 def run_notebook(notebook: str | Path, output_dir: str | Path, parameters: dict[str, Any] | None = None,
                  html: bool = True, overwrite: bool = False, timeout_s: int | None = None) -> NotebookRun:
     """Execute `notebook` with `parameters` into `output_dir`; write an HTML handout beside it."""
-    import papermill
-
     notebook = Path(notebook).resolve()
     parameters = dict(parameters or {})
     check_parameters(notebook, parameters)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = free_path(out_dir / notebook.name, overwrite)
-    papermill.execute_notebook(str(notebook), str(out), parameters=parameters, cwd=str(notebook.parent),
-                               progress_bar=False, execution_timeout=timeout_s, kernel_name="python3")
+    execute(notebook, out, parameters, timeout_s)
     tidy(out)
     return NotebookRun(out, to_html(out, overwrite) if html else None, parameters)
 
@@ -273,14 +307,12 @@ def collect_records(notebook: Path) -> list[dict[str, Any]]:
 def _execute(notebook: str, out: str, parameters: dict[str, Any], html: bool,
              timeout_s: int | None) -> tuple[str, str, float, str | None]:
     """Run one combination (in a worker process): (status, error, seconds, html path)."""
-    import papermill
     from papermill.exceptions import PapermillExecutionError
 
     start = time.perf_counter()
     status, error = "ok", ""
     try:
-        papermill.execute_notebook(notebook, out, parameters=parameters, cwd=str(Path(notebook).parent),
-                                   progress_bar=False, execution_timeout=timeout_s, kernel_name="python3")
+        execute(notebook, out, parameters, timeout_s)
     except PapermillExecutionError as exc:
         status, error = "failed", f"{exc.ename}: {exc.evalue}"
     except Exception as exc:  # noqa: BLE001 - the kernel died or timed out: report it, keep the other runs
@@ -307,17 +339,18 @@ def _execute_in_process(notebook: str, out: str, parameters: dict[str, Any], htm
                         timeout_s: int | None) -> tuple[str, str, float, str | None]:
     """`_execute` in a fresh Python process (works from a script, a notebook or stdin alike)."""
     import json
-    import subprocess
     import sys
     import tempfile
+
+    from .procs import run
 
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="phi3kit-run-") as tmp:
         job, result = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job.write_text(json.dumps({"notebook": notebook, "out": out, "parameters": parameters, "html": html,
                                    "timeout_s": timeout_s}))
-        proc = subprocess.run([sys.executable, "-c", "from phi3kit.runner import _execute_main; _execute_main()",
-                               str(job), str(result)], capture_output=True, text=True)
+        proc = run([sys.executable, "-c", "from phi3kit.runner import _execute_main; _execute_main()",
+                    str(job), str(result)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if result.is_file():
             status, error, seconds, page = json.loads(result.read_text())
             return status, error, seconds, page

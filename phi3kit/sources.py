@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -13,10 +12,6 @@ from typing import Any
 from .errors import ModelSourceError
 
 PHI3_MODEL_TYPES = ("phi3",)
-# Hugging Face's repo-id rules: letters, digits, '.', '_', '-'; no '--' or '..'; no leading or trailing
-# '.' or '-'; not ending in '.git'; at most 96 characters per part.
-_HUB_PART = r"(?!.*(--|\.\.))[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?"
-_HUB_ID = re.compile(rf"{_HUB_PART}/{_HUB_PART}")
 # What a Phi-3 checkpoint needs; remote code (*.py) is fetched only when trusted explicitly.
 _HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.txt", "*.md"]
 _HASH_LIMIT = 64 * 2**20  # hash small files; large weights are fingerprinted by size and mtime
@@ -74,6 +69,22 @@ def check_phi3(path: Path, name: str) -> None:
         )
 
 
+def is_hub_id(model: str) -> bool:
+    """`org/name` by huggingface_hub's own rules (validate_repo_id), with no whitespace anywhere.
+
+    A name without an organisation is never taken for a hub id: the kit reads such names as aliases.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if "/" not in model or any(c.isspace() or not c.isprintable() for c in model):
+        return False
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return False
+    return True
+
+
 def resolve(model: str, revision: str | None = None, trust_remote_code: bool = False) -> ModelSource:
     """Turn `model=` into a local folder, downloading from the hub when it is a hub id."""
     if not isinstance(model, str) or not model.strip():
@@ -84,7 +95,7 @@ def resolve(model: str, revision: str | None = None, trust_remote_code: bool = F
         src = ModelSource("pocket", pocket.path(), "pocket")
     elif Path(model).expanduser().exists():
         src = ModelSource(model, Path(model).expanduser().resolve(), "local")
-    elif _HUB_ID.fullmatch(model) and not model.endswith(".git"):
+    elif is_hub_id(model):
         src = ModelSource(model, _download(model, revision, trust_remote_code), "hub", revision)
     else:
         raise ModelSourceError(

@@ -3,7 +3,9 @@
 The answer is generated in a thread and streamed into the panel by setting widget values, so
 the cell returns at once and the kernel stays free to receive the stop button's click (a click
 handler that generated in the kernel's own thread would hold the kernel until the answer ended).
-Under papermill and nbval no one can click: the panel is not shown, and nothing blocks.
+The panel shows wherever a kernel has a frontend that renders widgets (JupyterLab, Notebook, VS Code,
+PyCharm, Colab-style frontends). Where no one can click it (the kernels `phi3kit run` and the tests
+start headless, or plain Python without a kernel) it prints a note instead, and nothing blocks.
 """
 
 from __future__ import annotations
@@ -13,18 +15,16 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-from .chat import Conversation, trim_notice
+from .conversation import Conversation
 from .errors import Phi3kitError
 
 if TYPE_CHECKING:
     from .generate import Response, Session
 
-# JupyterLab (jupyter-server) starts kernels with this variable; papermill and nbval kernels lack it.
-LAB_ENV = "JPY_SESSION_NAME"
 HEADLESS_NOTE = (
-    "kit.chat: no JupyterLab here (a headless run such as papermill or nbval), so the chat panel is not shown. "
-    "Open the notebook in JupyterLab to chat, or chat from code: "
-    "`from phi3kit.chat import Conversation; conv = Conversation(session); conv.say('...').text`."
+    "kit.chat: this is a headless run (phi3kit run, papermill or a test) or no notebook kernel, so the chat panel "
+    "is not shown. Open the notebook in JupyterLab (or any notebook frontend) to chat, or chat from code: "
+    "`conv = kit.Conversation(session); conv.say('...').text`."
 )
 _BUBBLE = "margin:4px 0;padding:6px 10px;border-radius:8px;white-space:pre-wrap;unicode-bidi:plaintext;"
 _STYLE = {
@@ -35,9 +35,22 @@ _STYLE = {
 _LABEL = {"user": "You", "assistant": "Model", "system": "System prompt"}
 
 
-def in_jupyterlab() -> bool:
-    """True in a kernel JupyterLab started: the only place a person can click the panel."""
-    return LAB_ENV in os.environ
+def has_widget_frontend() -> bool:
+    """True in a notebook kernel a person may be looking at; False headless or outside a kernel.
+
+    The kernels `phi3kit run` starts (and the tests') carry PHI3KIT_HEADLESS; a kernel has an IPython
+    shell with a `kernel` (a terminal IPython has none).
+    """
+    from .runner import HEADLESS_ENV
+
+    if os.environ.get(HEADLESS_ENV):
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def bubble(role: str, text: str, cls: str = "", footer: str = "") -> str:
@@ -58,7 +71,7 @@ class ChatPanel:
         self._w = w
         self.conversation = Conversation(session, system, context_length=context_length,
                                          max_new_tokens=max_new_tokens, **options)
-        self.interactive = in_jupyterlab() if interactive is None else interactive
+        self.interactive = has_widget_frontend() if interactive is None else interactive
         self.response: Response | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -105,8 +118,7 @@ class ChatPanel:
             self.notice.value = f'<span style="color:#b00020">{html.escape(str(exc))}</span>'
             return None
         self.response = response
-        window = self.conversation.window
-        notice = f"{trim_notice(response.trimmed_turns, window)} Reset starts afresh." if response.trimmed_turns else ""
+        notice = f"{response.trim_notice} Reset starts afresh." if response.trim_notice else ""
         self.notice.value = f'<span style="color:#8a6d00">{html.escape(notice)}</span>' if notice else ""
         self.answer = answer = self._w.HTML(bubble("assistant", "", "phi3kit-streaming"))
         answer.add_class("phi3kit-chat-answer")
@@ -182,10 +194,10 @@ class ChatPanel:
 
 def chat(session: Session, system: str | None = None, *, max_new_tokens: int = 256,
          context_length: int | None = None, interactive: bool | None = None, **options: Any) -> ChatPanel:
-    """A chat panel for `session`; shown when it is a cell's last expression (in JupyterLab only).
+    """A chat panel for `session`; shown when it is a cell's last expression (in any notebook frontend).
 
     `system` is the system prompt; `context_length` caps the window history is trimmed to;
-    `interactive` overrides the JupyterLab detection; other options are GenerationConfig's.
+    `interactive` overrides the frontend detection; other options are GenerationConfig's.
     """
     return ChatPanel(session, system, max_new_tokens=max_new_tokens, context_length=context_length,
                      interactive=interactive, **options)

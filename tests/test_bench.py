@@ -13,8 +13,8 @@ import pytest
 import phi3kit as kit
 from phi3kit import bench, pocket
 from phi3kit.bench import BenchError, Prompts, Route
+from phi3kit.bench.quality import agreement, eval_text, nll_sum, pocket_segments, text_segments
 from phi3kit.cli import main
-from phi3kit.quality import agreement, eval_text, nll_sum, pocket_segments, text_segments
 
 ROUTES = "transformers:fp32,openvino:fp32,openvino:int4"
 
@@ -161,7 +161,8 @@ def test_pocket_quality_fp32_agrees_with_pytorch(pocket_report: bench.BenchRepor
 @pytest.mark.slow
 def test_kit_overhead_compares_like_with_like() -> None:
     """The kit and LLMPipeline called directly, on one compiled pipeline: the same prompt ids, paired numbers."""
-    rows = bench.kit_overhead("pocket", "int4", "40", max_new_tokens=10, runs=3, log=lambda m: None)
+    rows = benchmark_module("kit_overhead").kit_overhead("pocket", "int4", "40", max_new_tokens=10, runs=3,
+                                                         log=lambda m: None)
     assert len(rows) == 1
     o = rows[0]
     assert o["same_prompt_ids"] is True  # the pipeline's tokenizer makes the kit's ids of the direct call's text
@@ -175,14 +176,20 @@ def test_kit_overhead_compares_like_with_like() -> None:
         assert math.isfinite(o[key]) and lo <= o[key] <= hi
 
 
-def test_overhead_verdict_needs_the_whole_interval() -> None:
+def benchmark_module(name: str):  # type: ignore[no-untyped-def]
+    """A script of benchmarks/ (developer experiments, not part of the package), imported by path."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "full_size.py"
-    spec = importlib.util.spec_from_file_location("full_size", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
-    full_size = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(full_size)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_overhead_verdict_needs_the_whole_interval() -> None:
+    full_size = benchmark_module("full_size")
 
     def row(decode: tuple[float, float, float], ttft: tuple[float, float, float]) -> dict:
         return {"prompt_tokens": 128, "decode_overhead": decode[1], "decode_overhead_95": (decode[0], decode[2]),

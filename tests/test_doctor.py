@@ -9,53 +9,55 @@ import pytest
 
 from phi3kit.backends.openvino import decode_compiler_version, npu_driver_problem, npu_info
 from phi3kit.cli import main
-from phi3kit.doctor import (
+from phi3kit.diagnostics import (
     NEEDS,
     Facts,
     Recommendation,
     capabilities_isa,
+    cpu_info,
     fit,
     gather,
     isa_features,
-    parse_cpuinfo,
     recommend,
     report,
 )
 
-# First-processor excerpts of /proc/cpuinfo (flags shortened to the interesting ones plus neighbours).
-METEOR_LAKE = """processor\t: 0
-vendor_id\t: GenuineIntel
-model name\t: Intel(R) Core(TM) Ultra 7 155H
-flags\t\t: fpu vme sse4_2 avx f16c avx2 fma bmi2 avx_vnni sha_ni
-bugs\t\t: spectre_v1
-
-processor\t: 1
-model name\t: Intel(R) Core(TM) Ultra 7 155H
-flags\t\t: fpu
-"""
-SAPPHIRE_RAPIDS = """processor\t: 0
-model name\t: Intel(R) Xeon(R) Platinum 8480+
-flags\t\t: avx2 avx512f avx512bw avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8 avx_vnni
-"""
-OLD_PC = "processor\t: 0\nmodel name\t: Intel(R) Core(TM) i5-3470 CPU @ 3.20GHz\nflags\t\t: sse4_2 avx\n"
+# What py-cpuinfo's get_cpu_info() answers (brand and flags shortened to the interesting ones): on Linux the
+# flags are /proc/cpuinfo's; on Windows they come from its CPUID table, spelled without underscores and
+# without AVX-512 BF16 or AMX.
+METEOR_LAKE = {"brand_raw": "Intel(R) Core(TM) Ultra 7 155H", "flags": ["fpu", "sse4_2", "avx2", "fma", "avx_vnni"]}
+SAPPHIRE_RAPIDS = {"brand_raw": "Intel(R) Xeon(R) Platinum 8480+",
+                   "flags": ["avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile",
+                             "amx_int8", "avx_vnni"]}
+WINDOWS_ZEN4 = {"brand_raw": "AMD Ryzen 9 7940HS", "flags": ["avx2", "avx512f", "avx512vnni", "avx512bw"]}
+OLD_PC = {"brand_raw": "Intel(R) Core(TM) i5-3470 CPU @ 3.20GHz", "flags": ["sse4_2", "avx"]}
 
 
 @pytest.mark.parametrize(
-    ("text", "model", "isa"),
+    ("probe", "model", "isa"),
     [
         (METEOR_LAKE, "Intel(R) Core(TM) Ultra 7 155H", ["AVX2", "AVX-VNNI"]),
         (SAPPHIRE_RAPIDS, "Intel(R) Xeon(R) Platinum 8480+",
          ["AVX2", "AVX-VNNI", "AVX-512", "AVX-512 VNNI", "AVX-512 BF16", "AMX", "AMX-INT8", "AMX-BF16"]),
+        (WINDOWS_ZEN4, "AMD Ryzen 9 7940HS", ["AVX2", "AVX-512", "AVX-512 VNNI"]),
         (OLD_PC, "Intel(R) Core(TM) i5-3470 CPU @ 3.20GHz", []),
-        ("", "", []),
     ],
 )
-def test_cpuinfo_parsing(text: str, model: str, isa: list[str]) -> None:
-    name, flags = parse_cpuinfo(text)
-    assert name == model
-    assert isa_features(flags) == isa
-    if text == METEOR_LAKE:
-        assert "fpu" in flags and "spectre_v1" not in flags  # the first processor's flags line only
+def test_cpu_flags_are_read_through_py_cpuinfo(probe: dict, model: str, isa: list[str]) -> None:
+    """Both spellings of a flag (Linux's and py-cpuinfo's CPUID table's) name the same ISA, once."""
+    name, found, source = cpu_info(probe=lambda: probe)
+    assert (name, found, source) == (model, isa, "py-cpuinfo")
+    assert isa_features(set(probe["flags"])) == isa
+
+
+def test_openvino_says_bf16_where_cpuid_flags_do_not() -> None:
+    """Windows: py-cpuinfo's CPUID table stops short of AVX-512 BF16, so OpenVINO's capabilities fill it in."""
+    core = CannedCore(["CPU"], {"OPTIMIZATION_CAPABILITIES": ["FP32", "BF16", "INT8"]})
+    name, isa, source = cpu_info(core, probe=lambda: WINDOWS_ZEN4)
+    assert isa[-1].startswith("BF16 compute") and "OPTIMIZATION_CAPABILITIES" in source
+    assert cpu_info(core, probe=lambda: SAPPHIRE_RAPIDS)[2] == "py-cpuinfo"  # flags already say so
+    no_bf16 = CannedCore(["CPU"], {"OPTIMIZATION_CAPABILITIES": ["FP32", "INT8"]})
+    assert cpu_info(no_bf16, probe=lambda: WINDOWS_ZEN4)[1] == ["AVX2", "AVX-512", "AVX-512 VNNI"]
 
 
 def test_openvino_capabilities_stand_in_for_flags_elsewhere() -> None:
@@ -193,7 +195,7 @@ def test_this_machine() -> None:
     assert f.has("CPU") and not f.has("NPU") and f.ram_total_gb > 1 and f.disk_free_gb > 0
     assert f.cpu and f.isa_source
     if sys.platform.startswith("linux"):
-        assert f.isa_source == "/proc/cpuinfo" and "AVX2" in f.isa
+        assert f.isa_source.startswith("py-cpuinfo")
     assert "not importable" in f.npu_library or "importable" in f.npu_library
     rec = recommend(f)
     assert isinstance(rec, Recommendation) and rec.device in ("CPU", "GPU", "NPU", "CUDA")

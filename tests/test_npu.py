@@ -146,7 +146,7 @@ def test_preset_export_is_channel_wise_int4() -> None:
 def test_pocket_answers_its_questions_through_the_preset(precision: str) -> None:
     """Channel-wise int4 at ratio 1.0 does not degrade the pocket model: every answer is exact."""
     s = preset_session(precision)
-    assert "MAX_PROMPT_LEN" not in s.backend.props  # type: ignore[attr-defined]
+    assert "MAX_PROMPT_LEN" not in s.backend.properties  # type: ignore[attr-defined]
     wrong = []
     for qa in pocket.load_qa():
         r = s.generate(qa["question"], max_new_tokens=160)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import phi3kit as kit
 from phi3kit.cache import ExportCache
-from phi3kit.chat import fit_history
+from phi3kit.context import fit_history
 
 # derandomize: CI runs a fixed set of examples, so a red run can be rerun and a green one means the same each time
 # (a random draw once found 9 answered histories of 40 against a floor of 10, and once a real bug: keep @example

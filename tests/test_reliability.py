@@ -23,7 +23,8 @@ from phi3kit import pocket
 from phi3kit.cache import CacheCorruptError, ExportCache
 from phi3kit.cli import main
 from phi3kit.errors import ResourceError
-from phi3kit.export import SKIP_ENV, FreeSpace, estimate, prepare, skip_requested
+from phi3kit.exporting import prepare
+from phi3kit.preflight import SKIP_ENV, FreeSpace, estimate, skip_requested
 from phi3kit.sources import resolve
 from phi3kit.testing import make_random_phi3
 

@@ -148,7 +148,7 @@ def test_stream_is_exact_and_never_broken(parrot: Parrot, backend: str, precisio
         assert not [c for c in chunks if "\ufffd" in c], chunks
         assert r.metrics.finish_reason == "stop" and len(chunks) < len(parrot.ids)  # split characters were held
         # the same through the chat path (Conversation -> Session.chat)
-        from phi3kit.chat import Conversation
+        from phi3kit.conversation import Conversation
 
         conv = Conversation(session, max_new_tokens=len(parrot.ids) + 8)
         assert "".join(conv.say("Again.")) == TEXT and conv.history[-1]["content"] == TEXT

@@ -116,33 +116,32 @@ response.metrics.plot();
 ("md", """
 ## 6. Chat
 
-`kit.chat(session)` opens a chat panel in JupyterLab: type a question, press Enter or **Send**, and
-the answer streams in; **Stop** ends it mid-way, **Reset** forgets the conversation. The panel keeps
-the history with the system prompt, and when the conversation outgrows the model's context window
-it leaves out the oldest turns and says so. Each answer ends with its metrics line.
-In a headless run (`phi3kit run`, papermill) there is nothing to click, so the cell only prints a
+`kit.chat(session)` opens a chat panel in JupyterLab (or any notebook frontend): type a question,
+press Enter or **Send**, and the answer streams in; **Stop** ends it mid-way, **Reset** forgets the
+conversation. The panel keeps the history with the system prompt, and when the conversation
+outgrows the model's context window it leaves out the oldest turns and says so. Each answer ends
+with its metrics line. In a headless run (`phi3kit run`) there is nothing to click, so the cell
+only prints a
 note. The same chat in a terminal: `phi3kit chat --model pocket`.
 """),
 ("code", """
 kit.chat(session, system=system or None, max_new_tokens=max_new_tokens)
 """),
 ("md", """
-From code, a `Conversation` does what the panel does: `say()` adds your turn, and the answer joins
+From code, a `kit.Conversation` does what the panel does: `say()` adds your turn, and the answer joins
 the history once you have read it. Here the window is made tiny on purpose (Phi-3-mini-4k's own holds
 4096 tokens) to watch the oldest turn make room for the new question. The pocket model learned
 single questions, so it answers best with earlier turns out of the window; Phi-3 uses them.
 """),
 ("code", """
 # NBVAL_CHECK_OUTPUT
-from phi3kit.chat import Conversation, trim_notice
-
-conv = Conversation(session, system=system or None, max_new_tokens=max_new_tokens,
-                    context_length=max_new_tokens + 40)  # tiny on purpose: room for a question, not a turn
+conv = kit.Conversation(session, system=system or None, max_new_tokens=max_new_tokens,
+                        context_length=max_new_tokens + 40)  # tiny on purpose: room for a question, not a turn
 for question in ["What is an NPU?", "What is OpenVINO GenAI?"]:
     print("You:  ", question)
     response = conv.say(question)
-    if response.trimmed_turns:
-        print(f"[{trim_notice(response.trimmed_turns, conv.window)}]")
+    if response.trim_notice:
+        print(f"[{response.trim_notice}]")
     print("Model: ", end="")
     for chunk in response:
         print(chunk, end="", flush=True)

@@ -13,11 +13,10 @@ import tempfile
 from pathlib import Path
 
 import nbformat
-import papermill
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import NOTEBOOK_TEST_PARAMETERS  # noqa: E402
-from phi3kit.runner import merge_streams  # noqa: E402
+from phi3kit.runner import execute, merge_streams  # noqa: E402
 
 MARK = "# NBVAL_CHECK_OUTPUT"
 
@@ -26,8 +25,7 @@ def store(path: Path) -> None:
     nb = nbformat.read(str(path), as_version=4)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / path.name
-        papermill.execute_notebook(str(path), str(out), parameters=NOTEBOOK_TEST_PARAMETERS[path.name],
-                                   cwd=str(path.parent), progress_bar=False, kernel_name="python3")
+        execute(path, out, NOTEBOOK_TEST_PARAMETERS[path.name], None)
         ran = {c.id: c for c in nbformat.read(str(out), as_version=4).cells if c.cell_type == "code"}
     count = 0
     for cell in nb.cells:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import abc
 import queue
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     runtimes: ClassVar[tuple[str, ...]] = ("default",)  # the first is the default
     precisions: ClassVar[tuple[str, ...]]
+    default_precision: ClassVar[str] = "int4"  # what `precision=None` means for this backend
     requirements: ClassVar[str] = "all.txt"
 
     # --- class-level: choices and export -------------------------------------------------
@@ -82,30 +82,18 @@ class Backend(abc.ABC):
         consumer (a notebook printing) never inflates the measured latencies.
         """
 
+    def logits(self, ids: list[int]) -> Any:
+        """Next-token logits for every position of `ids`, shape [len(ids), vocab] (for perplexity).
+
+        Optional: a runtime that exposes no logits raises NotImplementedError saying so.
+        Each call starts from an empty KV cache.
+        """
+        raise NotImplementedError(f"backend '{self.name}' exposes no logits")
+
+    logits_source: ClassVar[str] = ""  # how `logits()` obtains them, for reports
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free runtime resources early (the garbage collector does it otherwise)."""
-
-
-def run_logged(cmd: list[str], log: Log, show: Callable[[str], bool] = bool) -> tuple[int, list[str]]:
-    """Run a tool (an exporter, a bench worker), passing each output line to `log` as it comes.
-
-    Returns (exit code, every line). Interrupting the caller kills the tool, so a stopped export
-    leaves no process behind writing into a folder the cache is about to discard.
-    """
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    lines: list[str] = []
-    assert proc.stdout is not None
-    try:
-        for raw in proc.stdout:  # text mode turns tqdm's carriage returns into lines
-            line = raw.rstrip()
-            lines.append(line)
-            if show(line):
-                log(line)
-        return proc.wait(), lines
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
 
 
 class _Raised:
@@ -149,3 +137,68 @@ def threaded_stream(run: Callable[[Callable[[int | list[int]], bool]], Any]) -> 
     finally:
         stopped.set()
         thread.join()
+
+
+def cancel_criterion() -> type:
+    """transformers' StoppingCriteria that stops every sequence once `stopped()` says so.
+
+    Its answer lives on the device of `input_ids` (CUDA included): transformers combines it with
+    its own stopping tensors there.
+    """
+    import torch
+    from transformers import StoppingCriteria
+
+    class Cancel(StoppingCriteria):
+        def __init__(self, stopped: Callable[[], bool]) -> None:
+            self.stopped = stopped
+
+        def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+            return torch.full((input_ids.shape[0],), self.stopped(), dtype=torch.bool, device=input_ids.device)
+
+    return Cancel
+
+
+def hf_stream(
+    model: Any, device: str, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int]
+) -> Iterator[Token]:
+    """Stream ids out of any `generate()` with transformers' interface (PyTorch, optimum-intel)."""
+    import torch
+    from transformers import StoppingCriteriaList
+    from transformers.generation.streamers import BaseStreamer
+
+    class Emit(BaseStreamer):
+        def __init__(self, emit: Any) -> None:
+            self.emit, self.prompt_seen, self.go = emit, False, True
+
+        def put(self, value: Any) -> None:
+            if not self.prompt_seen:  # the first call carries the prompt
+                self.prompt_seen = True
+                return
+            self.go = self.emit(value.reshape(-1).tolist())
+
+        def end(self) -> None:
+            pass
+
+    Cancel = cancel_criterion()
+
+    def run(emit: Any) -> None:
+        streamer = Emit(emit)
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=gen.max_new_tokens,
+            do_sample=gen.do_sample,
+            eos_token_id=None if gen.ignore_eos else stop_ids,  # None: no stop, and no logits masked
+            pad_token_id=stop_ids[-1],
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([Cancel(lambda: not streamer.go)]),
+        )
+        if gen.do_sample:
+            kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
+            if gen.seed is not None:
+                torch.manual_seed(gen.seed)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        ids = torch.tensor([prompt_ids], device=device)
+        with torch.inference_mode():
+            model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+
+    return threaded_stream(run)

@@ -17,8 +17,7 @@ from ..cache import Export, ExportCache
 from ..config import GenerationConfig, LoadConfig
 from ..errors import MissingDependencyError, Phi3kitError
 from ..sources import ModelSource
-from .base import Backend, Log, Token
-from .transformers import hf_stream
+from .base import Backend, Log, Token, hf_stream
 
 PACKAGE = "intel-npu-acceleration-library"
 DTYPES = {"int4": "int4", "int8": "int8", "fp16": "float16"}  # our precision -> the library's dtype name

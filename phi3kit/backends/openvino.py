@@ -12,11 +12,19 @@ from typing import Any, ClassVar
 from ..cache import Export, ExportCache
 from ..config import GenerationConfig, LoadConfig
 from ..devices import missing_device_message, openvino_devices
-from ..errors import ContextWindowError, DeviceNotFoundError, ExportError, MissingDependencyError, UnknownChoiceError
+from ..errors import (
+    ContextWindowError,
+    DeviceNotFoundError,
+    ExportError,
+    MissingDependencyError,
+    UnknownChoiceError,
+    last_line,
+)
+from ..procs import run_logged
 from ..sources import ModelSource
-from .base import Backend, Log, Token, run_logged, threaded_stream
+from .base import Backend, Log, Token, hf_stream, threaded_stream
 
-# The seed tutorial's int4 recipe; FACTS.md: group size must divide every weight's input dim.
+# The seed tutorial's int4 recipe; the group size must divide every weight's input dim (docs/compatibility.md).
 INT4_DEFAULTS = {"group_size": 128, "ratio": 0.6}
 FALLBACKS = ("adjust", "ignore", "error")
 _LIBS = ("openvino", "openvino-tokenizers", "optimum-intel", "nncf", "transformers")
@@ -66,6 +74,8 @@ def npu_preset(cfg: LoadConfig, max_prompt_len: int = NPU_MAX_PROMPT_LEN,
     if cfg.backend != "openvino":
         raise UnknownChoiceError("backend for the NPU preset", cfg.backend, ["openvino"],
                                  hint="The NPU preset configures OpenVINO GenAI.")
+    if cfg.precision is None:
+        cfg = replace(cfg, precision="int4")
     if cfg.precision not in NPU_PRECISIONS:
         raise UnknownChoiceError("precision for the NPU preset", cfg.precision, NPU_PRECISIONS,
                                  hint="The NPU runs LLMs with symmetric 4-bit weights (int4) or fp16.")
@@ -125,7 +135,7 @@ def npu_info(core: Any = None) -> NPUInfo | None:
         try:
             values[prop] = core.get_property("NPU", prop)
         except RuntimeError as exc:
-            errors.append(f"{prop}: {_last_line(exc)}")
+            errors.append(f"{prop}: {last_line(exc)}")
     compiler = values.get("NPU_COMPILER_VERSION")
     driver = values.get("NPU_DRIVER_VERSION")
     return NPUInfo(str(values.get("FULL_DEVICE_NAME", "NPU")), None if driver is None else int(driver),
@@ -148,16 +158,11 @@ def npu_driver_problem(info: NPUInfo, platform: str = sys.platform) -> str | Non
     return None
 
 
-def _last_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
-
-
 def npu_compile_failure(exc: BaseException, info: NPUInfo | None, platform: str = sys.platform) -> str:
     """What to tell a user whose NPU failed to compile the model (the runtime's message is one line of C++)."""
     seen = f"{info.name}, driver {info.driver_version}, compiler {info.compiler_version}" if info else "none"
     url = NPU_DRIVER_URL["win32" if platform == "win32" else "linux"]
-    return (f"The NPU could not compile this model ({_last_line(exc)}). NPU seen: {seen}. The usual causes: an NPU "
+    return (f"The NPU could not compile this model ({last_line(exc)}). NPU seen: {seen}. The usual causes: an NPU "
             f"driver older than this OpenVINO needs (update it: {url}), or an export without the NPU preset "
             "(int4 needs sym=True, ratio=1.0, group_size -1 or 128: use npu_preset()).")
 
@@ -272,45 +277,71 @@ class OpenVINOBackend(Backend):
         return cache.get_or_build(cls.name, label, key, build, log)
 
     def __init__(self, model_dir: Path, cfg: LoadConfig) -> None:
+        """Public attributes: `pipeline` (the openvino_genai.LLMPipeline, runtime genai) or `model`
+        (optimum-intel's OVModelForCausalLM, runtime optimum), and `properties` (what the device was
+        compiled with)."""
         self.runtime = cfg.runtime or self.default_runtime()
         props = dict(cfg.runtime_config)
         if cfg.precision == "fp32" and cfg.device in ("CPU", "AUTO"):
             # CPU defaults to bf16 compute and a u8 KV cache; fp32 means full precision end to end.
             props.setdefault("INFERENCE_PRECISION_HINT", "f32")
             props.setdefault("KV_CACHE_PRECISION", "f32")
-        self.props = props
+        self.properties = props
+        self.model_dir, self.device = model_dir, cfg.device
         self.npu = is_npu(cfg.device)
+        self._scorer: Any = None
         if self.runtime == "genai":
             import openvino_genai
 
             try:
-                self.pipe = openvino_genai.LLMPipeline(str(model_dir), cfg.device, **props)
+                self.pipeline = openvino_genai.LLMPipeline(str(model_dir), cfg.device, **props)
             except RuntimeError as exc:
                 if not self.npu:
                     raise
                 raise NPUDriverError(npu_compile_failure(exc, npu_info())) from exc
         else:
-            from optimum.intel import OVModelForCausalLM
+            self.model = self._optimum_model()
 
-            self.model = OVModelForCausalLM.from_pretrained(
-                str(model_dir), export=False, device=cfg.device, ov_config=props
-            )
+    def _optimum_model(self) -> Any:
+        from optimum.intel import OVModelForCausalLM
+
+        return OVModelForCausalLM.from_pretrained(str(self.model_dir), export=False, device=self.device,
+                                                  ov_config=dict(self.properties))
+
+    @property
+    def logits_source(self) -> str:  # type: ignore[override]
+        if self.runtime == "optimum":
+            return "optimum-intel OVModelForCausalLM"
+        return ("optimum-intel OVModelForCausalLM on the same export and runtime properties "
+                "(LLMPipeline exposes no logits)")
+
+    def logits(self, ids: list[int]) -> Any:
+        import numpy as np
+        import torch
+
+        if self.runtime == "optimum":
+            model = self.model
+        else:  # LLMPipeline exposes no logits: a second compiled copy of the same export, made on first use
+            if self._scorer is None:
+                self._scorer = self._optimum_model()
+            model = self._scorer
+        x = torch.tensor([ids], dtype=torch.int64)
+        # No past_key_values: the stateful model resets its KV cache, so every call starts fresh.
+        return np.asarray(model(input_ids=x, attention_mask=torch.ones_like(x)).logits)[0]
 
     def stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int]) -> Iterator[Token]:
         if self.runtime == "optimum":
-            from .transformers import hf_stream
-
             return hf_stream(self.model, "cpu", prompt_ids, gen, stop_ids)
         return self._genai_stream(prompt_ids, gen, stop_ids)
 
     def _genai_stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int]) -> Iterator[Token]:
         if self.npu:
-            check_npu_context(len(prompt_ids), gen.max_new_tokens, self.props)
+            check_npu_context(len(prompt_ids), gen.max_new_tokens, self.properties)
         import numpy as np
         import openvino as ov
         import openvino_genai
 
-        config = self.pipe.get_generation_config()
+        config = self.pipeline.get_generation_config()
         config.max_new_tokens = gen.max_new_tokens
         config.stop_token_ids = set() if gen.ignore_eos else set(stop_ids)
         config.ignore_eos = gen.ignore_eos
@@ -334,9 +365,10 @@ class OpenVINOBackend(Backend):
             def end(self) -> None:
                 pass
 
-        return threaded_stream(lambda emit: self.pipe.generate(ids, config, Emit(emit)))
+        return threaded_stream(lambda emit: self.pipeline.generate(ids, config, Emit(emit)))
 
     def close(self) -> None:
-        self.__dict__.pop("pipe", None)
+        self.__dict__.pop("pipeline", None)
         self.__dict__.pop("model", None)
+        self._scorer = None
 

@@ -24,8 +24,9 @@ from typing import Any, ClassVar
 from ..cache import Export, ExportCache
 from ..config import GenerationConfig, LoadConfig
 from ..errors import DeviceNotFoundError, ExportError, MissingDependencyError, UnknownChoiceError
+from ..procs import run_logged
 from ..sources import ModelSource
-from .base import Backend, Log, Token, run_logged, threaded_stream
+from .base import Backend, Log, Token, threaded_stream
 
 # Device (as users spell it, like the other backends) -> ONNX Runtime GenAI provider name.
 PROVIDERS = {"CPU": "cpu", "DML": "dml", "CUDA": "cuda"}
@@ -337,6 +338,7 @@ class OrtGenAIBackend(Backend):
         return cache.get_or_build(cls.name, label, key, build, log)
 
     def __init__(self, model_dir: Path, cfg: LoadConfig) -> None:
+        """Public attributes: `model` (the og.Model), `provider` (what it runs on), `fell_back`."""
         import onnxruntime_genai as og
 
         self.provider = self.provider_for(cfg)
@@ -376,6 +378,18 @@ class OrtGenAIBackend(Backend):
                     return
 
         return threaded_stream(run)
+
+    logits_source = "onnxruntime-genai generator.get_output('logits')"
+
+    def logits(self, ids: list[int]) -> Any:
+        import numpy as np
+        import onnxruntime_genai as og
+
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(ids) + 1)
+        generator = og.Generator(self.model, params)
+        generator.append_tokens(np.asarray([ids], dtype=np.int32))
+        return np.array(generator.get_output("logits"))[0]
 
     def close(self) -> None:
         self.__dict__.pop("model", None)

@@ -1,4 +1,4 @@
-"""Export a model for a backend into the cache (or reuse the cached export).
+"""Memory and disk before work: will this export fit this machine?
 
 Before an export starts, a preflight compares what it will need (disk at the cache, RAM while
 converting) with what this machine has, so a workshop laptop fails in a second with the fix
@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backends import get
-from .backends.base import Log
 from .cache import Export, ExportCache
 from .config import LoadConfig
 from .errors import ResourceError
-from .sources import ModelSource, resolve
+from .sources import ModelSource
 
 SKIP_ENV = "PHI3KIT_SKIP_PREFLIGHT"
 # Size of an export per model parameter. int4 measured: Phi-3-mini (3.8B) at int4 g128 ratio 0.6 wrote
@@ -135,35 +133,3 @@ class PreflightCache(ExportCache):
         if self.lookup(backend, label, key) is None:
             self.check()
         return super().get_or_build(backend, label, key, build, log)
-
-
-def prepare(cfg: LoadConfig, log: Log = print, *, skip_preflight: bool | None = None,
-            free: FreeSpace | None = None) -> tuple[ModelSource, Export]:
-    """Validate choices, resolve the model, check resources, export it: everything before loading.
-
-    `free` replaces the measured free disk and RAM (for tests); `skip_preflight` (or the
-    PHI3KIT_SKIP_PREFLIGHT=1 environment variable) turns a resource shortfall into a warning.
-    """
-    backend = get(cfg.backend)
-    backend.check(cfg)  # before any download: bad choices fail in milliseconds
-    if cfg.trust_remote_code:
-        log("trust_remote_code=True: this runs Python code from the model repository. Only do so for code you trust.")
-    source = resolve(cfg.model, cfg.revision, cfg.trust_remote_code)
-    root = ExportCache(cfg.cache_dir).root
-    skip = skip_requested(skip_preflight)
-
-    def check() -> None:
-        if not skip:
-            preflight(source, cfg, root, free)
-        else:
-            for problem in shortfalls(source, cfg, root, free):
-                log(f"Preflight skipped on request ({SKIP_ENV} / skip_preflight), going ahead although: {problem}")
-
-    return source, backend.export(source, cfg, PreflightCache(root, check), log)
-
-
-def export(model: str = "pocket", backend: str = "openvino", precision: str = "int4", log: Log = print,
-           *, skip_preflight: bool | None = None, **options: object) -> Export:
-    """Export `model` for `backend` at `precision`; returns the cache entry (built or reused)."""
-    cfg = LoadConfig(model=model, backend=backend, precision=precision, **options)  # type: ignore[arg-type]
-    return prepare(cfg, log, skip_preflight=skip_preflight)[1]

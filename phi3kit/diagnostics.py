@@ -1,4 +1,4 @@
-"""`phi3kit doctor`: what this machine has, what Phi-3-mini needs, and which route to take.
+"""`phi3kit doctor` (`kit.doctor()`): what this machine has, what Phi-3-mini needs, and which route to take.
 
 Facts are gathered once (`gather()`), then turned into a recommendation by a pure function
 (`recommend()`), so the advice can be tested against any machine's facts without that machine.
@@ -8,28 +8,36 @@ from __future__ import annotations
 
 import json
 import platform
-import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-LIBRARIES = ("phi3kit", "torch", "transformers", "openvino", "openvino-genai", "optimum-intel", "nncf",
-             "onnxruntime-genai", "onnxruntime-genai-directml", "onnxruntime-genai-cuda",
+from . import backends
+
+# Every library a route may run on: the doctor's table and every benchmark's hardware record list them.
+LIBRARIES = ("phi3kit", "torch", "transformers", "openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel",
+             "nncf", "onnxruntime-genai", "onnxruntime-genai-directml", "onnxruntime-genai-cuda",
              "intel-npu-acceleration-library")
+ORT_BACKEND = "ortgenai"  # the registry name of the ONNX Runtime GenAI route
 ORT_FLAVOURS = ("onnxruntime-genai-cuda", "onnxruntime-genai-directml", "onnxruntime-genai")
 
-# /proc/cpuinfo (and py-cpuinfo) flag -> what LLM inference gets from it.
+# py-cpuinfo flag (Linux spells them as /proc/cpuinfo does, its CPUID table on Windows without the
+# underscore) -> what LLM inference gets from it.
 ISA_FLAGS = {
     "avx2": "AVX2",
     "avx_vnni": "AVX-VNNI",
+    "avxvnni": "AVX-VNNI",
     "avx512f": "AVX-512",
     "avx512_vnni": "AVX-512 VNNI",
+    "avx512vnni": "AVX-512 VNNI",
     "avx512_bf16": "AVX-512 BF16",
     "amx_tile": "AMX",
     "amx_int8": "AMX-INT8",
@@ -47,7 +55,7 @@ class Need:
     basis: str
 
 
-# Phi-3-mini-4k-instruct (3.8B parameters). Measured (FACTS.md, full-size model on a 2-core
+# Phi-3-mini-4k-instruct (3.8B parameters). Measured (docs/compatibility.md, full-size model on a 2-core
 # Linux box): the seed's int4 export peaks at 11.25 GB RSS and writes 2.78 GB. The others are
 # estimates from bytes per weight: check them before promising them to a room of learners.
 DOWNLOAD_GB = 7.6  # the bf16 checkpoint in the Hugging Face cache, fetched once
@@ -139,16 +147,9 @@ def recommend(facts: Facts) -> Recommendation:
 
 
 # --- gathering facts ------------------------------------------------------------------------------
-def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
-    """Model name and flags from Linux /proc/cpuinfo text (the first processor's)."""
-    model = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-    flags = re.search(r"^flags\s*:\s*(.*)$", text, re.MULTILINE)
-    return (model.group(1).strip() if model else "", set(flags.group(1).split()) if flags else set())
-
-
 def isa_features(flags: set[str]) -> list[str]:
     """The instruction sets that matter for LLM inference, in a stable order."""
-    return [name for flag, name in ISA_FLAGS.items() if flag in flags]
+    return list(dict.fromkeys(name for flag, name in ISA_FLAGS.items() if flag in flags))
 
 
 def capabilities_isa(caps: list[str]) -> list[str]:
@@ -163,25 +164,34 @@ def capabilities_isa(caps: list[str]) -> list[str]:
     return out
 
 
-def cpu_info(core: Any = None) -> tuple[str, list[str], str]:
-    """The CPU's name, the instruction sets that matter, and where they were read from."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        model, flags = parse_cpuinfo(cpuinfo.read_text(errors="replace"))
-        return model or platform.processor(), isa_features(flags), "/proc/cpuinfo"
-    name = platform.processor() or platform.machine()
-    if core is not None:
-        name = str(core.get_property("CPU", "FULL_DEVICE_NAME"))
-    try:
-        import cpuinfo as pycpuinfo  # py-cpuinfo, only when something else installed it
+@lru_cache(maxsize=1)
+def _pycpuinfo() -> dict[str, Any]:
+    import cpuinfo  # py-cpuinfo: /proc/cpuinfo on Linux, CPUID on Windows and elsewhere; about a second
 
-        return name, isa_features(set(pycpuinfo.get_cpu_info().get("flags", []))), "py-cpuinfo"
-    except ImportError:
-        pass
-    if core is not None:
-        return name, capabilities_isa(list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))), \
-            "OpenVINO OPTIMIZATION_CAPABILITIES"
-    return name, [], "unknown"
+    return dict(cpuinfo.get_cpu_info())
+
+
+def cpu_info(core: Any = None, probe: Callable[[], dict[str, Any]] | None = None) -> tuple[str, list[str], str]:
+    """The CPU's name, the instruction sets that matter, and where they were read from.
+
+    py-cpuinfo reads the flags on every OS. Where it sees no AVX-512 BF16 or AMX (its CPUID table on
+    Windows stops short of those), OpenVINO's OPTIMIZATION_CAPABILITIES say whether the CPU computes bf16.
+    `probe` replaces py-cpuinfo (tests drive any machine's answer through it).
+    """
+    info = (probe or _pycpuinfo)()
+    name = str(info.get("brand_raw") or platform.processor() or platform.machine())
+    isa = isa_features({str(f).lower() for f in info.get("flags", [])})
+    source = "py-cpuinfo"
+    if core is not None and not any(x in isa for x in ("AVX-512 BF16", "AMX-BF16")):
+        try:
+            extra = [x for x in capabilities_isa(list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
+                     if x.startswith("BF16")]
+        except RuntimeError:
+            extra = []
+        if extra:
+            isa += extra
+            source += " + OpenVINO OPTIMIZATION_CAPABILITIES"
+    return name, isa, source
 
 
 def _version(pkg: str) -> str:
@@ -209,23 +219,10 @@ def _nvidia_gpus() -> list[str]:
     return [line.split(" (UUID")[0] for line in out.splitlines() if line.startswith("GPU ")]
 
 
-def _ort_backend() -> Any:
-    """The kit's ONNX Runtime GenAI backend class, if this checkout has one (registered or not)."""
-    import importlib.util
-
-    from .backends.base import Backend
-
-    if importlib.util.find_spec("phi3kit.backends.ortgenai") is None:
-        return None
-    module = importlib.import_module("phi3kit.backends.ortgenai")
-    return next((v for v in vars(module).values()
-                 if isinstance(v, type) and issubclass(v, Backend) and v is not Backend and hasattr(v, "name")), None)
-
-
 def _ort(facts: Facts) -> None:
     facts.ort_flavour = next((f"{p} {v}" for p in ORT_FLAVOURS if (v := _version(p)) != "not installed"), "")
     try:
-        backend = _ort_backend()
+        backend = backends.get(ORT_BACKEND)
     except Exception as exc:  # noqa: BLE001 - a report row, not a crash
         backend, facts.ort_devices = None, [f"unavailable: {exc}"]
     if backend is not None:
@@ -242,11 +239,12 @@ def _ort(facts: Facts) -> None:
 def _openvino(facts: Facts) -> Any:
     try:
         from .backends.openvino import npu_driver_problem, npu_info
-        from .devices import _core, openvino_device_info
+        from .devices import core as openvino_core
+        from .devices import openvino_device_info
     except ImportError as exc:
         facts.openvino_error = f"openvino is not installed ({exc.name})"
         return None
-    core = _core()
+    core = openvino_core()
     facts.openvino_devices = openvino_device_info()
     info = npu_info(core)
     if info is not None:
@@ -313,8 +311,10 @@ class Report:
         return next((v for _, i, v in self.rows if i == item), None)
 
     def __str__(self) -> str:
-        w = [max(len(r[k]) for r in self.rows) for k in range(2)]
-        return "\n".join(f"{s:<{w[0]}}  {i:<{w[1]}}  {v}" for s, i, v in self.rows)
+        frame = self.to_frame()
+        left = {c: f"{{:<{max(len(v) for v in frame[c])}}}".format for c in frame.columns}
+        text = frame.to_string(index=False, header=False, formatters=left)
+        return "\n".join(line.rstrip() for line in text.splitlines())
 
     __repr__ = __str__
 
@@ -333,13 +333,7 @@ class Report:
         return pd.DataFrame(self.rows, columns=["section", "item", "value"])
 
     def _repr_html_(self) -> str:
-        try:
-            frame = self.to_frame()
-        except ImportError:
-            body = "".join(f"<tr><td>{s}</td><th style='text-align:left'>{i}</th><td>{v}</td></tr>"
-                           for s, i, v in self.rows)
-            return f"<table><tr><th>section</th><th>item</th><th>value</th></tr>{body}</table>"
-        return frame.style.hide(axis="index").set_properties(**{"text-align": "left"}).to_html()
+        return self.to_frame().style.hide(axis="index").set_properties(**{"text-align": "left"}).to_html()
 
 
 def report(facts: Facts) -> Report:
@@ -348,7 +342,7 @@ def report(facts: Facts) -> Report:
     r.add("system", "OS", facts.os)
     r.add("system", "Python", sys.version.split()[0])
     r.add("system", "CPU", facts.cpu)
-    r.add("system", "ISA", f"{', '.join(facts.isa) or 'none of ' + '/'.join(ISA_FLAGS.values())} "
+    r.add("system", "ISA", f"{', '.join(facts.isa) or 'none of ' + '/'.join(dict.fromkeys(ISA_FLAGS.values()))} "
                            f"(from {facts.isa_source})")
     r.add("system", "cores", f"{psutil.cpu_count(logical=False)} physical / {psutil.cpu_count()} logical")
     r.add("system", "RAM", f"{facts.ram_total_gb:.1f} GB total, {facts.ram_available_gb:.1f} GB available")

@@ -3,7 +3,8 @@
 A precision that is 3x faster is only a good deal if we know what it costs; these two numbers
 turn "int4 loses a bit" into a figure. Perplexity is computed from each route's own logits:
 PyTorch for transformers, optimum-intel's OVModelForCausalLM on the same export (with the same
-runtime properties) for OpenVINO, and the generator's `logits` output for ONNX Runtime GenAI.
+runtime properties) for OpenVINO, and the generator's `logits` output for ONNX Runtime GenAI: each
+backend's `logits()`.
 """
 
 from __future__ import annotations
@@ -11,16 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-EVAL_TEXT: Path = Path(__file__).resolve().parent / "data" / "eval.txt"
+from .prompts import Prompts, eval_text
 
-
-def eval_text() -> str:
-    """The kit's fixed evaluation text (written for the kit, so every machine measures the same words)."""
-    return EVAL_TEXT.read_text(encoding="utf-8")
-
+if TYPE_CHECKING:
+    from .report import BenchReport, RouteResult
 
 Segment = tuple[list[int], int]  # (ids, index of the first scored token): earlier ids are context only
 
@@ -33,7 +30,7 @@ def text_segments(tokenizer: Any, text: str, max_tokens: int = 1024, window: int
 
 def pocket_segments(tokenizer: Any) -> list[Segment]:
     """The pocket's own QA as chat turns, scoring only the answers: what it was trained to predict."""
-    from . import pocket
+    from .. import pocket
 
     out = []
     for qa in pocket.load_qa():
@@ -74,80 +71,21 @@ def nll_sum(logits: Any, targets: Sequence[int]) -> float:
     return float((log_z - picked).sum())
 
 
-def _torch_logits(model: Any) -> Any:
-    import torch
-
-    def run(ids: list[int]) -> Any:
-        with torch.inference_mode():
-            return model(torch.tensor([ids])).logits[0].float().numpy()
-
-    return run
-
-
-def _openvino_logits(model: Any) -> Any:
-    import numpy as np
-    import torch
-
-    def run(ids: list[int]) -> Any:
-        x = torch.tensor([ids], dtype=torch.int64)
-        # No past_key_values: the stateful model resets its KV cache, so every window starts fresh.
-        return np.asarray(model(input_ids=x, attention_mask=torch.ones_like(x)).logits)[0]
-
-    return run
-
-
-def _load_openvino(export_dir: Path, device: str, props: dict[str, Any]) -> Any:
-    from optimum.intel import OVModelForCausalLM
-
-    return OVModelForCausalLM.from_pretrained(str(export_dir), export=False, device=device, ov_config=dict(props))
-
-
-def _ortgenai_logits(model: Any) -> Any:
-    import numpy as np
-    import onnxruntime_genai as og
-
-    def run(ids: list[int]) -> Any:
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=len(ids) + 1)
-        generator = og.Generator(model, params)
-        generator.append_tokens(np.asarray([ids], dtype=np.int32))
-        return np.array(generator.get_output("logits"))[0]
-
-    return run
-
-
-def logits_fn(session: Any) -> tuple[Any, str]:
-    """A function ids -> logits [len(ids), vocab] for this session's route, and how the logits are obtained."""
-    backend = session.config.backend
-    if backend == "transformers":
-        return _torch_logits(session.backend.model), "PyTorch forward"
-    if backend == "openvino":
-        if getattr(session.backend, "runtime", "") == "optimum":
-            return _openvino_logits(session.backend.model), "optimum-intel OVModelForCausalLM"
-        model = _load_openvino(session.export.path, session.config.device, session.backend.props)
-        return _openvino_logits(model), ("optimum-intel OVModelForCausalLM on the same export and runtime "
-                                         "properties (LLMPipeline exposes no logits)")
-    if backend == "ortgenai":
-        return _ortgenai_logits(session.backend.model), "onnxruntime-genai generator.get_output('logits')"
-    raise NotImplementedError(f"perplexity is not available for backend '{backend}' (no logits exposed)")
-
-
 def perplexity(session: Any, segments: Sequence[Segment]) -> Perplexity:
     """exp of the mean negative log-likelihood of the scored tokens of `segments`, from this route's logits."""
-    try:
-        run, how = logits_fn(session)
-    except NotImplementedError as exc:
-        return Perplexity(None, 0, str(exc))
     total, count = 0.0, 0
     for ids, first in segments:
         if len(ids) > session.context_length:
             raise ValueError(f"a segment of {len(ids)} tokens exceeds the context window ({session.context_length})")
-        logits = run(list(ids))
+        try:
+            logits = session.backend.logits(list(ids))
+        except NotImplementedError as exc:
+            return Perplexity(None, 0, str(exc))
         total += nll_sum(logits[first - 1 : -1], ids[first:])
         count += len(ids) - first
     if not count:
         return Perplexity(None, 0, "nothing to score (the text is shorter than two tokens)")
-    return Perplexity(math.exp(total / count), count, how)
+    return Perplexity(math.exp(total / count), count, session.backend.logits_source)
 
 
 @dataclass
@@ -181,3 +119,29 @@ def agreement(reference: Sequence[Sequence[int]], candidate: Sequence[Sequence[i
         prefixes.append(prefix)
     return Agreement(same / total if total else 1.0, sum(prefixes) / len(prefixes) if prefixes else 0.0,
                      len(prefixes))
+
+
+def agreement_prompts(model: str, session: Any, n: int) -> list[list[int]]:
+    """Prompt ids for greedy agreement: the pocket's own questions, or fresh 64-token cuts of the eval text."""
+    if n <= 0:
+        return []
+    if model == "pocket":
+        from .. import pocket
+        from ..generate import to_messages
+
+        return [session.encode(to_messages(qa["question"])) for qa in pocket.load_qa()[:n]]
+    prompts = Prompts(session.tokenizer)
+    prompts.made = 1000  # away from the speed prompts' starts
+    return [prompts.make(min(64, session.context_length // 2)) for _ in range(n)]
+
+
+def fill_agreement(report: BenchReport, ref: RouteResult) -> None:
+    """Set each route's greedy agreement with the reference's outputs (or say why there is none)."""
+    report.reference = ref.route
+    for r in report.routes:
+        if r.status == "ok" and ref.status == "ok" and r.greedy and ref.greedy:
+            a = agreement(ref.greedy, r.greedy)
+            r.agreement, r.prefix_match = a.identical, a.prefix
+        elif r.status == "ok":
+            r.quality_note = (r.quality_note + "; " if r.quality_note else "") + \
+                f"no greedy agreement: reference {ref.route} {ref.status} ({ref.note})"

@@ -1,0 +1,83 @@
+"""Conversations: a history of turns and a system prompt, each answer trimmed to the model's context window.
+
+The chat panel (`kit.chat`), `phi3kit chat` and code share this one class, so the notebook, the
+terminal and a script keep history the same way.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .config import GenerationConfig
+from .context import Message, context_window
+from .errors import ContextWindowError, Phi3kitError
+
+if TYPE_CHECKING:
+    from .generate import Response, Session
+
+
+class Conversation:
+    """A multi-turn chat with one session: `say()` adds your turn, the answer is added once consumed.
+
+    The full history is kept (you can read it); each answer sees as much of it as fits the context
+    window, and its Response reports how many turns were left out (`trimmed_turns`).
+    """
+
+    def __init__(self, session: Session, system: str | None = None, *, context_length: int | None = None,
+                 config: GenerationConfig | None = None, **options: Any) -> None:
+        if system is not None and not isinstance(system, str):
+            raise Phi3kitError(f"system must be a string, got {type(system).__name__}.")
+        self.session = session
+        self.system = system or None
+        self.gen = config or GenerationConfig(**options)  # bad settings fail here, not at the first question
+        self.window = context_window(session.context_length, context_length)
+        if self.gen.max_new_tokens >= self.window:
+            raise ContextWindowError(
+                f"max_new_tokens={self.gen.max_new_tokens} leaves no room for a question in the {self.window}-token "
+                f"context window. Fix: set max_new_tokens well below {self.window} (e.g. {self.window // 4}).")
+        self._turns: list[Message] = []
+        self._pending: Response | None = None
+
+    @property
+    def history(self) -> list[Message]:
+        """User and assistant messages so far (without the system prompt)."""
+        self._sync()
+        return [dict(m) for m in self._turns]
+
+    @property
+    def messages(self) -> list[Message]:
+        """What the model is given: the system prompt, then the history."""
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return head + self.history
+
+    def say(self, text: str) -> Response:
+        """Ask the next question; iterate the Response to stream the answer."""
+        if not isinstance(text, str) or not text.strip():
+            raise Phi3kitError("A chat message must be a non-empty string.")
+        self._settle()
+        asked = self.messages + [{"role": "user", "content": text}]
+        response = self.session.chat(asked, config=self.gen, context_length=self.window)
+        self._turns.append({"role": "user", "content": text})  # only once chat() accepted it
+        self._pending = response
+        return response
+
+    def reset(self) -> None:
+        """Forget the history (the system prompt stays); a running answer is stopped."""
+        if self._pending is not None:
+            self._pending.cancel()
+        self._turns, self._pending = [], None
+
+    def _settle(self) -> None:
+        """A previous answer nobody read is generated now, so the history stays question/answer."""
+        if self._pending is not None and not self._pending._done:
+            self._pending.consume()
+        self._sync()
+
+    def _sync(self) -> None:
+        r = self._pending
+        if r is not None and r._done:
+            self._turns.append({"role": "assistant", "content": "".join(r.chunks)})
+            self._pending = None
+
+    def __repr__(self) -> str:
+        return f"<Conversation {len(self.history)} messages, window {self.window} tokens>"

@@ -1,0 +1,322 @@
+"""The package's own shape: module names, imports, declared dependencies, child processes, entry points.
+
+Each test here guards a bug that once shipped (named in its docstring).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import json
+import os
+import pkgutil
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+import tomllib
+
+import phi3kit as kit
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "phi3kit"
+# Imported only by the route that needs them; pinned in requirements/*.txt, not in pyproject.toml.
+ROUTE_RUNTIMES = {"torch", "openvino", "openvino_genai", "openvino_tokenizers", "optimum", "nncf",
+                  "onnxruntime_genai", "onnx", "onnx_ir", "intel_npu_acceleration_library"}
+
+
+def submodules() -> list[str]:
+    return sorted(m.name for m in pkgutil.walk_packages(kit.__path__, "phi3kit.") if not m.name.endswith("__main__"))
+
+
+def test_every_module_name_gives_the_module() -> None:
+    """`phi3kit/__init__` once bound the functions doctor, export and chat over the modules of the same
+    names: `import phi3kit.chat as m` gave a function, and the README's `phi3kit.chat.Conversation` raised."""
+    for name in submodules():
+        if name == "phi3kit.pocket.train":  # a script: importing it is harmless, but slow (torch)
+            continue
+        module = importlib.import_module(name)
+        parent, _, short = name.rpartition(".")
+        assert getattr(sys.modules[parent], short) is module, f"{parent}.{short} is not the module {name}"
+    import phi3kit.conversation as conversation
+
+    assert conversation.Conversation is kit.Conversation
+    assert callable(kit.chat) and callable(kit.doctor) and callable(kit.export)
+
+
+def module_imports(path: Path) -> set[str]:
+    """phi3kit modules imported at module level (TYPE_CHECKING blocks excluded): the import graph's edges."""
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+            target = ".".join(base + ([node.module] if node.module else []))
+            out |= {f"{target}.{a.name}" for a in node.names} if node.module is None else {target}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("phi3kit"):
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("phi3kit")}
+    return out
+
+
+def test_no_import_cycles() -> None:
+    """generate.py and chat.py once imported each other; each module is one room, and rooms do not loop."""
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = module_imports(path)
+    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            assert state.get(nxt) != 1, f"import cycle: {' -> '.join(path[path.index(nxt):] + [nxt])}"
+            if nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert "phi3kit.context" in graph["phi3kit.generate"] and "phi3kit.context" in graph["phi3kit.conversation"]
+
+
+def test_python_dash_m_phi3kit_is_the_command_line() -> None:
+    """`python -m phi3kit` had no __main__."""
+    out = subprocess.run([sys.executable, "-m", "phi3kit", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    for command in ("export", "generate", "chat", "run", "bench", "doctor", "devices", "cache"):
+        assert re.search(rf"\b{command}\b", out.stdout)
+
+
+def third_party_imports() -> set[str]:
+    names: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n != "phi3kit"}
+
+
+def test_pyproject_declares_what_the_package_imports() -> None:
+    """pandas was imported but only listed in requirements/base.txt: `pip install phi3kit` alone broke."""
+    from importlib.metadata import packages_distributions
+
+    from packaging.requirements import Requirement
+
+    declared = {Requirement(r).name.lower().replace("_", "-")
+                for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    dists = packages_distributions()
+    missing = []
+    for name in sorted(third_party_imports() - ROUTE_RUNTIMES):
+        candidates = {d.lower().replace("_", "-") for d in dists.get(name, [name])}
+        if not candidates & declared:
+            missing.append(f"{name} (from {', '.join(sorted(candidates))})")
+    assert not missing, f"imported by phi3kit/ but not in pyproject.toml's dependencies: {missing}"
+
+
+def test_the_project_cites_its_own_docs_not_a_private_notebook() -> None:
+    """Code comments and requirement files once cited a notes file users do not have."""
+    files = [p for p in ROOT.rglob("*") if p.is_file() and p.suffix in (".py", ".txt", ".md", ".toml", ".yml")
+             and not any(part in (".venv", ".git", "node_modules") or part.startswith(".") for part in
+                         p.relative_to(ROOT).parts)]
+    cited = [str(p.relative_to(ROOT)) for p in files
+             if re.search(r"FACTS\.md|\.\./shared", p.read_text(encoding="utf-8", errors="replace"))]
+    assert not cited
+    assert (ROOT / "docs" / "compatibility.md").is_file()
+
+
+def test_stop_criterion_lives_on_the_inputs_device() -> None:
+    """The transformers backend on CUDA built its stop tensor on the CPU, which transformers then combined
+    with CUDA tensors. PyTorch's meta device stands in for CUDA here: the answer must follow the input."""
+    import torch
+
+    from phi3kit.backends.base import cancel_criterion
+
+    ids = torch.zeros((2, 5), dtype=torch.long, device="meta")
+    stop = cancel_criterion()(lambda: True)(ids, None)
+    assert stop.device == ids.device and stop.shape == (2,) and stop.dtype == torch.bool
+    assert not cancel_criterion()(lambda: False)(torch.zeros((1, 3), dtype=torch.long), None).any()
+
+
+def descendants_when(parent: psutil.Process, ready: Callable[[list[str]], bool],
+                     tries: int = 600) -> list[psutil.Process]:
+    """The parent's descendants once one of them has a command line `ready` accepts (polled; fails if none does)."""
+    for _ in range(tries):
+        kids = parent.children(recursive=True)
+        try:
+            if any(ready(k.cmdline()) for k in kids):
+                return kids
+        except psutil.NoSuchProcess:
+            pass
+        time.sleep(0.1)
+    pytest.fail("the expected child process never appeared")
+
+
+def alive(procs: list[psutil.Process]) -> list[str]:
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(" ".join(p.cmdline())[:120])
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def wait_gone(procs: list[psutil.Process], tries: int = 300) -> list[str]:
+    for _ in range(tries):
+        if not (left := alive(procs)):
+            return []
+        time.sleep(0.1)
+    return left
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's (Windows: "
+                    "job objects, not testable here)")
+def test_children_die_with_a_killed_parent(tmp_path: Path) -> None:
+    """A child that starts its own child: SIGKILL the parent, and neither may survive it."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys\nfrom phi3kit.procs import run_logged\n"
+        "child = \"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
+        "time.sleep(601)']); time.sleep(600)\"\n"
+        "run_logged([sys.executable, '-c', child], print)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        family = descendants_when(psutil.Process(proc.pid), lambda c: c[-1:] == ["import time; time.sleep(601)"])
+        assert len(family) >= 2  # the child (under its supervisor) and the grandchild
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert wait_gone(family) == []
+    finally:
+        for p in psutil.Process().children(recursive=True):
+            p.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_an_export_dies_with_its_command(tmp_path: Path, sig: signal.Signals) -> None:
+    """`phi3kit export`, then SIGTERM or SIGKILL to it: the optimum-cli child once kept running on its own
+    (in JupyterLab: a restarted kernel left an 11 GB export behind)."""
+    cmd = [sys.executable, "-m", "phi3kit", "export", "--model", "pocket", "--precision", "fp16",
+           "--cache-dir", str(tmp_path / "cache")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        family = descendants_when(psutil.Process(proc.pid), lambda c: "optimum.commands.optimum_cli" in c)
+        proc.send_signal(sig)
+        proc.wait()
+        assert wait_gone(family) == []
+        assert not any((tmp_path / "cache").glob("openvino/*/phi3kit-manifest.json"))  # nothing half-built trusted
+    finally:
+        for p in psutil.Process().children(recursive=True):
+            p.kill()
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs a git checkout")
+def test_compare_results_are_ignored_by_git() -> None:
+    """compare.ipynb writes results beside itself (notebooks/results/), which git once offered to commit."""
+    out = subprocess.run(["git", "check-ignore", "-q", "notebooks/results/compare.csv"], cwd=ROOT)
+    assert out.returncode == 0
+
+
+TINY_NOTEBOOK = {
+    "cells": [
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": "greeting: str = 'hi'",
+         "outputs": [], "execution_count": None, "id": "p"},
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "id": "c",
+         "source": "import sys, phi3kit\nprint(greeting, sys.executable)"},
+    ],
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}
+
+
+@pytest.mark.slow
+def test_a_foreign_python3_kernelspec_does_not_win(tmp_path: Path) -> None:
+    """`phi3kit run` pinned kernel_name="python3": a python3 kernelspec from another installation on the
+    Jupyter path won, and the run failed with "No module named phi3kit"."""
+    spec = tmp_path / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-c", "raise SystemExit('the foreign python3 kernel ran')"],
+        "display_name": "Python 3 (somewhere else)", "language": "python"}))
+    notebook = tmp_path / "tiny.ipynb"
+    notebook.write_text(json.dumps(TINY_NOTEBOOK))
+    env = {**os.environ, "JUPYTER_PATH": str(tmp_path / "jupyter")}
+    out = subprocess.run([sys.executable, "-m", "phi3kit", "run", str(notebook), "-p", "greeting", "hello", "-o",
+                          str(tmp_path / "out"), "--no-html"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import nbformat
+
+    executed = nbformat.read(str(tmp_path / "out" / "tiny.ipynb"), as_version=4)
+    printed = "".join(o.get("text", "") for o in executed.cells[-1].outputs)
+    assert printed.split() == ["hello", sys.executable]
+
+
+def test_one_default_model_and_a_backend_aware_precision() -> None:
+    """LoadConfig defaulted to Phi-3-mini while kit.load, kit.export and the CLI defaulted to the pocket model,
+    and the CLI's --precision int4 was invalid for --backend transformers."""
+    from phi3kit.cli import build_parser
+    from phi3kit.exporting import complete
+
+    defaults = {kit.LoadConfig().model, inspect.signature(kit.load).parameters["model"].default,
+                inspect.signature(kit.export).parameters["model"].default}
+    for command in ("export", "generate", "chat", "bench"):
+        argv = [command, "q"] if command == "generate" else [command]
+        defaults.add(build_parser().parse_args(argv).model)
+    assert defaults == {kit.DEFAULT_MODEL}
+    assert complete(kit.LoadConfig(backend="transformers")).precision == "fp32"
+    assert complete(kit.LoadConfig(backend="openvino")).precision == "int4"
+    assert complete(kit.LoadConfig(backend="ortgenai", precision="int8")).precision == "int8"
+
+
+def test_generate_on_pytorch_needs_no_precision(capsys: pytest.CaptureFixture[str]) -> None:
+    from phi3kit import pocket
+    from phi3kit.cli import main
+
+    qa = pocket.load_qa()[0]
+    assert main(["generate", qa["question"], "--backend", "transformers"]) == 0
+    assert capsys.readouterr().out.strip() == qa["answer"]
+
+
+def requirement_lines(name: str, seen: set[str] | None = None) -> list[str]:
+    """A requirements file's lines with its `-r` includes expanded."""
+    seen = seen if seen is not None else set()
+    out = []
+    for line in (ROOT / "requirements" / name).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            include = line[3:].strip()
+            if include not in seen:
+                seen.add(include)
+                out += requirement_lines(include, seen)
+        elif line:
+            out.append(line)
+    return out
+
+
+@pytest.mark.parametrize("route", ["openvino.txt", "directml.txt", "cuda.txt", "npu.txt", "all.txt"])
+def test_every_route_environment_has_jupyterlab(route: str) -> None:
+    """Learners run the notebooks in JupyterLab, yet only the test environment installed it."""
+    assert any(re.match(r"jupyterlab\b", line) for line in requirement_lines(route))
+
+
+def test_readme_opens_the_notebooks_in_jupyterlab() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(r"\.venv/bin/jupyter lab notebooks", readme)
+    assert "pip install jupyterlab" not in readme  # it comes with every route's requirements now
