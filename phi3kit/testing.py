@@ -3,13 +3,15 @@
 Each variant copies the real checkpoint's config fields (LongRoPE, partial rotary, tied
 embeddings, GQA) so export and runtime code paths see what they would see with the real
 model, while "tiny" models build in well under a second. The tokenizer is the shipped pocket
-tokenizer, so prompts, chat templates and stop tokens behave like Phi-3's.
+tokenizer, so prompts, chat templates and stop tokens behave like Phi-3's; `tokenizer_dir` swaps
+in another one (tests/data/phi3-tokenizer: Phi-3's real SentencePiece-style tokenizer).
 """
 
 from __future__ import annotations
 
 import shutil
 from functools import lru_cache
+from os import PathLike
 from pathlib import Path
 
 import torch
@@ -22,6 +24,10 @@ SIZES: tuple[str, ...] = ("tiny", "full")
 
 # Tokenizer files copied from the pocket model so every test model shares its vocab.
 TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+# What a `tokenizer_dir` may hold besides those (older transformers write it).
+EXTRA_TOKENIZER_FILES: tuple[str, ...] = ("special_tokens_map.json",)
+# A model's embedding rows: the tokenizer's length rounded up to a multiple of this (Phi-3: 32011 -> 32064).
+VOCAB_MULTIPLE = 64
 
 # Real dims (microsoft/Phi-3-mini-*, Phi-3.5-mini-instruct, Phi-4-mini-instruct).
 _FULL = {
@@ -58,9 +64,13 @@ def _longrope(rotary_dim: int, short_max: float, long_max: float) -> dict:
     }
 
 
-def variant_config(variant: str, size: str = "tiny", vocab_size: int | None = None) -> Phi3Config:
+def variant_config(variant: str, size: str = "tiny", vocab_size: int | None = None,
+                   tokenizer_dir: str | PathLike[str] | None = None) -> Phi3Config:
     """The Phi3Config of one variant; `vocab_size` defaults to the pocket tokenizer's (tiny)
-    or the real checkpoint's (full)."""
+    or the real checkpoint's (full).
+
+    With `tokenizer_dir`, the special ids come from that tokenizer (bos, eos, `<|end|>`) and a
+    tiny model's vocab_size is its length rounded up to a multiple of 64, as Phi-3 pads it."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
     if size not in SIZES:
@@ -70,8 +80,12 @@ def variant_config(variant: str, size: str = "tiny", vocab_size: int | None = No
     if vocab_size is not None:
         dims["vocab_size"] = vocab_size
     elif size == "tiny":
-        dims["vocab_size"] = _pocket_vocab()[0]
-    eos, end = _pocket_vocab()[1:]
+        dims["vocab_size"] = _pocket_vocab()[0] if tokenizer_dir is None else _tokenizer_vocab(str(tokenizer_dir))[0]
+    if tokenizer_dir is None:
+        eos, end = _pocket_vocab()[1:]
+        bos = eos
+    else:
+        bos, eos, end = _tokenizer_vocab(str(tokenizer_dir))[1:]
     head_dim = dims["hidden_size"] // dims["num_attention_heads"]
     extra: dict = {"tie_word_embeddings": False}
     if variant == "mini-4k":
@@ -89,7 +103,7 @@ def variant_config(variant: str, size: str = "tiny", vocab_size: int | None = No
         **extra,
         original_max_position_embeddings=4096,
         rope_theta=10000.0,
-        bos_token_id=eos,
+        bos_token_id=bos,
         eos_token_id=[end, eos],
         pad_token_id=eos,
         initializer_range=0.02 if size == "full" else _TINY_STD,
@@ -103,6 +117,18 @@ def _pocket_vocab() -> tuple[int, int, int]:
     return len(tok), tok.eos_token_id, tok.convert_tokens_to_ids("<|end|>")
 
 
+@lru_cache(maxsize=4)
+def _tokenizer_vocab(tokenizer_dir: str) -> tuple[int, int, int, int]:
+    """(padded vocab size, bos id, eos id, <|end|> id) of the tokenizer in `tokenizer_dir`."""
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    end = tok.convert_tokens_to_ids("<|end|>")
+    if tok.eos_token_id is None or not isinstance(end, int) or end == tok.unk_token_id:
+        raise ValueError(f"{tokenizer_dir}: a Phi-3 tokenizer needs an eos token and <|end|>")
+    bos = tok.eos_token_id if tok.bos_token_id is None else tok.bos_token_id
+    padded = -(-len(tok) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    return padded, bos, tok.eos_token_id, end
+
+
 def make_random_phi3(
     variant: str,
     out_dir: str | Path,
@@ -110,14 +136,18 @@ def make_random_phi3(
     seed: int = 0,
     dtype: torch.dtype | None = None,
     vocab_size: int | None = None,
+    tokenizer_dir: str | PathLike[str] | None = None,
 ) -> Path:
     """Write a random-weight HF folder for `variant` (config, safetensors, pocket tokenizer,
     generation config); deterministic by `seed`.
 
+    `tokenizer_dir` (default: the pocket tokenizer) copies that folder's tokenizer files instead and
+    sizes the vocab and special ids to match (see `variant_config`).
+
     `dtype` defaults to float32 for tiny and bfloat16 for full: a full model is built
     directly in that dtype (about 7.6 GB in bf16) so two fp32 copies never exist.
     """
-    cfg = variant_config(variant, size, vocab_size)
+    cfg = variant_config(variant, size, vocab_size, tokenizer_dir)
     if dtype is None:
         dtype = torch.bfloat16 if size == "full" else torch.float32
     out = Path(out_dir)
@@ -138,14 +168,16 @@ def make_random_phi3(
     )
     model.save_pretrained(out)
     del model
-    src = pocket.path()
-    for name in TOKENIZER_FILES:
+    src = pocket.path() if tokenizer_dir is None else Path(tokenizer_dir)
+    names = TOKENIZER_FILES if tokenizer_dir is None else TOKENIZER_FILES + EXTRA_TOKENIZER_FILES
+    for name in names:
         if (src / name).exists():
             shutil.copyfile(src / name, out / name)
+    which = "pocket tokenizer" if tokenizer_dir is None else f"tokenizer from {src.name}"
     (out / "README.md").write_text(
         f"# Random-weight Phi-3 test model ({variant}, {size}, seed {seed})\n\n"
         "Made by `phi3kit.testing.make_random_phi3`: config shaped like the real checkpoint,"
-        " random weights, pocket tokenizer. Its text is meaningless; use it to test code paths"
+        f" random weights, {which}. Its text is meaningless; use it to test code paths"
         " and speed only.\n"
     )
     return out
