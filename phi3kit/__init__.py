@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from . import backends, bench
 from .cache import ExportCache
+from .catalog import models
 from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
 from .conversation import Conversation
 from .diagnostics import doctor
@@ -26,6 +27,7 @@ from .exporting import export
 from .generate import Response, Session, load
 from .metrics import Metrics, record
 from .widgets import chat
+from .workshop import pack, unpack
 
 __version__ = "0.1.0"
 
@@ -52,5 +54,8 @@ __all__ = [
     "doctor",
     "export",
     "load",
+    "models",
+    "pack",
     "record",
+    "unpack",
 ]

@@ -46,15 +46,43 @@ def key_hash(key: dict[str, Any]) -> str:
 
 @dataclass
 class Export:
-    """Where an export lives, and whether this call built it."""
+    """Where a loadable model folder lives, whether this call built it, and what it is.
+
+    `route` is "export" (the kit built it), "ready-made" (its publisher did) or "checkpoint" (read as it
+    is: PyTorch); `origin` says where it came from and `recipe` how its weights were made.
+    `tokenizer_dir` holds tokenizer models the kit converted for a ready-made IR that shipped without them.
+    """
 
     path: Path
     cached: bool
     seconds: float
+    route: str = "export"
+    origin: str = ""
+    recipe: str = ""
+    precision: str = ""
+    tokenizer_dir: Path | None = None
 
 
 class CacheCorruptError(Exception):
     """Raised internally when an entry fails its manifest check."""
+
+
+def copy_files(src: Path, dst: Path, files: list[str] | None = None, desc: str = "copying") -> None:
+    """Copy a folder's files as real files (symlinks followed: hub snapshots are links, USB sticks are often
+    FAT), with a progress bar sized in bytes."""
+    from tqdm.auto import tqdm
+
+    rels = files if files is not None else sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    total = sum((src / r).stat().st_size for r in rels)
+    with tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False) as bar:
+        for rel in rels:
+            target = dst / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with (src / rel).open("rb") as fin, target.open("wb") as fout:
+                while chunk := fin.read(16 * 2**20):
+                    fout.write(chunk)
+                    bar.update(len(chunk))
+            shutil.copystat(src / rel, target, follow_symlinks=True)
 
 
 class ExportCache:
@@ -86,11 +114,15 @@ class ExportCache:
                     f"{path.name}/{rel} is {f.stat().st_size} bytes, the manifest says {size} (truncated?)"
                 )
 
-    def lookup(self, backend: str, label: str, key: dict[str, Any]) -> Path | None:
+    def lookup(self, backend: str, label: str, key: dict[str, Any],
+               log: Callable[[str], None] | None = None) -> Path | None:
+        """The verified entry for `key`, or None; an entry that is there but damaged is reported to `log`."""
         path = self.entry_dir(backend, label, key)
         try:
             self.verify(path)
-        except CacheCorruptError:
+        except CacheCorruptError as exc:
+            if log is not None and path.exists():
+                log(f"Cache entry is incomplete or corrupted: {exc}. It is not used.")
             return None
         return path
 
@@ -101,8 +133,10 @@ class ExportCache:
         key: dict[str, Any],
         build: Callable[[Path], None],
         log: Callable[[str], None] = print,
+        made_with: dict[str, str] | None = None,
     ) -> Export:
-        """Return a verified entry, building it with `build(tmp_dir)` if needed."""
+        """Return a verified entry, building it with `build(tmp_dir)` if needed; `made_with` (the exporter's
+        versions) goes into the manifest."""
         final = self.entry_dir(backend, label, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
@@ -132,6 +166,7 @@ class ExportCache:
                     "files": files,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "build_seconds": round(time.perf_counter() - start, 3),
+                    "made_with": made_with or {},
                 }
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
                 os.replace(tmp, final)

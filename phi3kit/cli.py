@@ -24,12 +24,15 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help="export cache (default: PHI3KIT_CACHE or the user cache dir)")
     p.add_argument("--group-size", type=int, default=None, help="int4 group size (OpenVINO default 128)")
     p.add_argument("--ratio", type=float, default=None, help="share of int4 layers (OpenVINO default 0.6)")
+    p.add_argument("--prefer", default=None, choices=("ready-made", "export"),
+                   help="ready-made: a folder its publisher converted, used as it is; export: the kit's own export "
+                        "from the checkpoint (default: ready-made where the catalog has one)")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model repo's own code (off by default)")
 
 
 def _config(a: argparse.Namespace) -> LoadConfig:
     return LoadConfig(model=a.model, backend=a.backend, precision=a.precision, device=a.device, runtime=a.runtime,
-                      cache_dir=a.cache_dir, group_size=a.group_size, ratio=a.ratio,
+                      cache_dir=a.cache_dir, group_size=a.group_size, ratio=a.ratio, prefer=a.prefer,
                       trust_remote_code=a.trust_remote_code)
 
 
@@ -54,6 +57,40 @@ def cmd_generate(a: argparse.Namespace) -> int:
         print(json.dumps(response.metrics.to_dict()), file=sys.stderr)
     else:
         print(response.metrics.summary(), file=sys.stderr)
+    return 0
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from .catalog import models
+
+    frame = models()
+    if a.model:
+        frame = frame[frame["alias"] == a.model]
+    columns = ["alias", "backend", "precision", "devices", "ready_made", "context"] + (["recipe", "source"] if a.all
+                                                                                       else [])
+    print(frame[columns].to_string(index=False))
+    print("\nRepo names come from the publishers' pages and were not checked against the hub when the catalog was "
+          "written: a wrong one fails with 'not found on the hub'; prefer='export' builds it from the checkpoint.")
+    return 0
+
+
+def cmd_pack(a: argparse.Namespace) -> int:
+    from .workshop import pack
+
+    out = pack(a.model, a.routes, a.output_dir, revision=a.revision, log=lambda m: print(m, file=sys.stderr))
+    print(f"pack: {out} (learners: PHI3KIT_CACHE={out} phi3kit ..., or phi3kit unpack {out})")
+    return 0
+
+
+def cmd_unpack(a: argparse.Namespace) -> int:
+    from .workshop import check, unpack
+
+    if a.check:
+        problems = check(a.pack)
+        print("\n".join(problems) if problems else f"{a.pack}: every file is intact")
+        return 1 if problems else 0
+    done = unpack(a.pack, a.cache_dir)
+    print(f"{len(done.copied)} entries copied, {len(done.present)} already there, into {done.cache}")
     return 0
 
 
@@ -225,6 +262,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trim the history to this many tokens (default: the model's context window)")
     _generation_args(p)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("models", help="the Phi catalog: aliases, and the ready-made folders per backend and precision")
+    p.add_argument("model", nargs="?", default=None, help="one alias only")
+    p.add_argument("--all", action="store_true", help="also show each row's recipe and source page")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("pack", help="prepare a workshop pack: every file a room needs, in one folder")
+    p.add_argument("--model", required=True, help="a catalog alias, hub id or folder")
+    p.add_argument("--routes", required=True, help="comma separated backend[/runtime]:precision[@device], "
+                   "e.g. openvino:int4,openvino:int4-cw@NPU,ortgenai:int4")
+    p.add_argument("--revision", default=None)
+    p.add_argument("-o", "--output-dir", required=True, help="the pack folder (new or empty, or an earlier pack)")
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("unpack", help="check a workshop pack and copy it into this machine's cache")
+    p.add_argument("pack", help="the pack folder")
+    p.add_argument("--cache-dir", default=None, help="where to (default: PHI3KIT_CACHE or the user cache dir)")
+    p.add_argument("--check", action="store_true", help="only check every file against the pack, copy nothing")
+    p.set_defaults(func=cmd_unpack)
 
     p = sub.add_parser("devices", help="list the devices each backend sees")
     p.set_defaults(func=cmd_devices)

@@ -20,7 +20,11 @@ MIN_TEMPERATURE = 0.01
 class LoadConfig:
     """What to run: a model, through a backend, at a precision, on a device.
 
-    `precision` None means the backend's own default (int4 where it quantizes, fp32 for PyTorch).
+    `model` is a catalog alias (`phi3kit models`), a hub id or a folder; `prefer` picks "ready-made" (a
+    folder its publisher converted, loaded as it is) or "export" (the kit's own export from the
+    checkpoint); None: ready-made where the catalog has one for this backend, precision and device.
+    `precision` None means the backend's own default (int4 where it quantizes, fp32 for PyTorch), or a
+    ready-made folder's own.
     `group_size`, `ratio` and `sym` shape int4 weights (None: the backend's default,
     the seed's 128 / 0.6 / symmetric for OpenVINO). `runtime_config` is passed to the
     runtime as-is (OpenVINO properties such as INFERENCE_PRECISION_HINT).
@@ -47,6 +51,7 @@ class LoadConfig:
     build_target: str | None = None
     fallback_to_cpu: bool = False
     accuracy_level: int | None = None
+    prefer: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

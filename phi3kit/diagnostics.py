@@ -55,6 +55,7 @@ class Need:
     basis: str
 
 
+RECOMMENDED_MODEL = "phi-3-mini-4k"  # the catalog alias the recommendation's call names
 # Phi-3-mini-4k-instruct (3.8B parameters). Measured (docs/compatibility.md, full-size model on a 2-core
 # Linux box): the seed's int4 export peaks at 11.25 GB RSS and writes 2.78 GB. The others are
 # estimates from bytes per weight: check them before promising them to a room of learners.
@@ -105,27 +106,46 @@ class Recommendation:
     notebook: str
     why: str
     notes: list[str] = field(default_factory=list)
+    model: str = RECOMMENDED_MODEL
+    ready_made: str = ""  # the catalog's ready-made folder for this route: no export, no PyTorch
 
     @property
     def call(self) -> str:
         if self.backend == "openvino" and self.device == "NPU":
-            return ('cfg = kit.backends.get("openvino").npu_preset(kit.LoadConfig(model, "openvino", "int4", "NPU")); '
-                    "kit.Session.load(cfg)")
-        return f'kit.load(model, "{self.backend}", "{self.precision}", "{self.device}")'
+            return (f'cfg = kit.backends.get("openvino").npu_preset(kit.LoadConfig("{self.model}", "openvino", '
+                    f'"{self.precision}", "NPU")); kit.Session.load(cfg)')
+        return f'kit.load("{self.model}", "{self.backend}", "{self.precision}", "{self.device}")'
+
+
+def with_ready_made(rec: Recommendation) -> Recommendation:
+    """The recommendation with the catalog's ready-made folder for its route, when one is published."""
+    from .catalog import lookup
+
+    row = lookup(rec.model).ready_made_for(rec.backend, rec.precision, rec.device)
+    if row is not None:
+        rec.ready_made = row.where
+        rec.settings = f"ready-made: {row.recipe} (prefer='export' for the kit's own: {rec.settings})"
+        rec.notes.append(f"Ready-made for this route: {row.where} ({row.recipe}). kit.load uses it as it is: no "
+                         "11 GB export, no PyTorch (requirements/lean.txt is enough).")
+    return rec
 
 
 def recommend(facts: Facts) -> Recommendation:
-    """The route, device and precision to start with on a machine with these facts."""
+    """The route, device and precision to start with on a machine with these facts, ready-made where published."""
+    return with_ready_made(_route(facts))
+
+
+def _route(facts: Facts) -> Recommendation:
     notes: list[str] = []
     low = [n for n in NEEDS[:2] if facts.ram_total_gb and facts.ram_total_gb < n.export_peak_ram_gb]
     if low:
         notes.append(f"Exporting Phi-3-mini to int4 peaks near {low[0].export_peak_ram_gb:g} GB of RAM; this machine "
-                     f"has {facts.ram_total_gb:.1f} GB. Export on a bigger machine and copy the exported folder "
-                     "(or close everything else first).")
+                     f"has {facts.ram_total_gb:.1f} GB. Use the ready-made folder below (no export), or export on a "
+                     "bigger machine and copy the folder over (`phi3kit pack`).")
     if facts.has("NPU"):
         if not facts.npu_problem:
             return Recommendation(
-                "openvino", "genai", "NPU", "int4",
+                "openvino", "genai", "NPU", "int4-cw",
                 "NPU preset: int4 symmetric, channel-wise (group size -1), ratio 1.0; MAX_PROMPT_LEN 1024",
                 "npu.ipynb", "An Intel NPU is present: sustained, low-power inference through OpenVINO GenAI.",
                 notes)
@@ -370,6 +390,7 @@ def report(facts: Facts) -> Report:
     r.add("recommendation", "settings", rec.settings)
     r.add("recommendation", "why", rec.why)
     r.add("recommendation", "notebook", f"notebooks/{rec.notebook}")
+    r.add("recommendation", "ready-made", rec.ready_made or "none published: the kit exports it")
     r.add("recommendation", "call", rec.call)
     for note in rec.notes:
         r.add("recommendation", "note", note)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from .errors import ContextWindowError, Phi3kitError
 from .exporting import complete, prepare
 from .metrics import Metrics, PeakMemory
 from .sources import ModelSource
+from .tokenizer import Tokenizer
 
 ROLES = ("system", "user", "assistant")
 END_TOKENS = ("<|end|>", "<|endoftext|>")
@@ -83,7 +85,8 @@ class Response:
         self.session, self.prompt_ids, self.gen = session, prompt_ids, gen
         self.token_ids: list[int] = []
         self.chunks: list[str] = []
-        self.metrics = Metrics(prompt_tokens=len(prompt_ids), load_s=session.load_s)
+        self.metrics = Metrics(prompt_tokens=len(prompt_ids), load_s=session.load_s, source=session.origin,
+                               recipe=session.recipe)
         self._gen: Iterator[str] | None = None
         self._done = False
         self.trimmed_turns = 0  # set by Session.chat: oldest turns left out to fit the context window
@@ -176,16 +179,24 @@ class Session:
 
     @classmethod
     def load(cls, cfg: LoadConfig, log: Log = print) -> Session:
-        cfg = complete(cfg)
         source, export = prepare(cfg, log)  # validates choices first: bad input fails in milliseconds
-        from transformers import AutoTokenizer
-
+        cfg = replace(cfg, precision=export.precision or complete(cfg).precision)  # a ready-made folder's own
         with PeakMemory() as mem:
             start = time.perf_counter()
-            backend = get(cfg.backend)(export.path, cfg)
-            tokenizer = AutoTokenizer.from_pretrained(export.path)
+            backend = get(cfg.backend).open(export, cfg)
+            tokenizer = Tokenizer(export.path)
             load_s = time.perf_counter() - start
         return cls(cfg, source, export, backend, tokenizer, load_s, mem.peak_mb)
+
+    @property
+    def recipe(self) -> str:
+        """How this model's weights were made (the kit's export recipe, or a ready-made folder's publisher's)."""
+        return self.export.recipe
+
+    @property
+    def origin(self) -> str:
+        """Where the loaded folder came from: a hub repo (and subfolder), a folder, or the kit's export of one."""
+        return self.export.origin
 
     def encode(self, messages: Sequence[Message]) -> list[int]:
         text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
@@ -239,7 +250,8 @@ class Session:
     def __repr__(self) -> str:
         c = self.config
         runtime = c.runtime or get(c.backend).default_runtime()
-        return f"<Session {c.model} {c.backend}/{runtime} {c.precision} on {c.device}>"
+        route = f"{self.export.route}: {self.origin}" if self.origin else self.export.route
+        return f"<Session {c.model} {c.backend}/{runtime} {c.precision} on {c.device} | {route} | {self.recipe}>"
 
 
 def stop_token_ids(tokenizer: Any, model_dir: Path) -> list[int]:
@@ -248,8 +260,8 @@ def stop_token_ids(tokenizer: Any, model_dir: Path) -> list[int]:
 
     ids: list[int] = []
     for t in END_TOKENS:
-        i = tokenizer.convert_tokens_to_ids(t)
-        if isinstance(i, int) and i != tokenizer.unk_token_id and i >= 0:
+        i = tokenizer.token_to_id(t)
+        if isinstance(i, int) and i >= 0:
             ids.append(i)
     gc = model_dir / "generation_config.json"
     if gc.is_file():
@@ -262,6 +274,6 @@ def stop_token_ids(tokenizer: Any, model_dir: Path) -> list[int]:
 
 def load(model: str = DEFAULT_MODEL, backend: str = "openvino", precision: str | None = None, device: str = "CPU",
          runtime: str | None = None, *, log: Log = print, **options: Any) -> Session:
-    """Resolve, export (cached) and load a model: the one call a notebook needs."""
+    """Find the model (ready-made, cached or exported) and load it: the one call a notebook needs."""
     cfg = LoadConfig(model=model, backend=backend, precision=precision, device=device, runtime=runtime, **options)
     return Session.load(cfg, log)

@@ -22,6 +22,8 @@ class Metrics:
     token_latencies_s: list[float] = field(default_factory=list)
     peak_rss_mb: float = 0.0
     finish_reason: str = ""
+    source: str = ""  # where the model came from: a ready-made repo, a folder, the checkpoint the kit exported
+    recipe: str = ""  # how its weights were made (the kit's recipe, or a ready-made folder's publisher's)
 
     @property
     def tpot_s(self) -> float:
@@ -55,6 +57,8 @@ class Metrics:
             ("time per output token", f"{self.tpot_s * 1000:.2f} ms"),
             ("decode speed", f"{self.tokens_per_s:.1f} tokens/s"),
             ("peak memory (RSS)", f"{self.peak_rss_mb:.0f} MB"),
+            *((("model", self.source),) if self.source else ()),
+            *((("weights", self.recipe),) if self.recipe else ()),
         ]
         import pandas as pd
 

@@ -1,8 +1,9 @@
 """Memory and disk before work: will this export fit this machine?
 
-Before an export starts, a preflight compares what it will need (disk at the cache, RAM while
-converting) with what this machine has, so a workshop laptop fails in a second with the fix
-instead of after twenty minutes with a full disk or a killed process.
+Before an export starts (and before its checkpoint is downloaded), a preflight compares what it will
+need (disk for the download and the export, RAM while converting) with what this machine has, so a
+workshop laptop fails in a second with the fix instead of after twenty minutes with a full disk or a
+killed process. Where a ready-made folder exists, the fix names it: it needs no conversion at all.
 """
 
 from __future__ import annotations
@@ -12,24 +13,21 @@ import math
 import os
 import shutil
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cache import Export, ExportCache
-from .config import LoadConfig
 from .errors import ResourceError
-from .sources import ModelSource
 
 SKIP_ENV = "PHI3KIT_SKIP_PREFLIGHT"
 # Size of an export per model parameter. int4 measured: Phi-3-mini (3.8B) at int4 g128 ratio 0.6 wrote
-# 2.78 GB (0.73 B/param; 40% of the layers stay int8). The others are their weights' width plus ~5%.
-DISK_BYTES_PER_PARAM = {"int4": 0.75, "int8": 1.05, "fp16": 2.05, "bf16": 2.05, "fp32": 4.05}
-# Peak RAM of the converting process per parameter. int4 measured: 11.25 GB for Phi-3-mini from bf16
+# 2.78 GB (0.73 B/param; 40% of the layers stay int8); channel-wise ratio 1.0 wrote 2.01 GB (0.53 B/param).
+# The others are their weights' width plus ~5%.
+DISK_BYTES_PER_PARAM = {"int4": 0.75, "int4-cw": 0.55, "int8": 1.05, "fp16": 2.05, "bf16": 2.05, "fp32": 4.05}
+# Peak RAM of optimum-cli's export per parameter. int4 measured: 11.25 GB for Phi-3-mini from bf16
 # (2.95 B/param); int8/fp16 go through the same load. fp32 (not measured on a full model) holds
-# fp32 weights, 4 B/param, before writing them.
-RAM_BYTES_PER_PARAM = {"int4": 3.0, "int8": 3.0, "fp16": 3.0, "bf16": 3.0, "fp32": 5.0}
+# fp32 weights, 4 B/param, before writing them. Backends whose exporter needs more say so (ortgenai).
+RAM_BYTES_PER_PARAM = {"int4": 3.0, "int4-cw": 3.0, "int8": 3.0, "fp16": 3.0, "bf16": 3.0, "fp32": 5.0}
 RAM_BASE = 512 * 2**20  # Python, torch and the converter before any weight is read
 DISK_MARGIN = 1.1
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -50,6 +48,19 @@ class FreeSpace:
         while not here.exists() and here != here.parent:  # the cache folder may not exist yet
             here = here.parent
         return cls(shutil.disk_usage(here).free, int(psutil.virtual_memory().available))
+
+
+@dataclass
+class Job:
+    """An export about to start: what it reads (and still has to download) and what it makes."""
+
+    name: str
+    backend: str
+    precision: str
+    params: int
+    download_bytes: int = 0  # the checkpoint, when it is not on this machine yet
+    ram_bytes_per_param: float | None = None  # None: RAM_BYTES_PER_PARAM (optimum-cli's, measured)
+    alternative: str = ""  # a ready-made folder that needs no export, for the fix
 
 
 @dataclass
@@ -77,39 +88,40 @@ def count_parameters(model_dir: Path) -> int:
     return total
 
 
-def estimate(source: ModelSource, precision: str) -> Needs:
-    params = count_parameters(source.path)
-    disk = int(params * DISK_BYTES_PER_PARAM.get(precision, 4.05) * DISK_MARGIN)
-    ram = int(RAM_BASE + params * RAM_BYTES_PER_PARAM.get(precision, 5.0))
-    return Needs(params, disk, ram)
+def estimate(job: Job) -> Needs:
+    per_param = job.ram_bytes_per_param or RAM_BYTES_PER_PARAM.get(job.precision, 5.0)
+    disk = int(job.params * DISK_BYTES_PER_PARAM.get(job.precision, 4.05) * DISK_MARGIN) + job.download_bytes
+    return Needs(job.params, disk, int(RAM_BASE + job.params * per_param))
 
 
 def _size(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
 
 
-def shortfalls(source: ModelSource, cfg: LoadConfig, cache_root: Path, free: FreeSpace | None = None) -> list[str]:
+def shortfalls(job: Job, cache_root: Path, free: FreeSpace | None = None) -> list[str]:
     """What the export would lack on this machine, each with its fix; empty when it fits."""
-    needs = estimate(source, cfg.precision)
+    needs = estimate(job)
     free = free or FreeSpace.measure(cache_root)
-    what = f"Exporting {source.name!r} for {cfg.backend} at {cfg.precision} ({needs.params / 1e9:.2f}B parameters)"
+    what = f"Exporting {job.name!r} for {job.backend} at {job.precision} ({needs.params / 1e9:.2f}B parameters)"
+    download = f", the {_size(job.download_bytes)} checkpoint download included," if job.download_bytes else ""
+    ready = f" Or skip the export: {job.alternative}." if job.alternative else ""
     problems = []
     if needs.disk_bytes > free.disk_bytes:
         problems.append(
-            f"{what} needs about {_size(needs.disk_bytes)} of disk at {cache_root}, and {_size(free.disk_bytes)} "
-            "is free. Fix: free some space, point the cache at a bigger disk (cache_dir= or PHI3KIT_CACHE), or "
-            "choose a smaller precision (int4 is smallest).")
+            f"{what} needs about {_size(needs.disk_bytes)} of disk{download} at {cache_root}, and "
+            f"{_size(free.disk_bytes)} is free. Fix: free some space, point the cache at a bigger disk (cache_dir= "
+            f"or PHI3KIT_CACHE), or choose a smaller precision (int4 is smallest).{ready}")
     if needs.ram_bytes > free.ram_bytes:
         problems.append(
             f"{what} needs about {_size(needs.ram_bytes)} of RAM while converting, and {_size(free.ram_bytes)} is "
             "available. Fix: close other programs, or export on a machine with more memory and copy the cache "
-            "folder over (exports are plain folders).")
+            f"folder over (exports are plain folders; `phi3kit pack` makes a workshop pack).{ready}")
     return problems
 
 
-def preflight(source: ModelSource, cfg: LoadConfig, cache_root: Path, free: FreeSpace | None = None) -> None:
+def preflight(job: Job, cache_root: Path, free: FreeSpace | None = None) -> None:
     """Raise ResourceError, naming the shortfall and the fix, when the export would not fit this machine."""
-    if problems := shortfalls(source, cfg, cache_root, free):
+    if problems := shortfalls(job, cache_root, free):
         raise ResourceError(" ".join(problems) + f" The estimate may be cautious: to try anyway set {SKIP_ENV}=1 "
                             "(or skip_preflight=True in kit.export).")
 
@@ -119,17 +131,3 @@ def skip_requested(skip: bool | None = None) -> bool:
     if skip is not None:
         return skip
     return os.environ.get(SKIP_ENV, "").strip().lower() in ("1", "true", "yes")
-
-
-class PreflightCache(ExportCache):
-    """The export cache, running a check before it builds (never before it reuses an entry)."""
-
-    def __init__(self, root: Path, check: Callable[[], None]) -> None:
-        super().__init__(root)
-        self.check = check
-
-    def get_or_build(self, backend: str, label: str, key: dict[str, Any], build: Callable[[Path], None],
-                     log: Callable[[str], None] = print) -> Export:
-        if self.lookup(backend, label, key) is None:
-            self.check()
-        return super().get_or_build(backend, label, key, build, log)

@@ -30,7 +30,7 @@ Defaults compare the real Phi-3-mini. PyTorch fp32 holds the whole model in 32-b
 `model = "pocket"` runs everything in seconds, offline.
 """),
 ("parameters", """
-model: str = "microsoft/Phi-3-mini-4k-instruct"  # hub id, local folder, or "pocket" (offline teaching model)
+model: str = "phi-3-mini-4k"  # catalog alias (`phi3kit models`), hub id, folder, or "pocket" (offline)
 routes: str = "transformers:fp32,openvino:int4,openvino:int8,ortgenai:int4"  # comma separated backend:precision
 prompt_lengths: str = "128,512"  # prompt sizes to time, in tokens, comma separated
 max_new_tokens: int = 64  # tokens generated per timed run (always this many: end tokens do not stop it)

@@ -23,9 +23,10 @@ Windows and downloads the execution provider that fits the machine's NPU or GPU.
 build here is a plain ONNX model either way.
 
 The same notebook runs on NVIDIA GPUs (`device = "CUDA"`) and on any CPU (`device = "CPU"`).
-The defaults run the real `microsoft/Phi-3-mini-4k-instruct` (a 7.6 GB download the first time).
-Offline, or in a hurry? Set `model = "pocket"`: a tiny teaching model with Phi-3's architecture,
-shipped inside the kit. It answers a few dozen questions about AI PCs; it is not Phi-3's quality.
+The defaults run the real Phi-3-mini (`phi-3-mini-4k`: Microsoft's ready-made ONNX build for the
+device, a 2-3 GB download the first time). Offline, or in a hurry? Set `model = "pocket"`: a tiny
+teaching model with Phi-3's architecture, shipped inside the kit. It answers a few dozen questions
+about AI PCs; it is not Phi-3's quality.
 """),
 ("md", """
 ## Parameters
@@ -34,12 +35,13 @@ Edit these here, or override them from the command line without opening the note
 `papermill directml.ipynb out.ipynb -p model pocket -p device CPU`.
 """),
 ("parameters", """
-model: str = "microsoft/Phi-3-mini-4k-instruct"  # hub id, local folder, or "pocket" (offline teaching model)
+model: str = "phi-3-mini-4k"  # catalog alias (`phi3kit models`), hub id, folder, or "pocket" (offline)
 precision: str = "int4"  # weights: int4 (smallest, fastest) | int8 | fp16 (GPU builds) | fp32 (CPU only)
 device: str = "DML"  # the provider that runs the model: DML (DirectML, Windows GPU) | CUDA (NVIDIA GPU) | CPU
 fallback_to_cpu: bool = False  # if the device is missing: True runs its build on the CPU (and says so), False stops
 build_target: str = ""  # what the builder optimizes for: dml | cuda | cpu ("" follows device)
-block_size: int = 32  # int4/int8 weights: how many share one scale (16, 32, 64, 128 or 256)
+block_size: int = 0  # export only: int4/int8 weights per scale (16, 32, 64, 128, 256); 0 the builder's 32
+prefer: str = ""  # "": ready-made where one is published | ready-made | export (converted here)
 max_new_tokens: int = 128  # upper bound on the answer's length, in tokens
 prompt: str = "Can you introduce yourself?"  # what you ask the model
 system: str = ""  # optional system prompt (empty: none)
@@ -66,7 +68,20 @@ instead of trusting the package's `is_*_available()` flags, which only say how i
 kit.backends.get("ortgenai").devices("genai")
 """),
 ("md", """
-## 2. Build the ONNX model
+## Ready-made or export?
+
+`model = "phi-3-mini-4k"` is an alias from the kit's catalog (`kit.models()`, `phi3kit models`). For
+most routes its publisher already converted it and put the result on the hub: OpenVINO's `OpenVINO/`
+organisation (IR folders, `-cw-` channel-wise for the NPU) and Microsoft's `-onnx` repos. Such a
+**ready-made** folder is loaded as it is: a 2-3 GB download, no conversion, no PyTorch needed, and it
+uses its publisher's recipe (the session says which). An **export** (`prefer = "export"`, or any
+export setting such as `group_size`) downloads the 7.6 GB PyTorch checkpoint and converts it here with
+the kit's own recipe: that peaks near 11 GB of RAM for OpenVINO int4 (24 GB for the ONNX Runtime GenAI
+builder) and takes minutes, which is where a 16 GB laptop gives up. docs/benchmarks.md has the numbers
+measured side by side; a workshop can avoid both with a pack prepared once (`phi3kit pack`).
+"""),
+("md", """
+## 2. Get the ONNX model: ready-made, or built here
 
 `python -m onnxruntime_genai.models.builder` reads the checkpoint and writes `model.onnx`, its
 weights, the tokenizer and `genai_config.json` (the generation loop's settings). Two choices shape it:
@@ -83,9 +98,9 @@ If `device` is missing on this machine, this cell stops and names the package to
 """),
 ("code", """
 options = dict(device=device, fallback_to_cpu=fallback_to_cpu, build_target=build_target or None,
-               group_size=block_size, cache_dir=cache_dir or None)
+               group_size=block_size or None, cache_dir=cache_dir or None, prefer=prefer or None)
 export = kit.export(model, "ortgenai", precision, **options)
-print("reused" if export.cached else "built", export.path)
+print(export.route, "|", "reused" if export.cached else "built", "|", export.recipe)
 """),
 ("md", """
 ## 3. Load it on the device

@@ -46,14 +46,15 @@ Edit these here, or from the command line:
 `phi3kit run notebooks/npu.ipynb -p model pocket -p device CPU`.
 """),
 ("parameters", """
-model: str = 'microsoft/Phi-3-mini-4k-instruct'  # hub id, local folder, or "pocket" (offline teaching model)
+model: str = "phi-3-mini-4k"  # catalog alias (`phi3kit models`), hub id, folder, or "pocket" (offline)
 route: str = 'openvino-genai'  # openvino-genai (supported) | npu-library (the seed's archived library, Windows only)
 precision: str = 'int4'  # openvino-genai: int4 (NPU preset) | fp16; npu-library: int4 | int8 | fp16
 device: str = 'NPU'  # NPU | GPU | CPU: never switched silently; pass "CPU" on a machine without an NPU
-group_size: int = -1  # int4 weights: -1 channel-wise (fastest on NPU) | 128 group-wise (advised up to ~4B params)
+group_size: int = -1  # int4: -1 channel-wise (fastest; ready-made -cw- folders) | 128 group-wise (an export)
 max_prompt_len: int = 1024  # NPU only: the longest prompt the compiled pipeline accepts (MAX_PROMPT_LEN)
 min_response_len: int = 128  # NPU only: tokens the pipeline reserves for the answer (MIN_RESPONSE_LEN)
 generate_hint: str = 'FAST_COMPILE'  # NPU only: FAST_COMPILE (quicker load) | BEST_PERF (faster decode)
+prefer: str = ""  # "": ready-made where one is published | ready-made | export (converted here)
 max_new_tokens: int = 128  # upper bound on the answer's length, in tokens
 prompt: str = 'What is an NPU?'  # what you ask the model
 system: str = ''  # optional system prompt (empty: none)
@@ -104,7 +105,8 @@ config=CompilerConfig(dtype=int4), attn_implementation="sdpa")`.
 ("code", """
 if route == "openvino-genai":
     config = kit.backends.get("openvino").npu_preset(
-        kit.LoadConfig(model, "openvino", precision, device, cache_dir=cache_dir or None, group_size=group_size),
+        kit.LoadConfig(model, "openvino", precision, device, cache_dir=cache_dir or None, group_size=group_size,
+                       prefer=prefer or None),
         max_prompt_len=max_prompt_len, min_response_len=min_response_len, generate_hint=generate_hint)
 elif route == "npu-library":
     config = kit.LoadConfig(model, "npu-library", precision, device)
@@ -113,14 +115,16 @@ else:
 config
 """),
 ("md", """
-## 3. Export
+## 3. Get the model
 
-Route 1 runs `optimum-cli export openvino` with the preset's settings and caches the result: the
-second run of this cell takes milliseconds. Route 2 has nothing to export.
+For `phi-3-mini-4k`, route 1 takes OpenVINO's ready-made channel-wise folder
+(`OpenVINO/Phi-3-mini-4k-instruct-int4-cw-ov`: exactly the preset's format, no conversion); with
+`group_size = 128` or `prefer = "export"` it runs `optimum-cli export openvino` with the preset's
+settings instead, and caches the result. Route 2 has nothing to export.
 """),
 ("code", """
 export = kit.export(**config.to_dict())
-print("reused" if export.cached else "built", export.path)
+print(export.route, "|", "reused" if export.cached else "built", "|", export.recipe)
 """),
 ("md", """
 ## 4. Load

@@ -16,9 +16,10 @@ device (CPU, integrated GPU or NPU), **streams** an answer token by token, and *
 fast it was.
 
 Every step goes through `phi3kit`, a thin helper whose code you can read next to this notebook.
-The defaults run the real `microsoft/Phi-3-mini-4k-instruct` (a 7.6 GB download the first time).
-Offline, or in a hurry? Set `model = "pocket"`: a tiny teaching model with Phi-3's architecture,
-shipped inside the kit. It answers a few dozen questions about AI PCs; it is not Phi-3's quality.
+The defaults run the real Phi-3-mini (`phi-3-mini-4k`: its ready-made int4 IR, a 2-3 GB download the
+first time). Offline, or in a hurry? Set `model = "pocket"`: a tiny teaching model with Phi-3's
+architecture, shipped inside the kit. It answers a few dozen questions about AI PCs; it is not
+Phi-3's quality.
 """),
 ("md", """
 ## Parameters
@@ -27,10 +28,11 @@ Edit these here, or override them from the command line without opening the note
 `papermill openvino.ipynb out.ipynb -p model pocket -p precision int8`.
 """),
 ("parameters", """
-model: str = "microsoft/Phi-3-mini-4k-instruct"  # hub id, local folder, or "pocket" (offline teaching model)
+model: str = "phi-3-mini-4k"  # catalog alias (`phi3kit models`), hub id, folder, or "pocket" (offline)
 precision: str = "int4"  # weights: int4 (smallest, fastest) | int8 | fp16 | fp32 (full precision)
 device: str = "CPU"  # CPU | GPU | NPU | AUTO: see the device check below
 runtime: str = "genai"  # genai: OpenVINO GenAI (C++ loop, faster) | optimum: optimum-intel (the seed route)
+prefer: str = ""  # "": ready-made where one is published | ready-made | export (converted here)
 max_new_tokens: int = 128  # upper bound on the answer's length, in tokens
 prompt: str = "Can you introduce yourself?"  # what you ask the model
 system: str = ""  # optional system prompt; empty for none
@@ -50,7 +52,20 @@ import phi3kit as kit
 kit.doctor()
 """),
 ("md", """
-## 2. Export the model
+## Ready-made or export?
+
+`model = "phi-3-mini-4k"` is an alias from the kit's catalog (`kit.models()`, `phi3kit models`). For
+most routes its publisher already converted it and put the result on the hub: OpenVINO's `OpenVINO/`
+organisation (IR folders, `-cw-` channel-wise for the NPU) and Microsoft's `-onnx` repos. Such a
+**ready-made** folder is loaded as it is: a 2-3 GB download, no conversion, no PyTorch needed, and it
+uses its publisher's recipe (the session says which). An **export** (`prefer = "export"`, or any
+export setting such as `group_size`) downloads the 7.6 GB PyTorch checkpoint and converts it here with
+the kit's own recipe: that peaks near 11 GB of RAM for OpenVINO int4 (24 GB for the ONNX Runtime GenAI
+builder) and takes minutes, which is where a 16 GB laptop gives up. docs/benchmarks.md has the numbers
+measured side by side; a workshop can avoid both with a pack prepared once (`phi3kit pack`).
+"""),
+("md", """
+## 2. Get the model: ready-made, or exported here
 
 A Hugging Face checkpoint is PyTorch weights. `optimum-cli export openvino` converts it to
 OpenVINO's IR (`openvino_model.xml` + `.bin`) and compresses the weights with NNCF:
@@ -65,8 +80,8 @@ The export also writes OpenVINO tokenizer models, which OpenVINO GenAI needs. Ex
 the second run of this cell takes milliseconds.
 """),
 ("code", """
-export = kit.export(model, "openvino", precision, cache_dir=cache_dir or None)
-print("reused" if export.cached else "built", export.path)
+export = kit.export(model, "openvino", precision, cache_dir=cache_dir or None, prefer=prefer or None)
+print(export.route, "|", "reused" if export.cached else "built", "|", export.recipe)
 """),
 ("md", """
 ## 3. Load it on a device
@@ -76,7 +91,8 @@ C++ (`openvino_genai.LLMPipeline`); `runtime="optimum"` is the seed tutorial's r
 (`OVModelForCausalLM`, a Python loop through transformers' `generate`).
 """),
 ("code", """
-session = kit.load(model, "openvino", precision, device, runtime, cache_dir=cache_dir or None)
+session = kit.load(model, "openvino", precision, device, runtime, cache_dir=cache_dir or None,
+                   prefer=prefer or None)
 print(session, f"loaded in {session.load_s:.2f} s")
 """),
 ("md", """

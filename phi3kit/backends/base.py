@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from ..cache import Export, ExportCache
 from ..config import GenerationConfig, LoadConfig
-from ..errors import DeviceNotFoundError, UnknownChoiceError
+from ..errors import DeviceNotFoundError, ModelSourceError, UnknownChoiceError
 from ..sources import ModelSource
 
 Log = Callable[[str], None]
@@ -20,11 +20,12 @@ Token = tuple[int, float]
 
 
 class Backend(abc.ABC):
-    """A route to local inference: export a model once, load it, stream token ids.
+    """A route to local inference: export a model once (or take a ready-made folder), load it, stream token ids.
 
-    Templating, detokenizing, stopping and metrics live in `phi3kit.generate`, so a
-    backend only turns prompt ids into new ids. Adding a backend means one new file
-    and one line in the registry.
+    Templating, detokenizing, stopping and metrics live in `phi3kit.generate`, and where a model comes
+    from (catalog, hub, cache, pack) in `phi3kit.exporting`, so a backend says what its exports are
+    made of, builds one into a folder, checks a ready-made folder, and turns prompt ids into new ids.
+    Adding a backend means one new file and one line in the registry.
     """
 
     name: ClassVar[str]
@@ -32,6 +33,16 @@ class Backend(abc.ABC):
     precisions: ClassVar[tuple[str, ...]]
     default_precision: ClassVar[str] = "int4"  # what `precision=None` means for this backend
     requirements: ClassVar[str] = "all.txt"
+    # The folder kind this backend loads as it is ("openvino" IR, "ortgenai" genai_config.json), if any.
+    ready_made_format: ClassVar[str | None] = None
+    # True for backends that read the PyTorch checkpoint itself (nothing to export).
+    reads_checkpoint: ClassVar[bool] = False
+    # LoadConfig fields that only shape an export: setting one means the kit's own export (prefer="export").
+    export_only: ClassVar[tuple[str, ...]] = ()
+    # Peak RAM of this backend's exporter per parameter, where it differs from optimum-cli's (preflight.py).
+    export_ram_bytes_per_param: ClassVar[float | None] = None
+    # The libraries that make an export: recorded in its manifest (not its key).
+    exporter: ClassVar[tuple[str, ...]] = ()
 
     # --- class-level: choices and export -------------------------------------------------
     @classmethod
@@ -44,13 +55,16 @@ class Backend(abc.ABC):
         """Devices this runtime can see on this machine, in the spelling users pass."""
 
     @classmethod
-    def check(cls, cfg: LoadConfig) -> None:
-        """Validate choices before any download or export starts."""
+    def check(cls, cfg: LoadConfig, *, device: bool = True) -> None:
+        """Validate choices before any download or export starts (`device=False`: all but the device's
+        presence, for preparing files on a machine without it)."""
         runtime = cfg.runtime or cls.default_runtime()
         if runtime not in cls.runtimes:
             raise UnknownChoiceError(f"runtime for backend '{cls.name}'", runtime, cls.runtimes)
         if cfg.precision not in cls.precisions:
             raise UnknownChoiceError(f"precision for backend '{cls.name}'", cfg.precision, cls.precisions)
+        if not device:
+            return
         available = cls.devices(runtime)
         if cfg.device not in available:
             raise DeviceNotFoundError(cls.device_help(cfg.device, available))
@@ -62,10 +76,57 @@ class Backend(abc.ABC):
             f"Available: {', '.join(available)}."
         )
 
+    # --- exports and ready-made folders ---------------------------------------------------------
     @classmethod
-    @abc.abstractmethod
-    def export(cls, source: ModelSource, cfg: LoadConfig, cache: ExportCache, log: Log = print) -> Export:
-        """Return the folder this backend loads from, building it in the cache if needed."""
+    def export_settings(cls, cfg: LoadConfig) -> dict[str, Any]:
+        """What shapes this backend's export of a model (part of its cache key), validated."""
+        return {"precision": cfg.precision}
+
+    @classmethod
+    def runtime_versions(cls) -> dict[str, str]:
+        """The libraries that read an export (major.minor): an entry made for one serves the same versions.
+
+        Exporter versions are recorded in the entry's manifest, not in its key, so a workshop pack is
+        found on laptops that have the runtime but not the exporter.
+        """
+        return {}
+
+    @classmethod
+    def exporter_versions(cls) -> dict[str, str]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        out = {}
+        for lib in cls.exporter:
+            try:
+                out[lib] = version(lib)
+            except PackageNotFoundError:
+                out[lib] = "not installed"
+        return out
+
+    @classmethod
+    def label(cls, name: str, cfg: LoadConfig) -> str:
+        """A readable name for an export's cache folder (the key's hash follows it)."""
+        return f"{name}-{cfg.precision}"
+
+    @classmethod
+    def recipe(cls, cfg: LoadConfig) -> str:
+        """How the kit's own export makes the weights, in words (shown in the session and its metrics)."""
+        return cfg.precision or cls.default_precision
+
+    @classmethod
+    def build(cls, source: ModelSource, cfg: LoadConfig, out: Path, log: Log = print) -> None:
+        """Write this backend's export of `source` into the empty folder `out`."""
+        raise NotImplementedError(f"backend '{cls.name}' has no export step")
+
+    @classmethod
+    def ready_made(cls, folder: Path, cfg: LoadConfig, cache: ExportCache, log: Log = print) -> Export:
+        """Check a ready-made folder (complete, Phi-3, the precision asked for) and say what it is."""
+        raise ModelSourceError(f"backend '{cls.name}' does not load ready-made folders; give it a PyTorch checkpoint.")
+
+    @classmethod
+    def open(cls, export: Export, cfg: LoadConfig) -> Backend:
+        """Load an export (a backend that needs more of it than its folder overrides this)."""
+        return cls(export.path, cfg)
 
     # --- instance-level: a loaded model --------------------------------------------------
     @abc.abstractmethod

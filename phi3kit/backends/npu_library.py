@@ -13,11 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..cache import Export, ExportCache
 from ..config import GenerationConfig, LoadConfig
 from ..errors import MissingDependencyError, Phi3kitError
-from ..sources import ModelSource
-from .base import Backend, Log, Token, hf_stream
+from .base import Backend, Token, hf_stream
 
 PACKAGE = "intel-npu-acceleration-library"
 DTYPES = {"int4": "int4", "int8": "int8", "fp16": "float16"}  # our precision -> the library's dtype name
@@ -84,6 +82,7 @@ class NPULibraryBackend(Backend):
     runtimes: ClassVar[tuple[str, ...]] = ("npu-library",)
     precisions: ClassVar[tuple[str, ...]] = tuple(DTYPES)
     requirements = "npu.txt"
+    reads_checkpoint: ClassVar[bool] = True  # the library quantizes and compiles the checkpoint when it loads
 
     @classmethod
     def devices(cls, runtime: str) -> list[str]:
@@ -107,12 +106,6 @@ class NPULibraryBackend(Backend):
         super().check(cfg)
         if problem := second_model_problem(cfg.precision, LOADED):
             raise NPULibraryLimitError(problem)
-
-    @classmethod
-    def export(cls, source: ModelSource, cfg: LoadConfig, cache: ExportCache, log: Log = print) -> Export:
-        log(f"{PACKAGE} quantizes and compiles the checkpoint when it loads; nothing to export. It is archived "
-            "upstream: see notebooks/npu.ipynb for the supported OpenVINO GenAI route.")
-        return Export(source.path, True, 0.0)
 
     def __init__(self, model_dir: Path, cfg: LoadConfig) -> None:
         if problem := second_model_problem(cfg.precision, LOADED):  # also guards direct construction

@@ -1,10 +1,12 @@
-"""OpenVINO: optimum-intel exports the model; OpenVINO GenAI (default) or optimum-intel runs it."""
+"""OpenVINO: optimum-intel exports the model, or a ready-made IR is used as it is; OpenVINO GenAI (default) or
+optimum-intel runs it."""
 
 from __future__ import annotations
 
 import sys
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, ClassVar
@@ -12,185 +14,47 @@ from typing import Any, ClassVar
 from ..cache import Export, ExportCache
 from ..config import GenerationConfig, LoadConfig
 from ..devices import missing_device_message, openvino_devices
-from ..errors import (
-    ContextWindowError,
-    DeviceNotFoundError,
-    ExportError,
-    MissingDependencyError,
-    UnknownChoiceError,
-    last_line,
-)
+from ..errors import ExportError, MissingDependencyError, ModelSourceError, UnknownChoiceError
 from ..procs import run_logged
-from ..sources import ModelSource
+from ..sources import ModelSource, check_phi3
 from .base import Backend, Log, Token, hf_stream, threaded_stream
+from .openvino_npu import (
+    NPUDriverError,
+    check_npu_context,
+    is_npu,
+    npu_compile_failure,
+    npu_driver_problem,
+    npu_info,
+    npu_preset,
+)
 
 # The seed tutorial's int4 recipe; the group size must divide every weight's input dim (docs/compatibility.md).
 INT4_DEFAULTS = {"group_size": 128, "ratio": 0.6}
+# "int4-cw": every layer int4, symmetric, one scale per output channel (the NPU's format, and a fast one on CPUs).
+INT4_CW = {"group_size": -1, "ratio": 1.0, "sym": True}
 FALLBACKS = ("adjust", "ignore", "error")
-_LIBS = ("openvino", "openvino-tokenizers", "optimum-intel", "nncf", "transformers")
-
-# --- The NPU preset ------------------------------------------------------------------------------
-# OpenVINO's "GenAI on NPU" guide: LLMs for the NPU must be exported with symmetric 4-bit weights and
-# ratio 1.0, channel-wise (group size -1: fastest) or group-wise 128 (the guide's advice for models
-# up to ~4-5B parameters, Phi-3-mini included, when accuracy matters more); fp16 also runs.
-NPU_PRECISIONS = ("int4", "fp16")
-NPU_GROUP_SIZES = (-1, 128)
-NPU_INT4 = {"group_size": -1, "ratio": 1.0, "sym": True}
-# The NPU compiles static shapes: the prompt may hold MAX_PROMPT_LEN tokens and the context
-# MAX_PROMPT_LEN + MIN_RESPONSE_LEN (OpenVINO's defaults, made visible here).
-NPU_MAX_PROMPT_LEN = 1024
-NPU_MIN_RESPONSE_LEN = 128
-NPU_GENERATE_HINTS = ("FAST_COMPILE", "BEST_PERF")
-# The NPU driver OpenVINO's guide asks for when LLMs fail on the NPU (Windows 32.0.100.3104).
-# On Windows NPU_DRIVER_VERSION is that last number (intel-npu-acceleration-library compares it to
-# 2408 the same way); Linux drivers report a different encoding, so only Windows is checked.
-MIN_NPU_DRIVER_WINDOWS = 3104
-NPU_DRIVER_URL = {
-    "win32": "https://www.intel.com/content/www/us/en/download/794734/intel-npu-driver-windows.html",
-    "linux": "https://github.com/intel/linux-npu-driver/releases",
-}
+IR_FILES = ("openvino_model.xml", "openvino_model.bin")
+TOKENIZER_FILES = ("openvino_tokenizer.xml", "openvino_tokenizer.bin", "openvino_detokenizer.xml",
+                   "openvino_detokenizer.bin")
+EXPORTER = ("optimum-intel", "nncf", "transformers")  # recorded in each export's manifest, not in its key
 
 
-def is_npu(device: str) -> bool:
-    return device.split(".")[0].split(":")[0].upper() == "NPU"
+def major_minor(lib: str) -> str:
+    return ".".join(version(lib).split(".")[:2])
 
 
-def npu_blob_dir(cache_dir: str | None) -> Path:
-    """Where the NPU's compiled blobs go (CACHE_DIR): beside the exports, so one folder holds both."""
-    return ExportCache(cache_dir).root / "npu-blobs"
-
-
-def npu_preset(cfg: LoadConfig, max_prompt_len: int = NPU_MAX_PROMPT_LEN,
-               min_response_len: int = NPU_MIN_RESPONSE_LEN, generate_hint: str | None = None,
-               blob_cache: bool = True) -> LoadConfig:
-    """`cfg` with the export and pipeline settings OpenVINO documents for LLMs on the NPU.
-
-    The export settings (int4 symmetric, ratio 1.0, channel-wise unless group_size=128 was chosen)
-    apply on every device, so the same export can be tried on CPU. The pipeline options
-    (MAX_PROMPT_LEN, MIN_RESPONSE_LEN, GENERATE_HINT, CACHE_DIR) are NPU-only: the CPU plugin
-    rejects them, so they are added only when `cfg.device` is an NPU. Explicit runtime_config
-    entries win.
-    """
-    if cfg.backend != "openvino":
-        raise UnknownChoiceError("backend for the NPU preset", cfg.backend, ["openvino"],
-                                 hint="The NPU preset configures OpenVINO GenAI.")
-    if cfg.precision is None:
-        cfg = replace(cfg, precision="int4")
-    if cfg.precision not in NPU_PRECISIONS:
-        raise UnknownChoiceError("precision for the NPU preset", cfg.precision, NPU_PRECISIONS,
-                                 hint="The NPU runs LLMs with symmetric 4-bit weights (int4) or fp16.")
-    changes: dict[str, Any] = {}
-    if cfg.precision == "int4":
-        group = NPU_INT4["group_size"] if cfg.group_size is None else cfg.group_size
-        if group not in NPU_GROUP_SIZES:
-            raise UnknownChoiceError("group_size for the NPU", group, [str(g) for g in NPU_GROUP_SIZES],
-                                     hint="-1 = channel-wise (fastest), 128 = group-wise (more accurate).")
-        if cfg.ratio not in (None, 1.0):
-            raise UnknownChoiceError("ratio for the NPU", cfg.ratio, ["1.0"], hint="Every layer must be int4.")
-        if not cfg.sym:
-            raise UnknownChoiceError("sym for the NPU", cfg.sym, ["True"], hint="The NPU needs symmetric int4.")
-        changes.update(group_size=group, ratio=NPU_INT4["ratio"], sym=True)
-    props = dict(cfg.runtime_config)
-    if is_npu(cfg.device):
-        if (cfg.runtime or "genai") != "genai":
-            raise UnknownChoiceError("runtime for the NPU", cfg.runtime, ["genai"],
-                                     hint="LLMs run on the NPU through OpenVINO GenAI's LLMPipeline.")
-        if generate_hint is not None and generate_hint not in NPU_GENERATE_HINTS:
-            raise UnknownChoiceError("GENERATE_HINT", generate_hint, NPU_GENERATE_HINTS)
-        for key, value in (("MAX_PROMPT_LEN", max_prompt_len), ("MIN_RESPONSE_LEN", min_response_len),
-                           ("GENERATE_HINT", generate_hint)):
-            if value is not None:
-                props.setdefault(key, value)
-        if blob_cache:
-            props.setdefault("CACHE_DIR", str(npu_blob_dir(cfg.cache_dir)))
-    return replace(cfg, runtime_config=props, **changes)
-
-
-@dataclass
-class NPUInfo:
-    """What OpenVINO says about the NPU: its name, driver, and the compiler inside the driver."""
-
-    name: str
-    driver_version: int | None
-    compiler_version: str | None  # major.minor
-    errors: list[str]
-
-
-def decode_compiler_version(value: int) -> str:
-    """NPU_COMPILER_VERSION packs major (16 high bits) and minor (16 low bits)."""
-    return f"{value >> 16}.{value & 0xFFFF}"
-
-
-def npu_info(core: Any = None) -> NPUInfo | None:
-    """The NPU's properties, or None when OpenVINO lists no NPU."""
-    if core is None:
-        import openvino as ov
-
-        core = ov.Core()
-    if "NPU" not in core.available_devices:
-        return None
-    values: dict[str, Any] = {}
-    errors: list[str] = []
-    for prop in ("FULL_DEVICE_NAME", "NPU_DRIVER_VERSION", "NPU_COMPILER_VERSION"):
-        try:
-            values[prop] = core.get_property("NPU", prop)
-        except RuntimeError as exc:
-            errors.append(f"{prop}: {last_line(exc)}")
-    compiler = values.get("NPU_COMPILER_VERSION")
-    driver = values.get("NPU_DRIVER_VERSION")
-    return NPUInfo(str(values.get("FULL_DEVICE_NAME", "NPU")), None if driver is None else int(driver),
-                   None if compiler is None else decode_compiler_version(int(compiler)), errors)
-
-
-def npu_driver_problem(info: NPUInfo, platform: str = sys.platform) -> str | None:
-    """Why this NPU's driver cannot run LLMs, with the fix; None when nothing is known to be wrong."""
-    url = NPU_DRIVER_URL.get("win32" if platform == "win32" else "linux", NPU_DRIVER_URL["linux"])
-    if info.compiler_version is None and any("COMPILER" in e for e in info.errors):
-        return (f"OpenVINO sees the NPU ({info.name}) but cannot load its compiler, which ships with the NPU "
-                f"driver ({'; '.join(info.errors)}). Fix: install or update the Intel NPU driver: {url}")
-    if platform == "win32":
-        if info.driver_version is None:
-            return (f"OpenVINO sees the NPU ({info.name}) but cannot read its driver version. "
-                    f"Fix: install or update the Intel NPU driver: {url}")
-        if info.driver_version < MIN_NPU_DRIVER_WINDOWS:
-            return (f"The NPU driver is too old for LLMs: build {info.driver_version}, OpenVINO's NPU guide asks "
-                    f"for 32.0.100.{MIN_NPU_DRIVER_WINDOWS} or newer. Fix: update the Intel NPU driver: {url}")
-    return None
-
-
-def npu_compile_failure(exc: BaseException, info: NPUInfo | None, platform: str = sys.platform) -> str:
-    """What to tell a user whose NPU failed to compile the model (the runtime's message is one line of C++)."""
-    seen = f"{info.name}, driver {info.driver_version}, compiler {info.compiler_version}" if info else "none"
-    url = NPU_DRIVER_URL["win32" if platform == "win32" else "linux"]
-    return (f"The NPU could not compile this model ({last_line(exc)}). NPU seen: {seen}. The usual causes: an NPU "
-            f"driver older than this OpenVINO needs (update it: {url}), or an export without the NPU preset "
-            "(int4 needs sym=True, ratio=1.0, group_size -1 or 128: use npu_preset()).")
-
-
-class NPUDriverError(DeviceNotFoundError):
-    """The NPU is there, but its driver (or the compiler inside it) cannot run this model."""
-
-
-def check_npu_context(n_prompt: int, max_new_tokens: int, props: dict[str, Any]) -> None:
-    """The NPU compiles fixed shapes: refuse what would not fit, naming the option to raise."""
-    max_prompt = int(props.get("MAX_PROMPT_LEN", NPU_MAX_PROMPT_LEN))
-    total = max_prompt + int(props.get("MIN_RESPONSE_LEN", NPU_MIN_RESPONSE_LEN))
-    if n_prompt > max_prompt:
-        raise ContextWindowError(
-            f"The prompt is {n_prompt} tokens; the NPU pipeline was compiled for prompts up to "
-            f"MAX_PROMPT_LEN={max_prompt}. Fix: shorten the prompt, or load with a larger max_prompt_len "
-            f"(npu_preset(..., max_prompt_len={_round_up(n_prompt)}); compiling takes longer)."
-        )
-    if n_prompt + max_new_tokens > total:
-        raise ContextWindowError(
-            f"The prompt ({n_prompt} tokens) plus max_new_tokens={max_new_tokens} exceed the NPU pipeline's "
-            f"context of MAX_PROMPT_LEN + MIN_RESPONSE_LEN = {total} tokens. Fix: set max_new_tokens <= "
-            f"{total - n_prompt}, or load with a larger min_response_len."
-        )
-
-
-def _round_up(n: int, step: int = 256) -> int:
-    return -(-n // step) * step
+def int4_settings(cfg: LoadConfig) -> dict[str, Any]:
+    """group_size, ratio, sym of an int4 export: the seed's by default, fixed for int4-cw."""
+    if cfg.precision == "int4-cw":
+        if (cfg.group_size not in (None, -1)) or (cfg.ratio not in (None, 1.0)) or not cfg.sym:
+            raise UnknownChoiceError(
+                "setting for precision 'int4-cw'", f"group_size={cfg.group_size}, ratio={cfg.ratio}, sym={cfg.sym}",
+                ["group_size=-1, ratio=1.0, sym=True"],
+                hint="int4-cw is channel-wise, every layer int4, symmetric. For other groups or ratios use "
+                     "precision='int4' with group_size= and ratio=.")
+        return dict(INT4_CW)
+    return {"group_size": cfg.group_size or INT4_DEFAULTS["group_size"],
+            "ratio": INT4_DEFAULTS["ratio"] if cfg.ratio is None else cfg.ratio, "sym": cfg.sym}
 
 
 def int4_dims(config: dict[str, Any]) -> dict[str, int]:
@@ -200,11 +64,13 @@ def int4_dims(config: dict[str, Any]) -> dict[str, int]:
 
 def export_command(src: Path, out: Path, cfg: LoadConfig, model_config: dict[str, Any], log: Log) -> list[str]:
     """The optimum-cli command for this export: the same one the seed runs, so users can read it."""
+    precision = cfg.precision or OpenVINOBackend.default_precision
+    weight_format = "int4" if precision == "int4-cw" else precision
     cmd = [sys.executable, "-m", "optimum.commands.optimum_cli", "export", "openvino",
-           "--model", str(src), "--task", "text-generation-with-past", "--weight-format", cfg.precision]
-    if cfg.precision == "int4":
-        group = cfg.group_size or INT4_DEFAULTS["group_size"]
-        ratio = INT4_DEFAULTS["ratio"] if cfg.ratio is None else cfg.ratio
+           "--model", str(src), "--task", "text-generation-with-past", "--weight-format", weight_format]
+    if weight_format == "int4":
+        settings = int4_settings(replace(cfg, precision=precision))
+        group, ratio = settings["group_size"], settings["ratio"]
         if cfg.group_size_fallback not in FALLBACKS:
             raise UnknownChoiceError("group_size_fallback", cfg.group_size_fallback, FALLBACKS)
         bad = {k: v for k, v in int4_dims(model_config).items() if group > 0 and v % group}
@@ -218,18 +84,52 @@ def export_command(src: Path, out: Path, cfg: LoadConfig, model_config: dict[str
                 + ("those weights get the largest power-of-two group that divides them."
                    if cfg.group_size_fallback == "adjust" else "those weights stay in higher precision."))
         cmd += ["--group-size", str(group), "--ratio", str(ratio), "--group-size-fallback", cfg.group_size_fallback]
-        if cfg.sym:
+        if settings["sym"]:
             cmd.append("--sym")
     if cfg.trust_remote_code:
         cmd.append("--trust-remote-code")
     return [*cmd, str(out)]
 
 
+def ir_weights(xml: Path) -> tuple[str, str]:
+    """(precision, recipe) of an IR from NNCF's record in its rt_info, else from its weight constants' types.
+
+    optimum-intel writes NNCF's settings under rt_info/nncf/weight_compression (mode int4_sym, group_size,
+    ratio, awq, scale_estimation...); an IR without them holds float weights (f16 or f32 constants).
+    """
+    try:
+        root = ET.parse(xml).getroot()
+    except ET.ParseError as exc:
+        raise ModelSourceError(f"{xml} is not a readable OpenVINO IR ({exc}): an interrupted download? "
+                               "Delete the folder (or its hub cache entry) and fetch it again.") from exc
+    wc = root.find("rt_info/nncf/weight_compression")
+    if wc is not None:
+        v = {c.tag: c.get("value", "") for c in wc}
+        mode, group, ratio = v.get("mode", ""), int(float(v.get("group_size", "-1"))), float(v.get("ratio", "1"))
+        extras = [name for key, name in (("awq", "AWQ"), ("scale_estimation", "scale estimation"), ("gptq", "GPTQ"))
+                  if v.get(key) == "True"]
+        if mode.startswith("int8"):
+            return "int8", f"NNCF {mode}"
+        precision = "int4-cw" if (mode == "int4_sym" and group == -1 and ratio == 1.0) else "int4"
+        recipe = f"NNCF {mode}, group size {group}, ratio {ratio:g}" + "".join(f", {e}" for e in extras)
+        if ratio < 1:
+            recipe += f" (the other layers {v.get('backup_mode', 'int8_asym')})"
+        return precision, recipe
+    types = {d.get("element_type") for layer in root.iter("layer") if layer.get("type") == "Const"
+             for d in layer.iter("data")}
+    if types & {"u4", "i4", "u8", "i8"}:
+        return ("int4" if types & {"u4", "i4"} else "int8"), "compressed weights without NNCF's record"
+    return ("fp16", "fp16 weights") if "f16" in types else ("fp32", "fp32 weights")
+
+
 class OpenVINOBackend(Backend):
     name = "openvino"
     runtimes: ClassVar[tuple[str, ...]] = ("genai", "optimum")
-    precisions: ClassVar[tuple[str, ...]] = ("int4", "int8", "fp16", "fp32")
+    precisions: ClassVar[tuple[str, ...]] = ("int4", "int4-cw", "int8", "fp16", "fp32")
     requirements = "openvino.txt"
+    ready_made_format: ClassVar[str | None] = "openvino"
+    export_only: ClassVar[tuple[str, ...]] = ("group_size", "ratio", "sym", "group_size_fallback")
+    exporter: ClassVar[tuple[str, ...]] = EXPORTER
     npu_preset = staticmethod(npu_preset)  # kit.backends.get("openvino").npu_preset(cfg) in notebooks
 
     @classmethod
@@ -244,42 +144,79 @@ class OpenVINOBackend(Backend):
         return missing_device_message(device, available, cls.name) + " `phi3kit doctor` shows what this machine has."
 
     @classmethod
-    def check(cls, cfg: LoadConfig) -> None:
-        super().check(cfg)
-        if is_npu(cfg.device):  # before the export: an old driver fails only when the model compiles
+    def check(cls, cfg: LoadConfig, *, device: bool = True) -> None:
+        super().check(cfg, device=device)
+        if device and is_npu(cfg.device):  # before the export: an old driver fails only when the model compiles
             info = npu_info()
             problem = npu_driver_problem(info) if info else None
             if problem:
                 raise NPUDriverError(problem)
 
     @classmethod
-    def export(cls, source: ModelSource, cfg: LoadConfig, cache: ExportCache, log: Log = print) -> Export:
+    def export_settings(cls, cfg: LoadConfig) -> dict[str, Any]:
         settings: dict[str, Any] = {"precision": cfg.precision}
+        if cfg.precision in ("int4", "int4-cw"):
+            if cfg.group_size_fallback not in FALLBACKS:
+                raise UnknownChoiceError("group_size_fallback", cfg.group_size_fallback, FALLBACKS)
+            settings.update(int4_settings(cfg), fallback=cfg.group_size_fallback)
+        return settings
+
+    @classmethod
+    def runtime_versions(cls) -> dict[str, str]:
+        return {"openvino": major_minor("openvino")}
+
+    @classmethod
+    def recipe(cls, cfg: LoadConfig) -> str:
         if cfg.precision == "int4":
-            settings.update(group_size=cfg.group_size or INT4_DEFAULTS["group_size"],
-                            ratio=INT4_DEFAULTS["ratio"] if cfg.ratio is None else cfg.ratio,
-                            sym=cfg.sym, fallback=cfg.group_size_fallback)
-        key = {"backend": cls.name, **source.cache_key(), **settings,
-               "versions": {lib: version(lib) for lib in _LIBS}}
+            s = int4_settings(cfg)
+            seed = " (the seed's recipe)" if (s["group_size"], s["ratio"], s["sym"]) == (128, 0.6, True) else ""
+            return (f"the kit's export: int4 {'symmetric' if s['sym'] else 'asymmetric'}, group size "
+                    f"{s['group_size']}, ratio {s['ratio']:g}{seed}")
+        if cfg.precision == "int4-cw":
+            return "the kit's export: int4 symmetric, channel-wise, ratio 1"
+        return f"the kit's export: {cfg.precision} weights"
 
-        def build(out: Path) -> None:
-            cmd = export_command(source.path, out, cfg, source.config, log)
-            log("Exporting with: optimum-cli " + " ".join(cmd[3:]))
-            rc, lines = run_logged(cmd, log)
-            if rc != 0:
-                tail = "\n".join(lines[-15:])
-                raise ExportError(f"optimum-cli export failed (exit {rc}):\n{tail}")
-            for needed in ("openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml"):
-                if not (out / needed).is_file():
-                    raise ExportError(f"the export did not write {needed}; see the log above.")
+    @classmethod
+    def build(cls, source: ModelSource, cfg: LoadConfig, out: Path, log: Log = print) -> None:
+        cmd = export_command(source.path, out, cfg, source.config, log)
+        log("Exporting with: optimum-cli " + " ".join(cmd[3:]))
+        rc, lines = run_logged(cmd, log)
+        if rc != 0:
+            tail = "\n".join(lines[-15:])
+            raise ExportError(f"optimum-cli export failed (exit {rc}):\n{tail}")
+        for needed in (*IR_FILES, "openvino_tokenizer.xml", "openvino_detokenizer.xml"):
+            if not (out / needed).is_file():
+                raise ExportError(f"the export did not write {needed}; see the log above.")
 
-        label = f"{Path(source.name).name}-{cfg.precision}"
-        return cache.get_or_build(cls.name, label, key, build, log)
+    @classmethod
+    def ready_made(cls, folder: Path, cfg: LoadConfig, cache: ExportCache, log: Log = print) -> Export:
+        """An IR someone else exported: complete, Phi-3, the precision asked for; tokenizer models converted
+        (alone, never the model) when an older folder lacks them."""
+        missing = [f for f in (*IR_FILES, "tokenizer.json") if not (folder / f).is_file()]
+        if missing:
+            raise ModelSourceError(f"{folder} is not a complete OpenVINO IR folder: {', '.join(missing)} missing. "
+                                   "An interrupted download? Fetch it again (the hub cache resumes it).")
+        check_phi3(folder, str(folder))
+        precision, recipe = ir_weights(folder / "openvino_model.xml")
+        if cfg.precision is not None and precision != cfg.precision:
+            raise ModelSourceError(
+                f"The ready-made IR in {folder} holds {precision} weights ({recipe}), not {cfg.precision}. Fix: "
+                f"precision={precision!r}, or a folder with {cfg.precision} weights, or prefer='export' to export "
+                f"{cfg.precision} from the checkpoint.")
+        tokenizer_dir = None
+        if not all((folder / f).is_file() for f in TOKENIZER_FILES):
+            tokenizer_dir = convert_tokenizer(folder, cache, log)
+        return Export(folder, True, 0.0, route="ready-made", recipe=recipe, precision=precision,
+                      tokenizer_dir=tokenizer_dir)
 
-    def __init__(self, model_dir: Path, cfg: LoadConfig) -> None:
+    @classmethod
+    def open(cls, export: Export, cfg: LoadConfig) -> Backend:
+        return cls(export.path, cfg, tokenizer_dir=export.tokenizer_dir)
+
+    def __init__(self, model_dir: Path, cfg: LoadConfig, tokenizer_dir: Path | None = None) -> None:
         """Public attributes: `pipeline` (the openvino_genai.LLMPipeline, runtime genai) or `model`
         (optimum-intel's OVModelForCausalLM, runtime optimum), and `properties` (what the device was
-        compiled with)."""
+        compiled with). `tokenizer_dir` holds tokenizer models converted for an IR that lacks them."""
         self.runtime = cfg.runtime or self.default_runtime()
         props = dict(cfg.runtime_config)
         if cfg.precision == "fp32" and cfg.device in ("CPU", "AUTO"):
@@ -294,7 +231,11 @@ class OpenVINOBackend(Backend):
             import openvino_genai
 
             try:
-                self.pipeline = openvino_genai.LLMPipeline(str(model_dir), cfg.device, **props)
+                if tokenizer_dir is not None:
+                    tokenizer = openvino_genai.Tokenizer(str(tokenizer_dir))
+                    self.pipeline = openvino_genai.LLMPipeline(str(model_dir), tokenizer, cfg.device, **props)
+                else:
+                    self.pipeline = openvino_genai.LLMPipeline(str(model_dir), cfg.device, **props)
             except RuntimeError as exc:
                 if not self.npu:
                     raise
@@ -372,3 +313,35 @@ class OpenVINOBackend(Backend):
         self.__dict__.pop("model", None)
         self._scorer = None
 
+
+def convert_tokenizer(folder: Path, cache: ExportCache, log: Log = print) -> Path:
+    """OpenVINO tokenizer models for a ready-made IR that shipped without them, converted once into the cache.
+
+    openvino_tokenizers' own converter runs in a process of its own (it reads the folder's Hugging Face
+    tokenizer files); the IR itself is never touched or re-exported.
+    """
+    files = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+    # Keyed by the tokenizer files' content, not their path: a pack made elsewhere finds it.
+    key = {"backend": "openvino", "kind": "tokenizer", "tokenizer": _files_hash(folder, files),
+           "openvino_tokenizers": major_minor("openvino-tokenizers")}
+
+    def build(out: Path) -> None:
+        log(f"{folder.name} has no OpenVINO tokenizer models; converting the tokenizer alone with openvino_tokenizers.")
+        cmd = [sys.executable, "-c", "from openvino_tokenizers.cli_tools.convert_tokenizer import "
+               "convert_hf_tokenizer; convert_hf_tokenizer()", str(folder), "--with-detokenizer", "-o", str(out)]
+        rc, lines = run_logged(cmd, log)
+        if rc != 0 or not all((out / f).is_file() for f in TOKENIZER_FILES):
+            raise ExportError(f"openvino_tokenizers could not convert the tokenizer of {folder} (exit {rc}):\n"
+                              + "\n".join(lines[-10:]))
+
+    return cache.get_or_build("openvino", f"{folder.name}-tokenizer", key, build, log).path
+
+
+def _files_hash(folder: Path, names: tuple[str, ...]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in names:
+        if (folder / name).is_file():
+            h.update(name.encode() + b"\0" + (folder / name).read_bytes())
+    return h.hexdigest()[:16]

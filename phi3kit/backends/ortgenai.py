@@ -23,9 +23,9 @@ from typing import Any, ClassVar
 
 from ..cache import Export, ExportCache
 from ..config import GenerationConfig, LoadConfig
-from ..errors import DeviceNotFoundError, ExportError, MissingDependencyError, UnknownChoiceError
+from ..errors import DeviceNotFoundError, ExportError, MissingDependencyError, ModelSourceError, UnknownChoiceError
 from ..procs import run_logged
-from ..sources import ModelSource
+from ..sources import ModelSource, check_phi3
 from .base import Backend, Log, Token, threaded_stream
 
 # Device (as users spell it, like the other backends) -> ONNX Runtime GenAI provider name.
@@ -256,6 +256,11 @@ class OrtGenAIBackend(Backend):
     runtimes: ClassVar[tuple[str, ...]] = ("genai",)
     precisions: ClassVar[tuple[str, ...]] = ("int4", "int8", "fp16", "fp32")
     requirements = "directml.txt"
+    ready_made_format: ClassVar[str | None] = "ortgenai"
+    export_only: ClassVar[tuple[str, ...]] = ("group_size", "accuracy_level", "build_target")
+    exporter: ClassVar[tuple[str, ...]] = ("onnxruntime-genai", "onnx-ir", "transformers")
+    # Measured: the full-size Phi-3-mini int4 build peaked at 24.0 GB RSS (mapped files included), 6.3 B/param.
+    export_ram_bytes_per_param: ClassVar[float | None] = 6.3
 
     @classmethod
     def devices(cls, runtime: str) -> list[str]:
@@ -276,7 +281,7 @@ class OrtGenAIBackend(Backend):
         raise DeviceNotFoundError(unavailable_message(device, probe(provider) or ""))
 
     @classmethod
-    def check(cls, cfg: LoadConfig) -> None:
+    def check(cls, cfg: LoadConfig, *, device: bool = True) -> None:
         runtime = cfg.runtime or cls.default_runtime()
         if runtime not in cls.runtimes:
             raise UnknownChoiceError(f"runtime for backend '{cls.name}'", runtime, cls.runtimes)
@@ -284,6 +289,13 @@ class OrtGenAIBackend(Backend):
             hint = ("(bf16: onnxruntime-genai 0.18 builds it for the CPU but cannot run it; use fp16 or fp32.)"
                     if cfg.precision == "bf16" else "")
             raise UnknownChoiceError(f"precision for backend '{cls.name}'", cfg.precision, cls.precisions, hint)
+        normalize_device(cfg.device)
+        if device:
+            cls.provider_for(cfg)
+
+    @classmethod
+    def export_settings(cls, cfg: LoadConfig) -> dict[str, Any]:
+        """The builder's options for this export, checked against the builder's known traps."""
         target = build_target(cfg)
         if cfg.precision not in (builder := builder_dialect()).precisions:
             dist = genai_distribution() or ("onnxruntime-genai", "?")
@@ -296,15 +308,30 @@ class OrtGenAIBackend(Backend):
                 f"precision for build target {target!r}", "fp32", ("int4", "int8", "fp16"),
                 hint=f"(onnxruntime-genai 0.18 writes an invalid fp32 graph for -e {target}: 'Graph output "
                      "(present.0.key) does not exist'. Use fp16, or build_target='cpu' for fp32 on the CPU.)")
-        block_size(cfg)
-        accuracy_level(cfg)
-        cls.provider_for(cfg)
+        return {"precision": cfg.precision, "target": target, "block_size": block_size(cfg),
+                "accuracy_level": accuracy_level(cfg)}
 
     @classmethod
-    def export(cls, source: ModelSource, cfg: LoadConfig, cache: ExportCache, log: Log = print) -> Export:
-        cls.check(cfg)  # kit.export() and kit.load() call check() too; a direct call must not skip it
-        target, size = build_target(cfg), block_size(cfg)
-        if problems := builder_traps(source.config, cfg.precision, target):
+    def runtime_versions(cls) -> dict[str, str]:
+        # The flavour is part of it: DirectML's Windows wheel (0.13) is another runtime than the CPU one (0.18).
+        dist = genai_distribution()
+        return {dist[0]: ".".join(dist[1].split(".")[:2])} if dist else {}
+
+    @classmethod
+    def label(cls, name: str, cfg: LoadConfig) -> str:
+        return f"{name}-{cfg.precision}-{build_target(cfg)}"
+
+    @classmethod
+    def recipe(cls, cfg: LoadConfig) -> str:
+        size, level = block_size(cfg), accuracy_level(cfg)
+        blocks = f", block {size}" if size else ""
+        acc = f", accuracy level {level}" if level else (", the builder's accuracy level" if size else "")
+        return f"the kit's build: {cfg.precision}{blocks}{acc}, for {build_target(cfg)}"
+
+    @classmethod
+    def build(cls, source: ModelSource, cfg: LoadConfig, out: Path, log: Log = print) -> None:
+        target = build_target(cfg)
+        if problems := builder_traps(source.config, str(cfg.precision), target):
             raise ExportError(
                 f"ONNX Runtime GenAI cannot build {source.name!r} correctly: " + "; ".join(problems)
                 + ". The openvino and transformers backends run this model.")
@@ -315,27 +342,43 @@ class OrtGenAIBackend(Backend):
         if cfg.precision == "int8" and target == "dml":
             log("Note: the builder lists INT4 and FP16 for DirectML, not INT8; this int8 build runs on the CPU, "
                 "but a DirectML GPU may reject it. Prefer precision='int4' or 'fp16' for DML.")
-        dist = genai_distribution()
-        key = {"backend": cls.name, **source.cache_key(), "precision": cfg.precision, "target": target,
-               "block_size": size, "accuracy_level": accuracy_level(cfg), "trust_remote_code": cfg.trust_remote_code,
-               "versions": {dist[0]: dist[1]} if dist else {}}
+        if importlib.util.find_spec("onnx_ir") is None:  # the builder imports it without declaring it
+            raise MissingDependencyError("onnx-ir", "The ONNX Runtime GenAI model builder", cls.requirements)
+        with tempfile.TemporaryDirectory(prefix="phi3kit-ortgenai-") as tmp:
+            cmd = builder_command(source.path, out, Path(tmp), cfg)
+            log("Building with: python " + " ".join(cmd[1:]))
+            run_builder(cmd, log)
+        for needed in ("genai_config.json", "tokenizer.json"):
+            if not (out / needed).is_file():
+                raise ExportError(f"the model builder did not write {needed}; see the log above.")
+        gen_config = source.path / "generation_config.json"
+        if gen_config.is_file() and not (out / gen_config.name).exists():
+            shutil.copy2(gen_config, out / gen_config.name)  # stop ids; the builder does not copy it
 
-        def build(out: Path) -> None:
-            if importlib.util.find_spec("onnx_ir") is None:  # the builder imports it without declaring it
-                raise MissingDependencyError("onnx-ir", "The ONNX Runtime GenAI model builder", cls.requirements)
-            with tempfile.TemporaryDirectory(prefix="phi3kit-ortgenai-") as tmp:
-                cmd = builder_command(source.path, out, Path(tmp), cfg)
-                log("Building with: python " + " ".join(cmd[1:]))
-                run_builder(cmd, log)
-            for needed in ("genai_config.json", "tokenizer.json"):
-                if not (out / needed).is_file():
-                    raise ExportError(f"the model builder did not write {needed}; see the log above.")
-            gen_config = source.path / "generation_config.json"
-            if gen_config.is_file() and not (out / gen_config.name).exists():
-                shutil.copy2(gen_config, out / gen_config.name)  # stop ids; the builder does not copy it
-
-        label = f"{Path(source.name).name}-{cfg.precision}-{target}"
-        return cache.get_or_build(cls.name, label, key, build, log)
+    @classmethod
+    def ready_made(cls, folder: Path, cfg: LoadConfig, cache: ExportCache, log: Log = print) -> Export:
+        """A folder the ONNX Runtime GenAI builder wrote (here or by its publisher): complete, Phi-3, the precision
+        asked for."""
+        check_phi3(folder, str(folder))  # reads genai_config.json's model.type: the builder writes no config.json
+        genai = json.loads((folder / "genai_config.json").read_text(encoding="utf-8"))
+        decoder = genai.get("model", {}).get("decoder", {}).get("filename")
+        needed = [decoder] if decoder else []
+        missing = [f for f in [*needed, "tokenizer.json"] if not (folder / f).is_file()]
+        if not decoder or missing:
+            raise ModelSourceError(
+                f"{folder} is not a complete ONNX Runtime GenAI folder: "
+                + (f"{', '.join(missing)} missing" if missing else "genai_config.json names no decoder file")
+                + ". An interrupted download? Fetch it again (the hub cache resumes it).")
+        precision, recipe, data_files = onnx_weights(folder / decoder)
+        if gone := [f for f in data_files if not (folder / f).is_file()]:
+            raise ModelSourceError(f"{folder}: {decoder} keeps its weights in {', '.join(gone)}, which is missing. "
+                                   "An interrupted download? Fetch it again.")
+        if cfg.precision is not None and precision != cfg.precision:
+            raise ModelSourceError(
+                f"The ready-made ONNX model in {folder} holds {precision} weights ({recipe}), not {cfg.precision}. "
+                f"Fix: precision={precision!r}, or a folder with {cfg.precision} weights, or prefer='export' to "
+                f"build {cfg.precision} from the checkpoint.")
+        return Export(folder, True, 0.0, route="ready-made", recipe=recipe, precision=precision)
 
     def __init__(self, model_dir: Path, cfg: LoadConfig) -> None:
         """Public attributes: `model` (the og.Model), `provider` (what it runs on), `fell_back`."""
@@ -393,6 +436,34 @@ class OrtGenAIBackend(Backend):
 
     def close(self) -> None:
         self.__dict__.pop("model", None)
+
+
+def onnx_weights(model_file: Path) -> tuple[str, str, list[str]]:
+    """(precision, recipe, external data files) of an ONNX decoder, read from its graph (not its weights).
+
+    Quantized builds use MatMulNBits nodes, whose attributes say the bits, the block size and the
+    accuracy level; float builds are told apart by their initializers' type.
+    """
+    try:
+        import onnx
+    except ImportError:  # the runtime does not need onnx: say what the folder is called instead
+        name = model_file.parent.name
+        guess = next((p for p in ("int4", "int8", "fp16", "fp32") if p in name), "unknown")
+        return guess, f"{guess} (from the folder's name; install onnx to read it from the graph)", []
+    model = onnx.load(str(model_file), load_external_data=False)
+    data = sorted({e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"})
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    if nbits:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nbits[0].attribute}
+        bits = int(attrs.get("bits", 4))
+        recipe = f"MatMulNBits int{bits}, block {attrs.get('block_size', '?')}"
+        if "accuracy_level" in attrs:
+            recipe += f", accuracy level {attrs['accuracy_level']}"
+        return f"int{bits}", recipe, data
+    types = {t.data_type for t in model.graph.initializer}
+    if onnx.TensorProto.FLOAT16 in types:
+        return "fp16", "fp16 weights", data
+    return "fp32", "fp32 weights", data
 
 
 def run_builder(cmd: list[str], log: Log) -> None:

@@ -6,10 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..cache import Export, ExportCache
 from ..config import GenerationConfig, LoadConfig
-from ..sources import ModelSource
-from .base import Backend, Log, Token, hf_stream
+from .base import Backend, Token, hf_stream
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -19,6 +17,7 @@ class TransformersBackend(Backend):
     runtimes: ClassVar[tuple[str, ...]] = ("pytorch",)
     precisions: ClassVar[tuple[str, ...]] = tuple(_DTYPES)
     default_precision: ClassVar[str] = "fp32"
+    reads_checkpoint: ClassVar[bool] = True  # PyTorch reads the checkpoint as it is
 
     @classmethod
     def devices(cls, runtime: str) -> list[str]:
@@ -28,10 +27,6 @@ class TransformersBackend(Backend):
         if torch.cuda.is_available():
             devs.append("CUDA")
         return devs
-
-    @classmethod
-    def export(cls, source: ModelSource, cfg: LoadConfig, cache: ExportCache, log: Log = print) -> Export:
-        return Export(source.path, True, 0.0)  # PyTorch reads the checkpoint as it is
 
     def __init__(self, model_dir: Path, cfg: LoadConfig) -> None:
         """Public attribute: `model`, the transformers model."""

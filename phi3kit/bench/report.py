@@ -185,7 +185,7 @@ class BenchReport:
 
     def save(self, out_dir: str | Path, stem: str = "bench", overwrite: bool = False) -> tuple[Path, Path]:
         """Write `stem.csv` (the rows) and `stem.json` (everything, per-token latencies included)."""
-        from .runner import free_path
+        from ..runner import free_path
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

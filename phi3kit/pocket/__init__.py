@@ -12,10 +12,13 @@ from pathlib import Path
 BANNER = "The pocket model is a tiny teaching model with Phi-3's architecture, not Phi-3's quality."
 
 MODEL_DIR: Path = Path(__file__).resolve().parent / "model"
+# The pocket ready-made for OpenVINO and ONNX Runtime GenAI, so it runs where there is no PyTorch to export with:
+# `python -m phi3kit.pocket.ready` rebuilds them (after a retrain) with the kit's own export.
+READY_DIR: Path = Path(__file__).resolve().parent / "ready"
 QA_FILE: Path = Path(__file__).resolve().parent / "qa.jsonl"
 TRAIN_COMMAND = "python -m phi3kit.pocket.train"
 
-__all__ = ["BANNER", "MODEL_DIR", "QA_FILE", "TRAIN_COMMAND", "load_qa", "path"]
+__all__ = ["BANNER", "MODEL_DIR", "QA_FILE", "READY_DIR", "TRAIN_COMMAND", "load_qa", "path", "ready_dir"]
 
 
 def path() -> Path:
@@ -29,3 +32,12 @@ def load_qa() -> list[dict]:
     """The training questions and answers, as dicts with keys question and answer."""
     with QA_FILE.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def ready_dir(name: str) -> Path:
+    """One of the shipped ready-made folders (e.g. 'openvino-int4'); raises with the rebuild command if absent."""
+    folder = READY_DIR / name
+    if not folder.is_dir():
+        raise FileNotFoundError(f"the pocket's ready-made folder {name!r} is missing in {READY_DIR}; rebuild them "
+                                "with `python -m phi3kit.pocket.ready`")
+    return folder

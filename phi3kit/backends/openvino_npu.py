@@ -1,0 +1,182 @@
+"""OpenVINO GenAI on the NPU: the export and pipeline settings OpenVINO documents, the driver checks, the limits.
+
+The NPU compiles static shapes and runs only symmetric 4-bit (or fp16) weights, so its route differs
+from the CPU's in export settings, pipeline options, driver requirements and context limits.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..cache import ExportCache
+from ..config import LoadConfig
+from ..errors import ContextWindowError, DeviceNotFoundError, UnknownChoiceError, last_line
+
+# OpenVINO's "GenAI on NPU" guide: LLMs for the NPU must be exported with symmetric 4-bit weights and
+# ratio 1.0, channel-wise (group size -1: fastest) or group-wise 128 (the guide's advice for models
+# up to ~4-5B parameters, Phi-3-mini included, when accuracy matters more); fp16 also runs.
+# The kit names channel-wise int4 "int4-cw" on every device (OpenVINO's hub organisation marks those
+# folders `-cw-`); group-wise NPU int4 is precision "int4" with group_size=128 and ratio 1.0.
+NPU_PRECISIONS = ("int4", "int4-cw", "fp16")
+NPU_GROUP_SIZES = (-1, 128)
+# The NPU compiles static shapes: the prompt may hold MAX_PROMPT_LEN tokens and the context
+# MAX_PROMPT_LEN + MIN_RESPONSE_LEN (OpenVINO's defaults, made visible here).
+NPU_MAX_PROMPT_LEN = 1024
+NPU_MIN_RESPONSE_LEN = 128
+NPU_GENERATE_HINTS = ("FAST_COMPILE", "BEST_PERF")
+# The NPU driver OpenVINO's guide asks for when LLMs fail on the NPU (Windows 32.0.100.3104).
+# On Windows NPU_DRIVER_VERSION is that last number (intel-npu-acceleration-library compares it to
+# 2408 the same way); Linux drivers report a different encoding, so only Windows is checked.
+MIN_NPU_DRIVER_WINDOWS = 3104
+NPU_DRIVER_URL = {
+    "win32": "https://www.intel.com/content/www/us/en/download/794734/intel-npu-driver-windows.html",
+    "linux": "https://github.com/intel/linux-npu-driver/releases",
+}
+
+
+def is_npu(device: str) -> bool:
+    return device.split(".")[0].split(":")[0].upper() == "NPU"
+
+
+def npu_blob_dir(cache_dir: str | None) -> Path:
+    """Where the NPU's compiled blobs go (CACHE_DIR): beside the exports, so one folder holds both."""
+    return ExportCache(cache_dir).root / "npu-blobs"
+
+
+def npu_preset(cfg: LoadConfig, max_prompt_len: int = NPU_MAX_PROMPT_LEN,
+               min_response_len: int = NPU_MIN_RESPONSE_LEN, generate_hint: str | None = None,
+               blob_cache: bool = True) -> LoadConfig:
+    """`cfg` with the export and pipeline settings OpenVINO documents for LLMs on the NPU.
+
+    The export settings (int4 symmetric, ratio 1.0: precision "int4-cw", channel-wise, unless
+    group_size=128 was chosen) apply on every device, so the same export (or the same ready-made
+    `-cw-` folder) can be tried on the CPU. The pipeline options
+    (MAX_PROMPT_LEN, MIN_RESPONSE_LEN, GENERATE_HINT, CACHE_DIR) are NPU-only: the CPU plugin
+    rejects them, so they are added only when `cfg.device` is an NPU. Explicit runtime_config
+    entries win.
+    """
+    if cfg.backend != "openvino":
+        raise UnknownChoiceError("backend for the NPU preset", cfg.backend, ["openvino"],
+                                 hint="The NPU preset configures OpenVINO GenAI.")
+    precision = cfg.precision or "int4"
+    if precision not in NPU_PRECISIONS:
+        raise UnknownChoiceError("precision for the NPU preset", precision, NPU_PRECISIONS,
+                                 hint="The NPU runs LLMs with symmetric 4-bit weights (int4) or fp16.")
+    changes: dict[str, Any] = {"precision": precision}
+    if precision in ("int4", "int4-cw"):
+        group = cfg.group_size if cfg.group_size is not None else -1
+        if group not in NPU_GROUP_SIZES or (precision == "int4-cw" and group != -1):
+            raise UnknownChoiceError("group_size for the NPU", group, [str(g) for g in NPU_GROUP_SIZES],
+                                     hint="-1 = channel-wise (fastest), 128 = group-wise (more accurate).")
+        if cfg.ratio not in (None, 1.0):
+            raise UnknownChoiceError("ratio for the NPU", cfg.ratio, ["1.0"], hint="Every layer must be int4.")
+        if not cfg.sym:
+            raise UnknownChoiceError("sym for the NPU", cfg.sym, ["True"], hint="The NPU needs symmetric int4.")
+        if group == -1:  # channel-wise: the named precision, whose export settings are fixed
+            changes.update(precision="int4-cw", group_size=None, ratio=None)
+        else:
+            changes.update(group_size=group, ratio=1.0)
+    props = dict(cfg.runtime_config)
+    if is_npu(cfg.device):
+        if (cfg.runtime or "genai") != "genai":
+            raise UnknownChoiceError("runtime for the NPU", cfg.runtime, ["genai"],
+                                     hint="LLMs run on the NPU through OpenVINO GenAI's LLMPipeline.")
+        if generate_hint is not None and generate_hint not in NPU_GENERATE_HINTS:
+            raise UnknownChoiceError("GENERATE_HINT", generate_hint, NPU_GENERATE_HINTS)
+        for key, value in (("MAX_PROMPT_LEN", max_prompt_len), ("MIN_RESPONSE_LEN", min_response_len),
+                           ("GENERATE_HINT", generate_hint)):
+            if value is not None:
+                props.setdefault(key, value)
+        if blob_cache:
+            props.setdefault("CACHE_DIR", str(npu_blob_dir(cfg.cache_dir)))
+    return replace(cfg, runtime_config=props, **changes)
+
+
+@dataclass
+class NPUInfo:
+    """What OpenVINO says about the NPU: its name, driver, and the compiler inside the driver."""
+
+    name: str
+    driver_version: int | None
+    compiler_version: str | None  # major.minor
+    errors: list[str]
+
+
+def decode_compiler_version(value: int) -> str:
+    """NPU_COMPILER_VERSION packs major (16 high bits) and minor (16 low bits)."""
+    return f"{value >> 16}.{value & 0xFFFF}"
+
+
+def npu_info(core: Any = None) -> NPUInfo | None:
+    """The NPU's properties, or None when OpenVINO lists no NPU."""
+    if core is None:
+        import openvino as ov
+
+        core = ov.Core()
+    if "NPU" not in core.available_devices:
+        return None
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    for prop in ("FULL_DEVICE_NAME", "NPU_DRIVER_VERSION", "NPU_COMPILER_VERSION"):
+        try:
+            values[prop] = core.get_property("NPU", prop)
+        except RuntimeError as exc:
+            errors.append(f"{prop}: {last_line(exc)}")
+    compiler = values.get("NPU_COMPILER_VERSION")
+    driver = values.get("NPU_DRIVER_VERSION")
+    return NPUInfo(str(values.get("FULL_DEVICE_NAME", "NPU")), None if driver is None else int(driver),
+                   None if compiler is None else decode_compiler_version(int(compiler)), errors)
+
+
+def npu_driver_problem(info: NPUInfo, platform: str = sys.platform) -> str | None:
+    """Why this NPU's driver cannot run LLMs, with the fix; None when nothing is known to be wrong."""
+    url = NPU_DRIVER_URL.get("win32" if platform == "win32" else "linux", NPU_DRIVER_URL["linux"])
+    if info.compiler_version is None and any("COMPILER" in e for e in info.errors):
+        return (f"OpenVINO sees the NPU ({info.name}) but cannot load its compiler, which ships with the NPU "
+                f"driver ({'; '.join(info.errors)}). Fix: install or update the Intel NPU driver: {url}")
+    if platform == "win32":
+        if info.driver_version is None:
+            return (f"OpenVINO sees the NPU ({info.name}) but cannot read its driver version. "
+                    f"Fix: install or update the Intel NPU driver: {url}")
+        if info.driver_version < MIN_NPU_DRIVER_WINDOWS:
+            return (f"The NPU driver is too old for LLMs: build {info.driver_version}, OpenVINO's NPU guide asks "
+                    f"for 32.0.100.{MIN_NPU_DRIVER_WINDOWS} or newer. Fix: update the Intel NPU driver: {url}")
+    return None
+
+
+def npu_compile_failure(exc: BaseException, info: NPUInfo | None, platform: str = sys.platform) -> str:
+    """What to tell a user whose NPU failed to compile the model (the runtime's message is one line of C++)."""
+    seen = f"{info.name}, driver {info.driver_version}, compiler {info.compiler_version}" if info else "none"
+    url = NPU_DRIVER_URL["win32" if platform == "win32" else "linux"]
+    return (f"The NPU could not compile this model ({last_line(exc)}). NPU seen: {seen}. The usual causes: an NPU "
+            f"driver older than this OpenVINO needs (update it: {url}), or an export without the NPU preset "
+            "(int4 needs sym=True, ratio=1.0, group_size -1 or 128: use npu_preset()).")
+
+
+class NPUDriverError(DeviceNotFoundError):
+    """The NPU is there, but its driver (or the compiler inside it) cannot run this model."""
+
+
+def check_npu_context(n_prompt: int, max_new_tokens: int, props: dict[str, Any]) -> None:
+    """The NPU compiles fixed shapes: refuse what would not fit, naming the option to raise."""
+    max_prompt = int(props.get("MAX_PROMPT_LEN", NPU_MAX_PROMPT_LEN))
+    total = max_prompt + int(props.get("MIN_RESPONSE_LEN", NPU_MIN_RESPONSE_LEN))
+    if n_prompt > max_prompt:
+        raise ContextWindowError(
+            f"The prompt is {n_prompt} tokens; the NPU pipeline was compiled for prompts up to "
+            f"MAX_PROMPT_LEN={max_prompt}. Fix: shorten the prompt, or load with a larger max_prompt_len "
+            f"(npu_preset(..., max_prompt_len={_round_up(n_prompt)}); compiling takes longer)."
+        )
+    if n_prompt + max_new_tokens > total:
+        raise ContextWindowError(
+            f"The prompt ({n_prompt} tokens) plus max_new_tokens={max_new_tokens} exceed the NPU pipeline's "
+            f"context of MAX_PROMPT_LEN + MIN_RESPONSE_LEN = {total} tokens. Fix: set max_new_tokens <= "
+            f"{total - n_prompt}, or load with a larger min_response_len."
+        )
+
+
+def _round_up(n: int, step: int = 256) -> int:
+    return -(-n // step) * step
