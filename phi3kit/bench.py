@@ -712,6 +712,18 @@ def memory_bandwidth_gbs(workers: int | None = None, mb: int = 1024, repeats: in
     return workers * mb * 2**20 / min(rounds) / 1e9
 
 
+def median_interval(values: Sequence[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap 95% interval of the median of `values` (percentile method, seeded: the same samples give the same
+    interval)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    a = np.asarray(values, dtype=float)
+    boot = np.median(a[rng.integers(0, len(a), size=(resamples, len(a)))], axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def kit_overhead(model: str = "pocket", precision: str = "int4", prompt_lengths: str | Sequence[int] = (128,),
                  max_new_tokens: int = 64, runs: int = 3, device: str = "CPU", cache_dir: str | None = None,
                  log: Log = print) -> list[dict[str, Any]]:
@@ -779,11 +791,8 @@ def kit_overhead(model: str = "pocket", precision: str = "int4", prompt_lengths:
         return encoded + m.ttft_s, m.token_latencies_s[1:]
 
     def interval(ratios: list[float]) -> tuple[float, float]:
-        rng = np.random.default_rng(0)
-        a = np.asarray(ratios)
-        boot = np.median(a[rng.integers(0, len(a), size=(2000, len(a)))], axis=1)
-        lo, hi = np.percentile(boot, [2.5, 97.5])
-        return float(lo) - 1, float(hi) - 1
+        lo, hi = median_interval(ratios)
+        return lo - 1, hi - 1
 
     def same_input(text: str) -> bool:
         """The ids the pipeline's own tokenizer makes of the direct call's text are the ids the kit sends."""
