@@ -1,4 +1,5 @@
-"""Checks several test files share: quantized pocket answers against the PyTorch fp32 reference.
+"""Checks several test files share: quantized pocket answers against the PyTorch fp32 reference, and
+evidence that two processes met at the export cache's lock.
 
 Exact text is earned at fp32 and fp16 (test_pocket, test_openvino, test_npu check it). At int8 and int4 one
 NNCF or builder release that flips a near-tie token would fail every exact comparison at once, so quantized
@@ -15,7 +16,9 @@ scales, group size or tokenizer) that garbles answers does not.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import phi3kit as kit
@@ -66,3 +69,61 @@ def assert_agrees_with_pytorch(session: Any, questions: Sequence[str] | None = N
     assert early == [], (label, f"first {FIRST_TOKENS} tokens differ from PyTorch fp32", early[:5])
     assert stopped >= MIN_STOPPED * len(qs), (label, f"only {stopped} of {len(qs)} answers stopped at <|end|>")
     return a
+
+
+# --- evidence that two processes really met at the cache lock ---------------------------------------------
+# Each process (started by a test) calls watch_cache_lock() first: the real filelock still does the locking;
+# this only writes what each process did, in order, to one shared log, and makes the first holder keep the lock
+# until every peer has asked for it. So the peers always overlap, and the log proves it (or that they did not).
+LOCK_HANG_GUARD_S = 600  # how long a holder waits for its peers before giving up (the log then shows it)
+
+
+def lock_events(log: Path) -> list[str]:
+    """'<name> waiting|holding|released|...' lines, in the order they happened."""
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def note(log: Path, event: str) -> None:
+    with open(log, "a") as f:  # one short O_APPEND write per line: lines from several processes never interleave
+        f.write(event + "\n")
+
+
+def watch_cache_lock(log: str | Path, name: str, peers: Sequence[str], root: str | Path) -> None:
+    """In this process, note every lock taken under `root` in `log` as `name`, and hold the first one until
+    each of `peers` has logged 'waiting' for it."""
+    import filelock
+
+    log, root = Path(log), Path(root).resolve()
+
+    class WatchedLock(filelock.FileLock):  # type: ignore[misc, valid-type]
+        def _ours(self) -> bool:
+            return root in Path(self.lock_file).resolve().parents
+
+        def acquire(self, *args: Any, **kwargs: Any) -> Any:
+            if not self._ours():
+                return super().acquire(*args, **kwargs)
+            note(log, f"{name} waiting")
+            proxy = super().acquire(*args, **kwargs)
+            note(log, f"{name} holding")
+            deadline = time.monotonic() + LOCK_HANG_GUARD_S
+            while not all(f"{p} waiting" in lock_events(log) for p in peers) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return proxy
+
+        def release(self, *args: Any, **kwargs: Any) -> None:
+            held = self.is_locked
+            super().release(*args, **kwargs)
+            if self._ours() and held and not self.is_locked:
+                note(log, f"{name} released")
+
+    filelock.FileLock = WatchedLock  # phi3kit.cache looks filelock.FileLock up when it locks
+
+
+def assert_lock_serialized(events: list[str], first: str, second: str) -> None:
+    """`second` asked for the lock while `first` held it, and got it only after `first` let go."""
+    def at(event: str) -> int:
+        assert event in events, (event, events)
+        return events.index(event)
+
+    assert at(f"{first} holding") < at(f"{second} waiting") < at(f"{first} released") < at(f"{second} holding"), \
+        events
