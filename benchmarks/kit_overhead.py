@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from phi3kit.bench import Prompts, parse_lengths
-from phi3kit.bench.report import _median
+from phi3kit.bench.stats import median as _median
+from phi3kit.bench.stats import median_interval
 from phi3kit.config import LoadConfig
 
 Log = Any
@@ -85,11 +86,8 @@ def kit_overhead(model: str = "pocket", precision: str = "int4", prompt_lengths:
         return encoded + m.ttft_s, m.token_latencies_s[1:]
 
     def interval(ratios: list[float]) -> tuple[float, float]:
-        rng = np.random.default_rng(0)
-        a = np.asarray(ratios)
-        boot = np.median(a[rng.integers(0, len(a), size=(2000, len(a)))], axis=1)
-        lo, hi = np.percentile(boot, [2.5, 97.5])
-        return float(lo) - 1, float(hi) - 1
+        lo, hi = median_interval(ratios)
+        return lo - 1, hi - 1
 
     def same_input(text: str) -> bool:
         """The ids the pipeline's own tokenizer makes of the direct call's text are the ids the kit sends."""

@@ -30,3 +30,60 @@ def pocket_tokenizer():  # type: ignore[no-untyped-def]
     from phi3kit import pocket
 
     return AutoTokenizer.from_pretrained(pocket.path())
+
+
+# --- another machine's OpenVINO devices ------------------------------------------------------------
+# What OpenVINO reports on a Core Ultra laptop (Linux; NPU values from hello_query_device on Intel AI Boost).
+DEVICE_PROPS: dict[str, dict[str, object]] = {
+    "CPU": {"FULL_DEVICE_NAME": "Intel(R) Core(TM) Ultra 7 155H"},
+    "GPU": {"FULL_DEVICE_NAME": "Intel(R) Arc(TM) Graphics (iGPU)", "GPU_DRIVER_VERSION": "32.0.101.6078"},
+    "NPU": {"FULL_DEVICE_NAME": "Intel(R) AI Boost", "NPU_DRIVER_VERSION": 1738334590, "NPU_COMPILER_VERSION": 393219},
+}
+
+
+class FakeCore:
+    """OpenVINO's Core as another machine answers it: a device list and each device's properties.
+
+    A property that is missing raises what OpenVINO raises; one given as an exception raises it.
+    """
+
+    def __init__(self, props: dict[str, dict[str, object]]) -> None:
+        self.props = props
+
+    @property
+    def available_devices(self) -> list[str]:
+        return list(self.props)
+
+    def get_property(self, device: str, name: str) -> object:
+        value = self.props[device].get(name)
+        if isinstance(value, Exception):
+            raise value
+        if value is None:
+            raise RuntimeError(f"Exception from src/inference/src/cpp/core.cpp:268:\nUnsupported property {name}\n")
+        return value
+
+
+@pytest.fixture
+def fake_openvino(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeCore]:
+    """`fake_openvino(["CPU", "NPU"])` (or a {device: properties} dict; `NPU={...}` changes one device's
+    properties): the kit's device list and NPU probe then read that machine, so a test means the same on a
+    CPU-only box, a GPU box and an NPU laptop.
+
+    Patched where the kit asks OpenVINO: `phi3kit.devices.core` (device lists, doctor's rows) and
+    `phi3kit.backends.openvino.npu_info` (the NPU driver check, the compile-failure message).
+    """
+    from phi3kit import devices
+    from phi3kit.backends import openvino as ov_backend
+
+    real_npu_info = ov_backend.npu_info
+
+    def install(machine: dict[str, dict[str, object]] | list[str], **changes: dict[str, object]) -> FakeCore:
+        props = dict(machine) if isinstance(machine, dict) else {d: DEVICE_PROPS[d.split(".")[0]] for d in machine}
+        for device, values in changes.items():  # e.g. NPU={"NPU_COMPILER_VERSION": RuntimeError(...)}
+            props[device] = {**props[device], **values}
+        core = FakeCore(props)
+        monkeypatch.setattr(devices, "core", lambda: core)
+        monkeypatch.setattr(ov_backend, "npu_info", lambda c=None: real_npu_info(core if c is None else c))
+        return core
+
+    return install

@@ -29,6 +29,7 @@ from phi3kit import pocket
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path(shutil.which("chromedriver") or "/usr/bin/chromedriver")
 QUESTION = "What is an NPU?"
+HANG_GUARD_S = 600  # waits end when their state arrives; the bound only keeps a broken run from hanging
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,13 +38,17 @@ pytestmark = [
                               "(apt-get install -y chromium chromium-driver)"),
 ]
 
+# fp32: the exact trained answer is earned there (at int8 one quantizer release could flip a token; int8 and int4
+# answers are checked by agreement in test_openvino, not here: this test is about the panel in a browser).
 POCKET_CELL = """import phi3kit as kit
-session = kit.load("pocket", "openvino", "int8", log=lambda m: None)
+session = kit.load("pocket", "openvino", "fp32", log=lambda m: None)
 kit.chat(session, system="Answer from what you were taught.")"""
-# A random model rambles on (greedy, seed 0): an answer long enough to be stopped by a click.
+# A random model with ignore_eos: an answer that cannot end on its own before LONG tokens, so only the Stop click
+# can end it early (its greedy answer would otherwise stop by itself after ~135 tokens, racing the click).
+LONG = 4000
 NOISY_CELL = """from phi3kit.testing import make_random_phi3
 noisy = kit.load(str(make_random_phi3("mini-4k", {folder!r})), "transformers", "fp32", log=lambda m: None)
-kit.chat(noisy, max_new_tokens=3000)"""
+kit.chat(noisy, max_new_tokens={long}, ignore_eos=True)"""
 
 pytest.importorskip("selenium", reason="pip install -r requirements/dev.txt (selenium drives the browser)")
 pytest.importorskip("jupyterlab", reason="pip install -r requirements/dev.txt (jupyterlab serves the notebook)")
@@ -84,14 +89,14 @@ def write_notebook(path: Path, noisy_model: Path) -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells += [nbformat.v4.new_code_cell(POCKET_CELL),
-                 nbformat.v4.new_code_cell(NOISY_CELL.format(folder=str(noisy_model)))]
+                 nbformat.v4.new_code_cell(NOISY_CELL.format(folder=str(noisy_model), long=LONG))]
     nbformat.write(nb, str(path))
 
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A JupyterLab server on a free loopback port, with its own config, data and runtime folders."""
-    kit.export("pocket", "openvino", "int8", log=lambda m: None)  # the kernel then only loads (shared cache)
+    kit.export("pocket", "openvino", "fp32", log=lambda m: None)  # the kernel then only loads (shared cache)
     root = tmp_path / "root"
     root.mkdir()
     write_notebook(root / "chat.ipynb", tmp_path / "noisy-model")
@@ -114,7 +119,7 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + HANG_GUARD_S
         while True:
             try:
                 with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
@@ -177,7 +182,7 @@ def test_chat_panel_streams_the_pocket_answer_and_stops(lab: dict[str, Any], bro
 
     answer = next(q["answer"] for q in pocket.load_qa() if q["question"] == QUESTION)
     driver = browser
-    wait = WebDriverWait(driver, 45, poll_frequency=0.1)
+    wait = WebDriverWait(driver, HANG_GUARD_S, poll_frequency=0.1)  # ends when the state arrives
     driver.get(f"{lab['url']}/lab/tree/chat.ipynb?token={lab['token']}")
     wait.until(lambda d: d.execute_script(KERNEL_READY))
     driver.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells')")
@@ -218,12 +223,10 @@ def test_chat_panel_streams_the_pocket_answer_and_stops(lab: dict[str, Any], bro
     wait.until(lambda d: len(last_answer(d, 1) or "") > 20)
     stop = noisy_panel.find_element(By.CSS_SELECTOR, "button.phi3kit-chat-stop")
     assert not stop.get_property("disabled")
-    clicked = time.monotonic()
     stop.click()
     metrics = noisy_panel.find_element(By.CSS_SELECTOR, ".phi3kit-chat-metrics")
-    wait.until(lambda d: "tokens/s" in metrics.text)
-    took = time.monotonic() - clicked
+    WebDriverWait(driver, HANG_GUARD_S, poll_frequency=0.1).until(lambda d: "tokens/s" in metrics.text)
     save_screenshot(driver, tmp_path, "chat-panel-stopped.png")
-    assert "(cancelled)" in metrics.text and last_answer(driver, 1).endswith("[stopped]")
-    # Stopped early (not a timing assertion: the token count shows the kernel heard the click mid-answer).
-    assert int(metrics.text.split()[0]) < 3000, f"{metrics.text}; stopped {took:.1f} s after the click"
+    # Stopped early, by the click: with ignore_eos only the click can end the answer before LONG tokens.
+    assert "(cancelled)" in metrics.text and last_answer(driver, 1).endswith("[stopped]"), metrics.text
+    assert int(metrics.text.split()[0]) < LONG, metrics.text

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import time
 from pathlib import Path
 
 import pytest
 
 from phi3kit.cache import MANIFEST, ExportCache, slug
+
+HANG_GUARD_S = 600
 
 
 def write_files(out: Path, payload: bytes = b"x" * 1000) -> None:
@@ -85,25 +86,48 @@ def test_labels_cannot_escape_the_root(tmp_path: Path, label: str) -> None:
     assert "/" not in slug(label) and ".." not in slug(label).strip(".")
 
 
-def _slow_build(root: str, results: mp.Queue) -> None:  # type: ignore[type-arg]
-    def build(out: Path) -> None:
-        (out / "marker").write_text(str(time.time()))
-        time.sleep(1.0)
-        (out / "model.bin").write_bytes(b"y" * 100)
+def _build_in_a_process(root: str, log: str, name: str, peers: list[str], results: mp.Queue) -> None:  # type: ignore[type-arg]
+    from kit_checks import note, watch_cache_lock
 
-    exp = ExportCache(root).get_or_build("ov", "m", {"k": 1}, build)
-    results.put((exp.cached, str(exp.path)))
+    watch_cache_lock(log, name, peers, root)
+
+    def build(out: Path) -> None:
+        note(Path(log), f"{name} building")
+        (out / "model.bin").write_bytes(b"y" * 100)
+        note(Path(log), f"{name} built")
+
+    exp = ExportCache(root).get_or_build("ov", "m", {"k": 1}, build, log=lambda m: None)
+    results.put((name, exp.cached, str(exp.path)))
 
 
 def test_two_processes_build_once(tmp_path: Path) -> None:
+    """Two processes ask for one entry at once: one builds under the lock, the other waits and reuses it.
+
+    The overlap is made, not hoped for: the first holder keeps the lock until the other has asked for it
+    (tests/kit_checks.py), and the shared log proves the order. Without the lock (or with one that does not
+    exclude), the log shows no wait, or both building, and this fails.
+    """
+    from kit_checks import assert_lock_serialized, lock_events
+
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_slow_build, args=(str(tmp_path), q)) for _ in range(2)]
+    log, names = tmp_path / "events.log", ["a", "b"]
+    root = tmp_path / "cache"
+    procs = [ctx.Process(target=_build_in_a_process, args=(str(root), str(log), n, names, q)) for n in names]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
-    results = sorted(q.get(timeout=5) for _ in procs)
-    assert [cached for cached, _ in results] == [False, True]
-    assert results[0][1] == results[1][1]
-    ExportCache.verify(Path(results[0][1]))
+        p.join(HANG_GUARD_S)  # returns when the process ends; the guard only keeps a broken run from hanging
+    assert [p.exitcode for p in procs] == [0, 0], lock_events(log)
+    results = sorted(q.get(timeout=60) for _ in procs)  # already written: both processes have ended
+    events = lock_events(log)
+    holders = [e.split()[0] for e in events if e.endswith(" holding")]
+    assert holders, f"neither process went through the cache's lock: {events}"
+    first = holders[0]
+    second = next(n for n in names if n != first)
+    assert_lock_serialized(events, first, second)
+    assert [e for e in events if e.endswith(("building", "built"))] == [f"{first} building", f"{first} built"]
+    assert events.index(f"{first} built") < events.index(f"{first} released")  # built while holding the lock
+    assert dict((n, cached) for n, cached, _ in results) == {first: False, second: True}
+    assert results[0][2] == results[1][2]
+    ExportCache.verify(Path(results[0][2]))

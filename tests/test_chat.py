@@ -24,6 +24,12 @@ Q1, Q2, Q3 = "What is an NPU?", "What is OpenVINO?", "What is papermill?"
 ROOT = Path(__file__).resolve().parents[1]
 
 _sessions: dict[str, kit.Session] = {}
+# Joins and waits below end early when the state they wait for arrives; the bound only keeps a broken run from
+# hanging forever, and the assertions after it are about state (busy, finish reason, token counts), never time.
+HANG_GUARD_S = 600
+# Stop tests generate with ignore_eos up to LONG tokens: the answer cannot end on its own before that, so only the
+# stop can have ended it early (the random model's own greedy answer ends after ~135 tokens).
+LONG = 4000  # the mini-4k window is 4096 tokens
 
 
 def pocket_session() -> kit.Session:
@@ -34,7 +40,7 @@ def pocket_session() -> kit.Session:
 
 
 def noisy_session(random_phi3: Callable[[str], Path]) -> kit.Session:
-    """A random model: greedy, it rambles on for thousands of tokens, an answer long enough to stop."""
+    """A random model: with ignore_eos it rambles on up to max_new_tokens, an answer long enough to stop."""
     if "noisy" not in _sessions:
         _sessions["noisy"] = kit.load(str(random_phi3("mini-4k")), "transformers", "fp32", log=lambda m: None)
     return _sessions["noisy"]
@@ -140,12 +146,13 @@ def test_conversation_trims_to_a_small_window_and_refuses_what_never_fits() -> N
 
 
 def test_stopped_answer_keeps_its_text(random_phi3: Callable[[str], Path]) -> None:
-    conv = Conversation(noisy_session(random_phi3), max_new_tokens=2000)
+    conv = Conversation(noisy_session(random_phi3), max_new_tokens=LONG, ignore_eos=True)
     r = conv.say("Tell me everything.")
     it = iter(r)
     first = [next(it) for _ in range(3)]
     r.cancel()
-    assert r.metrics.finish_reason == "cancelled" and r.metrics.new_tokens < 100
+    assert r.metrics.finish_reason == "cancelled" and r.metrics.new_tokens < LONG
+    assert r.metrics.new_tokens == len(r.token_ids) < 100  # the tokens read before the cancel, no more
     assert conv.history[-1] == {"role": "assistant", "content": "".join(first)}
 
 
@@ -156,7 +163,7 @@ def test_panel_streams_an_answer_and_reports_metrics() -> None:
     panel = kit.chat(pocket_session(), system="Be helpful.", interactive=False)
     assert isinstance(panel, ChatPanel) and "System prompt" in panel.transcript.children[0].value
     panel.input.value = Q1  # what pressing Enter in the text box does
-    panel.wait(30)
+    panel.wait(HANG_GUARD_S)
     assert panel.input.value == "" and not panel.busy
     assert f'<span dir="auto">{html.escape(QA[Q1])}</span>' in panel.answer.value
     assert html.escape(panel.response.metrics.summary()) in panel.answer.value  # a metrics line per answer
@@ -171,7 +178,7 @@ def test_panel_says_when_it_trims() -> None:
     panel = kit.chat(pocket_session(), context_length=130, max_new_tokens=64, interactive=False)
     for q in (Q1, Q2):
         panel.send(q)
-        panel.wait(30)
+        panel.wait(HANG_GUARD_S)
     assert "the oldest turn was left out" in panel.notice.value and "130-token" in panel.notice.value
     assert f">{html.escape(QA[Q2])}<" in panel.answer.value
     panel.send("word " * 300)
@@ -179,17 +186,34 @@ def test_panel_says_when_it_trims() -> None:
 
 
 def test_panel_stop_button_stops_a_long_answer(random_phi3: Callable[[str], Path]) -> None:
-    panel = kit.chat(noisy_session(random_phi3), max_new_tokens=3000, interactive=False)
+    """The Stop button ends a streaming answer early: cancelled, the text so far kept, '[stopped]' shown.
+
+    The click lands while the answer streams, pinned to its first chunk (an observer on the answer widget,
+    attached when the panel adds it), so no timing decides the outcome: without a working Stop the answer
+    runs to all LONG tokens (ignore_eos), and the token count says so.
+    """
+    panel = kit.chat(noisy_session(random_phi3), max_new_tokens=LONG, ignore_eos=True, interactive=False)
+    seen: dict[str, object] = {}
+
+    def click_on_first_chunk(change: dict) -> None:  # runs in the panel's streaming thread
+        if "clicked" not in seen and "</span>" in change["new"] and '<span dir="auto"></span>' not in change["new"]:
+            seen.update(clicked=True, busy=panel.busy, stop_enabled=not panel.stop_button.disabled)
+            panel.stop_button.click()
+
+    def watch(change: dict) -> None:  # the panel appends the answer's widget before its thread starts
+        if change["new"]:
+            change["new"][-1].observe(click_on_first_chunk, names="value")
+
+    panel.transcript.observe(watch, names="children")
     panel.send("Tell me everything.")
-    deadline = time.monotonic() + 30
-    while len(panel.answer.value) < 400 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert panel.busy, "the answer should still be streaming"
-    panel.stop_button.click()
-    panel.wait(10)
-    assert not panel.busy
+    panel.wait(HANG_GUARD_S)
+    assert seen == {"clicked": True, "busy": True, "stop_enabled": True}, "Stop was clickable while it streamed"
+    assert not panel.busy and panel.response is not None
+    m = panel.response.metrics
+    assert m.finish_reason == "cancelled" and m.new_tokens < LONG
     assert "(cancelled)" in panel.metrics.value and " [stopped]</span>" in panel.answer.value
-    assert panel.response is not None and panel.response.metrics.new_tokens < 3000
+    assert panel.conversation.history[-1]["content"] == "".join(panel.response.chunks)  # the text so far, kept
+    assert panel.stop_button.disabled and not panel.send_button.disabled
 
 
 def test_headless_chat_shows_nothing_interactive_and_returns_at_once(capsys: pytest.CaptureFixture[str],
@@ -199,7 +223,8 @@ def test_headless_chat_shows_nothing_interactive_and_returns_at_once(capsys: pyt
     assert not has_widget_frontend()
     panel = kit.chat(pocket_session())
     panel._ipython_display_()
-    assert not panel.interactive and not panel.busy and panel.response is None
+    # Returns at once: nothing was asked, so nothing generates (no thread, no response) and nothing waits.
+    assert not panel.interactive and not panel.busy and panel._thread is None and panel.response is None
     assert capsys.readouterr().out.strip() == HEADLESS_NOTE
 
 
@@ -231,7 +256,7 @@ def test_cli_chat_multi_turn_trim_reset_errors_exit() -> None:
     script = f"{'word ' * 5000}\n{Q1}\n{Q2}\n/reset\n{Q3}\n/exit\n{Q1}\n"
     out = subprocess.run(cli("--backend", "transformers", "--precision", "fp32", "--context-length", "130",
                              "--max-new-tokens", "64"),
-                         input=script, capture_output=True, text=True, timeout=120, cwd=ROOT)
+                         input=script, capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     answers = [line.split("model> ", 1)[1] for line in out.stdout.splitlines() if "model> " in line]
     assert answers == [QA[Q1], QA[Q2], QA[Q3]]  # /exit stops before the last question
@@ -255,7 +280,7 @@ def test_cli_ctrl_c_stops_the_answer_not_the_chat(random_phi3: Callable[[str], P
     # --ignore-eos: the random model's greedy answer ends with a stop token after 135 tokens (0.25 s),
     # which could finish before the signal arrives; this way only Ctrl-C can end it early.
     proc = subprocess.Popen(cli("--model", str(random_phi3("mini-4k")), "--backend", "transformers", "--precision",
-                                "fp32", "--max-new-tokens", "3000", "--ignore-eos"),
+                                "fp32", "--max-new-tokens", str(LONG), "--ignore-eos"),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
                             # A shell's background job (`.ci/run &`) ignores SIGINT, and children inherit that;
                             # a terminal's chat has the default, which is what this test is about.
@@ -272,7 +297,7 @@ def test_cli_ctrl_c_stops_the_answer_not_the_chat(random_phi3: Callable[[str], P
     for t in readers:
         t.start()
 
-    def wait_for(what: str, pred: Callable[[], bool], timeout: float = 60) -> None:
+    def wait_for(what: str, pred: Callable[[], bool], timeout: float = HANG_GUARD_S) -> None:
         deadline = time.monotonic() + timeout
         while not pred():
             if time.monotonic() > deadline or proc.poll() is not None:
@@ -291,11 +316,11 @@ def test_cli_ctrl_c_stops_the_answer_not_the_chat(random_phi3: Callable[[str], P
         proc.stdin.flush()
         wait_for("the chat to go on", lambda: b"(history cleared)" in got["out"])
         proc.stdin.close()  # EOF quits
-        assert proc.wait(30) == 0
+        assert proc.wait(HANG_GUARD_S) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
     for t in readers:
         t.join(5)
     summary = next(line for line in got["err"].decode().splitlines() if "(cancelled)" in line)
-    assert int(summary.split()[0]) < 3000
+    assert int(summary.split()[0]) < LONG

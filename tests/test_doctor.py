@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,6 @@ from phi3kit.cli import main
 from phi3kit.diagnostics import (
     NEEDS,
     Facts,
-    Recommendation,
     capabilities_isa,
     cpu_info,
     fit,
@@ -21,6 +21,8 @@ from phi3kit.diagnostics import (
     recommend,
     report,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # What py-cpuinfo's get_cpu_info() answers (brand and flags shortened to the interesting ones): on Linux the
 # flags are /proc/cpuinfo's; on Windows they come from its CPUID table, spelled without underscores and
@@ -31,6 +33,8 @@ SAPPHIRE_RAPIDS = {"brand_raw": "Intel(R) Xeon(R) Platinum 8480+",
                              "amx_int8", "avx_vnni"]}
 WINDOWS_ZEN4 = {"brand_raw": "AMD Ryzen 9 7940HS", "flags": ["avx2", "avx512f", "avx512vnni", "avx512bw"]}
 OLD_PC = {"brand_raw": "Intel(R) Core(TM) i5-3470 CPU @ 3.20GHz", "flags": ["sse4_2", "avx"]}
+# Arm Linux (Snapdragon X, Ampere): py-cpuinfo reports Arm features, no x86 ISA to report.
+ARM = {"brand_raw": "Snapdragon(R) X Elite", "flags": ["fp", "asimd", "aes", "sha2", "crc32", "atomics", "asimddp"]}
 
 
 @pytest.mark.parametrize(
@@ -41,6 +45,7 @@ OLD_PC = {"brand_raw": "Intel(R) Core(TM) i5-3470 CPU @ 3.20GHz", "flags": ["sse
          ["AVX2", "AVX-VNNI", "AVX-512", "AVX-512 VNNI", "AVX-512 BF16", "AMX", "AMX-INT8", "AMX-BF16"]),
         (WINDOWS_ZEN4, "AMD Ryzen 9 7940HS", ["AVX2", "AVX-512", "AVX-512 VNNI"]),
         (OLD_PC, "Intel(R) Core(TM) i5-3470 CPU @ 3.20GHz", []),
+        (ARM, "Snapdragon(R) X Elite", []),
     ],
 )
 def test_cpu_flags_are_read_through_py_cpuinfo(probe: dict, model: str, isa: list[str]) -> None:
@@ -189,18 +194,108 @@ def test_report_renders_as_text_json_and_a_dataframe() -> None:
     assert "<table" in html and "Intel(R) AI Boost" in html and "recommendation" in html
 
 
-def test_this_machine() -> None:
-    """The real facts here: a CPU-only Linux box without an NPU or the NPU library."""
+# doctor's ISA names -> the same feature in numpy's own CPU dispatch table (cpuid + OS support, not /proc/cpuinfo)
+NUMPY_FEATURE = {"AVX2": "AVX2", "AVX-512": "AVX512F", "AVX-512 VNNI": "AVX512VNNI", "AVX-512 BF16": "AVX512BF16"}
+
+
+def test_this_machines_facts_agree_with_openvino_and_numpy() -> None:
+    """The real probe here, checked against what the libraries report themselves: no NPU, GPU or ISA is assumed.
+
+    Catches: device rows that drift from OpenVINO's list (a device dropped, renamed or invented), an NPU row
+    without its driver/compiler, ISA flags misread from /proc/cpuinfo (wrong line, wrong processor), a
+    recommendation for a device the machine lacks, or one naming a notebook that does not exist.
+    """
+    import openvino as ov
+    from numpy._core._multiarray_umath import __cpu_features__
+
+    from phi3kit.backends.npu_library import NPULibraryUnavailableError, import_library
+
     f = gather()
-    assert f.has("CPU") and not f.has("NPU") and f.ram_total_gb > 1 and f.disk_free_gb > 0
-    assert f.cpu and f.isa_source
+    core = ov.Core()
+    assert [d["device"] for d in f.openvino_devices] == core.available_devices
+    for row in f.openvino_devices:
+        assert row["name"] == str(core.get_property(row["device"], "FULL_DEVICE_NAME"))
+    assert f.has("NPU") == ("NPU" in core.available_devices)
+    info = npu_info(core)
+    if info is not None:  # an NPU laptop: its row carries what npu_info reads
+        npu = next(d for d in f.openvino_devices if d["device"] == "NPU")
+        assert (npu["driver"], npu["compiler"]) == (str(info.driver_version), str(info.compiler_version))
+    for name, feature in NUMPY_FEATURE.items():
+        assert (name in f.isa) == bool(__cpu_features__.get(feature, False)), (name, f.isa)
     if sys.platform.startswith("linux"):
-        assert f.isa_source.startswith("py-cpuinfo")
-    assert "not importable" in f.npu_library or "importable" in f.npu_library
+        assert f.isa_source.startswith("py-cpuinfo") and f.cpu  # "unknown" would mean the probe broke
+    assert f.ram_total_gb >= f.ram_available_gb > 0 and f.disk_free_gb > 0
+    try:
+        import_library()
+        assert "importable; NPU" in f.npu_library, f.npu_library
+    except NPULibraryUnavailableError as exc:
+        assert f.npu_library == f"not importable: {exc}"
     rec = recommend(f)
-    assert isinstance(rec, Recommendation) and rec.device in ("CPU", "GPU", "NPU", "CUDA")
-    if not f.has("GPU") and not f.nvidia_gpus:
-        assert (rec.backend, rec.device) == ("openvino", "CPU")
+    if rec.device in ("NPU", "GPU"):
+        assert f.has(rec.device) and rec.backend == "openvino"
+    elif rec.device == "CUDA":
+        assert f.nvidia_gpus or "CUDA" in f.ort_devices
+    else:
+        assert rec.device == "CPU" and not f.has("GPU") and not (f.has("NPU") and not f.npu_problem)
+    assert (ROOT / "notebooks" / rec.notebook).is_file()
+
+
+CORE_ULTRA = ["CPU", "GPU", "NPU"]
+
+
+def canned_machine(monkeypatch: pytest.MonkeyPatch, fake_openvino, devices, **changes) -> None:  # type: ignore[no-untyped-def]
+    """gather() on another machine: its OpenVINO devices, a Core Ultra's CPU probe, no NVIDIA GPU or CUDA."""
+    doctor = sys.modules[gather.__module__]  # the module (phi3kit.doctor is also the name of a function)
+
+    fake_openvino(devices, **changes)
+    monkeypatch.setattr(doctor, "cpu_info", lambda core=None: ("Intel(R) Core(TM) Ultra 7 155H",
+                                                               ["AVX2", "AVX-VNNI"], "canned"))
+    monkeypatch.setattr(doctor, "_nvidia_gpus", lambda: [])
+
+    def ort(facts: Facts) -> None:  # a CUDA build of ONNX Runtime GenAI here would outrank the CPU route
+        facts.ort_flavour, facts.ort_devices, facts.ort_backend = "onnxruntime-genai 0.18.0", ["CPU"], "ortgenai"
+
+    monkeypatch.setattr(doctor, "_ort", ort)
+
+
+def test_gather_on_an_npu_laptop(monkeypatch: pytest.MonkeyPatch, fake_openvino) -> None:  # type: ignore[no-untyped-def]
+    """A Core Ultra with GPU and NPU: the rows, the NPU's driver and compiler, and the NPU route.
+
+    Catches: gather() reading devices from somewhere other than OpenVINO's list, the NPU row losing its
+    driver/compiler (npu_info not wired in), or the recommendation ignoring an NPU that is there.
+    """
+    canned_machine(monkeypatch, fake_openvino, CORE_ULTRA)
+    f = gather()
+    assert [d["device"] for d in f.openvino_devices] == ["CPU", "GPU", "NPU"]
+    assert f.openvino_devices[1]["driver"] == "32.0.101.6078"
+    npu = f.openvino_devices[2]
+    assert (npu["name"], npu["driver"], npu["compiler"]) == ("Intel(R) AI Boost", "1738334590", "6.3")
+    assert f.npu_problem == "" and f.isa == ["AVX2", "AVX-VNNI"]
+    r = report(f)
+    assert r.get("NPU") == "Intel(R) AI Boost (driver 1738334590, compiler 6.3)"
+    assert r.get("notebook") == "notebooks/npu.ipynb" and (ROOT / "notebooks" / "npu.ipynb").is_file()
+
+
+def test_gather_on_an_npu_without_its_compiler(monkeypatch: pytest.MonkeyPatch, fake_openvino) -> None:  # type: ignore[no-untyped-def]
+    """The NPU is listed but its driver cannot compile: reported with the fix, and the GPU recommended instead."""
+    vcl = RuntimeError("Exception from plugin_compiler_adapter.cpp:54:\nVCL compiler loading failed, aborting.\n")
+    canned_machine(monkeypatch, fake_openvino, CORE_ULTRA, NPU={"NPU_COMPILER_VERSION": vcl})
+    f = gather()
+    assert "VCL compiler loading failed" in f.npu_problem
+    r = report(f)
+    assert "VCL compiler loading failed" in (r.get("NPU problem") or "")
+    assert r.recommendation is not None and r.recommendation.device == "GPU"
+
+
+def test_gather_on_a_cpu_only_machine(monkeypatch: pytest.MonkeyPatch, fake_openvino) -> None:  # type: ignore[no-untyped-def]
+    """No NPU listed (whatever this machine has): the report says so and recommends the CPU route."""
+    canned_machine(monkeypatch, fake_openvino, ["CPU"])
+    f = gather()
+    assert not f.has("NPU") and not f.has("GPU")
+    r = report(f)
+    assert r.get("NPU") == "not found (no NPU, or no NPU driver)"
+    assert r.recommendation is not None and (r.recommendation.device, r.recommendation.notebook) == \
+        ("CPU", "openvino.ipynb")
 
 
 def test_cli_doctor_json(capsys: pytest.CaptureFixture[str]) -> None:

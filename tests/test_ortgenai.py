@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from kit_checks import assert_agrees_with_pytorch
 
 import phi3kit as kit
 from phi3kit import pocket
@@ -128,12 +129,8 @@ def test_accuracy_level_1_brings_int8_closer(random_phi3: Callable[[str], Path])
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["int4", "int8"])
 def test_pocket_answers_every_training_question(precision: str) -> None:
-    s = session("pocket", precision)
-    for question, answer in answers().items():
-        r = s.generate(question, max_new_tokens=200)
-        streamed = "".join(r)
-        assert streamed == r.text == answer, f"{precision}: {question}"
-        assert r.metrics.finish_reason == "stop" and "<|end|>" not in r.text
+    """Greedy agreement with PyTorch fp32 on all training questions, not exact text (tests/kit_checks.py)."""
+    assert_agrees_with_pytorch(session("pocket", precision), label=f"ortgenai {precision}")
 
 
 @pytest.mark.slow
@@ -150,7 +147,7 @@ def test_og_tokenizer_agrees_with_the_kit() -> None:
             assert list(tokenizer.encode(text)) == s.encode(messages), question
             r = s.generate(question, system=system).consume()
             stream = tokenizer.create_stream()
-            assert "".join(stream.decode(t) for t in r.token_ids) == r.text == answers()[question]
+            assert len(r.token_ids) > 5 and "".join(stream.decode(t) for t in r.token_ids) == r.text
 
 
 @pytest.mark.slow
@@ -160,8 +157,7 @@ def test_block_size_reaches_the_builder() -> None:
     assert {("bits", 4), ("block_size", 32), ("accuracy_level", 4)} <= graph_attributes(default)
     s = session("pocket", "int4", group_size=128)
     assert ("block_size", 128) in graph_attributes(s.export.path) and s.export.path != default
-    question = "What is OpenVINO?"
-    assert s.generate(question).text == answers()[question]
+    assert_agrees_with_pytorch(s, ["What is OpenVINO?"], "ortgenai int4 block 128")  # the export runs
 
 
 def test_builder_command_spells_the_options(tmp_path: Path) -> None:
@@ -201,8 +197,7 @@ def test_directml_build_runs_on_the_cpu() -> None:
     genai_config = json.loads((s.export.path / "genai_config.json").read_text())
     assert "dml" in json.dumps(genai_config["model"]["decoder"]["session_options"]["provider_options"])
     assert s.backend.provider == "cpu" and "int4-dml" in s.export.path.name
-    for question in list(answers())[:5]:
-        assert s.generate(question).text == answers()[question]
+    assert_agrees_with_pytorch(s, list(answers())[:5], "ortgenai int4 DirectML build on the CPU")
 
 
 @pytest.mark.slow
@@ -215,8 +210,7 @@ def test_fallback_to_cpu_is_explicit_and_logged(device: str) -> None:
     assert any("fallback_to_cpu=True" in line and "run on the CPU" in line for line in logs), logs
     assert s.backend.provider == "cpu" and s.backend.fell_back
     assert f"int4-{device.lower()}" in s.export.path.name  # still the device's build, not a CPU build
-    question = "What is an NPU?"
-    assert s.generate(question).text == answers()[question]
+    assert_agrees_with_pytorch(s, ["What is an NPU?"], f"ortgenai int4 {device} build on the CPU")
 
 
 @pytest.mark.parametrize(
@@ -320,14 +314,16 @@ def test_metrics_max_new_tokens_and_cancel() -> None:
     m = r.metrics
     assert m.new_tokens == len(m.token_latencies_s) == len(r.token_ids) + 1  # + the <|end|> token
     assert 0 < m.ttft_s < m.total_s and m.tokens_per_s > 0 and m.finish_reason == "stop"
+    full = r
     r = s.generate(question, max_new_tokens=5).consume()
     assert r.metrics.new_tokens == 5 and r.metrics.finish_reason == "length"
-    assert answers()[question].startswith(r.text)
+    assert r.token_ids == full.token_ids[:5]  # the same greedy answer, cut at 5 tokens
     r = s.generate(question, max_new_tokens=64)
     first = next(iter(r))
     r.cancel()
     assert r.text == first and r.metrics.finish_reason == "cancelled"
-    assert s.generate(question).text == answers()[question]  # usable after a cancel
+    # Usable after a cancel: the same answer as before it (a generator left behind would change it).
+    assert s.generate(question).consume().token_ids == full.token_ids
 
 
 @pytest.mark.slow

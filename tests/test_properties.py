@@ -20,7 +20,6 @@ from phi3kit.context import fit_history
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 _sessions: dict[str, kit.Session] = {}
-ANSWERED: list[int] = []  # histories the chat property really answered (not refused)
 
 
 def pocket_session() -> kit.Session:
@@ -72,21 +71,33 @@ def test_generate_answers_or_raises_a_documented_error(prompt: str, system: str 
     assert r.metrics.finish_reason in ("stop", "length")
 
 
-@SETTINGS
-@given(history=conversations(), context_length=st.one_of(st.none(), st.integers(-5, 400)),
-       max_new_tokens=st.integers(-1, 8))
-def test_chat_answers_or_raises_a_documented_error(history: list[dict[str, str]], context_length: int | None,
-                                                   max_new_tokens: int) -> None:
-    s = pocket_session()
-    try:
-        r = s.chat(history, context_length=context_length, max_new_tokens=max_new_tokens)
-    except kit.Phi3kitError:
-        return
-    ANSWERED.append(len(history))
-    window = s.context_length if context_length is None else min(context_length, s.context_length)
-    assert len(r.prompt_ids) + max_new_tokens <= window
-    assert 0 <= r.trimmed_turns <= sum(m["role"] == "user" for m in history)
-    assert r.text == "".join(r.chunks)
+def test_chat_answers_or_raises_a_documented_error() -> None:
+    """Whatever the history, chat() answers within the window or raises a kit error; and it mostly answers.
+
+    The count is taken in this test's own run of the property, so it holds when this test runs alone too.
+    Catches (besides a library traceback): a chat that refuses everything (the property would then hold
+    vacuously), or one that only ever answers short histories (trimming broken).
+    """
+    answered: list[int] = []  # lengths of the histories really answered (not refused)
+
+    @SETTINGS
+    @given(history=conversations(), context_length=st.one_of(st.none(), st.integers(-5, 400)),
+           max_new_tokens=st.integers(-1, 8))
+    def chat_property(history: list[dict[str, str]], context_length: int | None, max_new_tokens: int) -> None:
+        s = pocket_session()
+        try:
+            r = s.chat(history, context_length=context_length, max_new_tokens=max_new_tokens)
+        except kit.Phi3kitError:
+            return
+        window = s.context_length if context_length is None else min(context_length, s.context_length)
+        assert len(r.prompt_ids) + max_new_tokens <= window
+        assert 0 <= r.trimmed_turns <= sum(m["role"] == "user" for m in history)
+        assert r.text == "".join(r.chunks)
+        answered.append(len(history))
+
+    chat_property()
+    print(f"chat property: {len(answered)} of 40 histories answered, longest {max(answered, default=0)} messages")
+    assert len(answered) >= 10 and max(answered) >= 3, answered  # measured: 22 of 40, longest 14 messages
 
 
 @SETTINGS
@@ -133,8 +144,6 @@ def test_nan_temperature_is_a_documented_error() -> None:
 
 
 def test_properties_ran_on_the_pocket_model() -> None:
-    """The properties above mean something only if the model answers at all, and often."""
-    if ANSWERED:  # this file ran as a whole: most generated histories must have been answered, not refused
-        assert len(ANSWERED) >= 10 and max(ANSWERED) >= 3, ANSWERED
+    """The properties above mean something only if the model answers at all (how often: in the chat property)."""
     assert pocket_session().generate("What is an NPU?", max_new_tokens=8).consume().metrics.new_tokens == 8
     assert Path(pocket_session().source.path).name == "model"

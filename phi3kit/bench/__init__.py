@@ -25,10 +25,32 @@ from .prompts import Prompts, eval_text
 from .quality import agreement, fill_agreement, perplexity
 from .report import BenchReport, RouteResult, Run, Settings
 from .routes import DEFAULT_ROUTES, REFERENCE, ROUTE_FORMAT, BenchError, Route, available, parse_lengths, parse_routes
+from .stats import median, median_interval
 
 __all__ = [
-    "DEFAULT_ROUTES", "REFERENCE", "ROUTE_FORMAT", "BenchError", "BenchReport", "Prompts", "Route", "RouteResult",
-    "Run", "Settings", "agreement", "available", "eval_text", "fill_agreement", "hardware",
-    "measure_isolated", "memory_bandwidth_gbs", "parse_lengths", "parse_routes", "perplexity", "run", "weights_mb",
+    "DEFAULT_ROUTES",
+    "REFERENCE",
+    "ROUTE_FORMAT",
+    "agreement",
+    "available",
+    "BenchError",
+    "BenchReport",
+    "eval_text",
+    "fill_agreement",
+    "hardware",
+    "measure_isolated",
+    "median",
+    "median_interval",
+    "memory_bandwidth_gbs",
+    "parse_lengths",
+    "parse_routes",
+    "perplexity",
+    "Prompts",
+    "Route",
+    "RouteResult",
+    "run",
+    "Run",
+    "Settings",
+    "weights_mb",
     "weights_read_mb",
 ]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import statistics
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .routes import Route
+from .stats import median
 
 
 @dataclass
@@ -79,10 +79,6 @@ class Settings:
     cache_dir: str | None = None
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values) if values else 0.0
-
-
 ROW_FIELDS = ("route", "backend", "runtime", "precision", "device", "status", "prompt_tokens", "runs", "new_tokens",
               "ttft_ms", "second_token_ms", "tpot_ms", "tokens_per_s", "peak_rss_mb", "load_peak_rss_mb", "size_mb",
               "export_s", "export_cached", "load_s", "warmup_s", "perplexity", "agreement", "prefix_match",
@@ -113,12 +109,12 @@ class BenchReport:
             lengths = sorted({x.prompt_tokens for x in r.runs}) or [0]
             for n in lengths:
                 runs = [x for x in r.runs if x.prompt_tokens == n]
-                tok_s = _median([x.tokens_per_s for x in runs])
+                tok_s = median([x.tokens_per_s for x in runs])
                 row = {**base, "prompt_tokens": n, "runs": len(runs),
-                       "new_tokens": _median([x.new_tokens for x in runs]),
-                       "ttft_ms": _median([x.ttft_s for x in runs]) * 1000,
-                       "second_token_ms": _median([x.second_token_s for x in runs]) * 1000,
-                       "tpot_ms": _median([x.tpot_s for x in runs]) * 1000, "tokens_per_s": tok_s,
+                       "new_tokens": median([x.new_tokens for x in runs]),
+                       "ttft_ms": median([x.ttft_s for x in runs]) * 1000,
+                       "second_token_ms": median([x.second_token_s for x in runs]) * 1000,
+                       "tpot_ms": median([x.tpot_s for x in runs]) * 1000, "tokens_per_s": tok_s,
                        "peak_rss_mb": max([x.peak_rss_mb for x in runs], default=0.0),
                        "load_peak_rss_mb": r.load_peak_rss_mb, "size_mb": r.size_mb, "export_s": r.export_s,
                        "export_cached": r.export_cached, "load_s": r.load_s, "warmup_s": r.warmup_s,
@@ -216,8 +212,8 @@ class BenchReport:
         names = [r.route for r in ok]
         for j, n in enumerate(lengths):
             xs = [i + (j - (len(lengths) - 1) / 2) * width for i in range(len(ok))]
-            ttft = [_median([x.ttft_s for x in r.runs if x.prompt_tokens == n]) * 1000 for r in ok]
-            speed = [_median([x.tokens_per_s for x in r.runs if x.prompt_tokens == n]) for r in ok]
+            ttft = [median([x.ttft_s for x in r.runs if x.prompt_tokens == n]) * 1000 for r in ok]
+            speed = [median([x.tokens_per_s for x in r.runs if x.prompt_tokens == n]) for r in ok]
             axes[0, 0].bar(xs, ttft, width, label=f"{n}-token prompt")
             axes[0, 1].bar(xs, speed, width, label=f"{n}-token prompt")
         for ax, title, unit in ((axes[0, 0], "Time to first token", "ms"), (axes[0, 1], "Decode speed", "tokens/s")):
