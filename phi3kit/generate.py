@@ -259,9 +259,10 @@ def stop_token_ids(tokenizer: Any, model_dir: Path) -> list[int]:
     import json
 
     ids: list[int] = []
+    lookup = getattr(tokenizer, "token_to_id", None)  # the kit's Tokenizer; transformers' has another name
     for t in END_TOKENS:
-        i = tokenizer.token_to_id(t)
-        if isinstance(i, int) and i >= 0:
+        i = lookup(t) if lookup else tokenizer.convert_tokens_to_ids(t)
+        if isinstance(i, int) and i >= 0 and i != getattr(tokenizer, "unk_token_id", None):
             ids.append(i)
     gc = model_dir / "generation_config.json"
     if gc.is_file():

@@ -109,6 +109,8 @@ def is_hub_id(model: str) -> bool:
 
     if "/" not in model or any(c.isspace() or not c.isprintable() for c in model):
         return False
+    if model.startswith(("/", ".", "~")) or "\\" in model or ":" in model:  # paths, never hub ids
+        return False
     repo, sub = split_hub_id(model)
     if sub and any(part in ("", ".", "..") for part in sub.split("/")):
         return False

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from phi3kit.backends.openvino import decode_compiler_version, npu_driver_problem, npu_info
+from phi3kit.backends.openvino_npu import decode_compiler_version, npu_driver_problem, npu_info
 from phi3kit.cli import main
 from phi3kit.diagnostics import (
     NEEDS,
@@ -138,7 +138,7 @@ NPU = {"device": "NPU", "name": "Intel(R) AI Boost", "driver": "4512", "compiler
 @pytest.mark.parametrize(
     ("kw", "expected"),
     [
-        ({"openvino_devices": [CPU, GPU, NPU]}, ("openvino", "NPU", "int4", "npu.ipynb")),
+        ({"openvino_devices": [CPU, GPU, NPU]}, ("openvino", "NPU", "int4-cw", "npu.ipynb")),
         ({"openvino_devices": [CPU, GPU]}, ("openvino", "GPU", "int4", "openvino.ipynb")),
         ({"openvino_devices": [CPU, {**GPU, "device": "GPU.0"}]}, ("openvino", "GPU", "int4", "openvino.ipynb")),
         ({"nvidia_gpus": ["GPU 0: NVIDIA GeForce RTX 4060 Laptop GPU"]},
@@ -167,7 +167,9 @@ def test_recommendation_table(kw: dict[str, object], expected: tuple[str, str, s
 def test_small_laptops_are_warned_about_the_export() -> None:
     rec = recommend(facts(ram_total_gb=8.0, ram_available_gb=5.0))
     assert rec.device == "CPU" and any("11.3 GB" in n for n in rec.notes)
-    assert recommend(facts()).notes == []
+    assert any("Use the ready-made folder below (no export)" in n for n in rec.notes)
+    notes = recommend(facts()).notes  # a big machine: no warning, only where the ready-made folder is
+    assert len(notes) == 1 and notes[0].startswith("Ready-made for this route: OpenVINO/Phi-3-mini-4k-instruct-int4")
 
 
 def test_needs_are_judged_against_ram_and_disk() -> None:

@@ -25,11 +25,10 @@ from phi3kit.backends.npu_library import (
     second_model_problem,
     unavailable_message,
 )
-from phi3kit.backends.openvino import (
+from phi3kit.backends.openvino import OpenVINOBackend, export_command
+from phi3kit.backends.openvino_npu import (
     NPUDriverError,
-    OpenVINOBackend,
     check_npu_context,
-    export_command,
     npu_blob_dir,
     npu_compile_failure,
     npu_preset,
@@ -51,11 +50,15 @@ def preset_session(precision: str = "int4", **options: object) -> kit.Session:
 # --- route 1: the NPU preset ---------------------------------------------------------------------
 def test_preset_export_settings_are_the_npu_guides() -> None:
     cfg = npu_preset(kit.LoadConfig(model="pocket", precision="int4", device="CPU"))
-    assert (cfg.group_size, cfg.ratio, cfg.sym) == (-1, 1.0, True)
+    assert cfg.precision == "int4-cw" and (cfg.group_size, cfg.ratio, cfg.sym) == (None, None, True)  # the named one
+    settings = OpenVINOBackend.export_settings(cfg)
+    assert (settings["group_size"], settings["ratio"], settings["sym"]) == (-1, 1.0, True)
     assert cfg.runtime_config == {}  # the CPU plugin rejects NPU options: none are passed to it
     cmd = export_command(Path("src"), Path("out"), cfg, {"hidden_size": 256, "intermediate_size": 512}, print)
+    assert cmd[cmd.index("--weight-format") + 1] == "int4"
     assert cmd[cmd.index("--group-size") + 1] == "-1" and cmd[cmd.index("--ratio") + 1] == "1.0" and "--sym" in cmd
-    assert npu_preset(kit.LoadConfig(precision="int4", group_size=128)).group_size == 128  # group-wise is allowed
+    grouped = npu_preset(kit.LoadConfig(precision="int4", group_size=128))  # group-wise is allowed: an export
+    assert (grouped.precision, grouped.group_size, grouped.ratio) == ("int4", 128, 1.0)
     fp16 = npu_preset(kit.LoadConfig(precision="fp16", device="CPU"))
     assert (fp16.group_size, fp16.ratio) == (None, None)
 
@@ -138,7 +141,7 @@ def test_npu_pipeline_failure_is_explained(fake_openvino) -> None:  # type: igno
 
 
 def test_compile_failure_message_names_the_driver_seen() -> None:
-    from phi3kit.backends.openvino import NPUInfo
+    from phi3kit.backends.openvino_npu import NPUInfo
 
     msg = npu_compile_failure(RuntimeError("a\nZE_RESULT_ERROR_UNSUPPORTED_FEATURE\n"),
                               NPUInfo("Intel(R) AI Boost", 2408, "5.4", []), platform="win32")

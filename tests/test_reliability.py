@@ -24,7 +24,7 @@ from phi3kit.cache import CacheCorruptError, ExportCache
 from phi3kit.cli import main
 from phi3kit.errors import ResourceError
 from phi3kit.exporting import prepare
-from phi3kit.preflight import SKIP_ENV, FreeSpace, estimate, skip_requested
+from phi3kit.preflight import SKIP_ENV, FreeSpace, Job, count_parameters, estimate, skip_requested
 from phi3kit.sources import resolve
 from phi3kit.testing import make_random_phi3
 
@@ -178,7 +178,7 @@ def test_corrupted_export_is_detected_and_rebuilt(user_model: Path, cache_dir: P
 
 def test_preflight_refuses_before_starting(tmp_path: Path) -> None:
     cfg = kit.LoadConfig(model="pocket", backend="openvino", precision="fp32", cache_dir=str(tmp_path / "c"))
-    needs = estimate(resolve("pocket"), "fp32")
+    needs = estimate(Job("pocket", "openvino", "fp32", count_parameters(resolve("pocket").path)))
     assert needs.params == 1_838_336  # exact, from the safetensors header
     logs: list[str] = []
     with pytest.raises(ResourceError) as err:
@@ -197,8 +197,8 @@ def test_preflight_skips_a_cached_export_and_scales_with_precision() -> None:
     cfg = kit.LoadConfig(model="pocket", backend="openvino", precision="int8")
     _, exp = prepare(cfg, lambda m: None, skip_preflight=False, free=FreeSpace(0, 0))
     assert exp.cached  # reusing an export needs no room: no check
-    src = resolve("pocket")
-    sizes = [estimate(src, p).disk_bytes for p in ("int4", "int8", "fp16", "fp32")]
+    params = count_parameters(resolve("pocket").path)
+    sizes = [estimate(Job("pocket", "openvino", p, params)).disk_bytes for p in ("int4", "int8", "fp16", "fp32")]
     assert sizes == sorted(sizes) and sizes[3] > 5 * sizes[0]
 
 

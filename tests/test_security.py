@@ -19,7 +19,8 @@ from phi3kit import pocket
 from phi3kit.backends.openvino import export_command
 from phi3kit.cache import ExportCache
 from phi3kit.cli import main
-from phi3kit.sources import _HUB_PATTERNS, resolve
+from phi3kit.hub import PATTERNS
+from phi3kit.sources import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "phi3kit"
@@ -38,7 +39,7 @@ def test_no_code_passes_trust_remote_code_true() -> None:
                     found.append(f"{f.relative_to(ROOT)}:{node.value.lineno}")
     assert found == []
     assert kit.LoadConfig().trust_remote_code is False
-    assert "*.py" not in _HUB_PATTERNS  # hub downloads skip a repository's code unless it is trusted
+    assert all("*.py" not in p for p in PATTERNS.values())  # downloads skip a repo's code unless trusted
 
 
 def test_remote_code_is_off_by_default_and_announced_when_on(tmp_path: Path,

@@ -102,8 +102,8 @@ class NPULibraryBackend(Backend):
                 f"available here: {', '.join(available)}.")
 
     @classmethod
-    def check(cls, cfg: LoadConfig) -> None:
-        super().check(cfg)
+    def check(cls, cfg: LoadConfig, *, device: bool = True) -> None:
+        super().check(cfg, device=device)
         if problem := second_model_problem(cfg.precision, LOADED):
             raise NPULibraryLimitError(problem)
 
