@@ -27,7 +27,7 @@ from .backends import get
 from .backends.base import Backend, Log
 from .cache import Export, ExportCache, copy_files
 from .config import DEFAULT_MODEL, LoadConfig
-from .errors import ModelSourceError, UnknownChoiceError
+from .errors import MissingDependencyError, ModelSourceError, UnknownChoiceError
 from .preflight import SKIP_ENV, FreeSpace, Job, count_parameters, preflight, shortfalls, skip_requested
 from .sources import ModelSource, detect, is_hub_id, local_folder, resolve
 
@@ -209,6 +209,11 @@ def _export(p: Plan, cfg: LoadConfig, backend: type[Backend], cache: ExportCache
     label = backend.label(Path(p.checkpoint).name, cfg)
     if (hit := cache.lookup(backend.name, label, key, log)) is not None:
         return ModelSource(cfg.model, hit, "export"), _described(Export(hit, True, 0.0), p, cfg, backend)
+    if (package := backend.missing_exporter()) is not None:  # the lean environment: ready-made folders only
+        choices = p.model.ready_made_choices(backend.name) if p.model else []
+        ready = f"; its ready-made folders run here: {', '.join(choices)}" if choices else ""
+        raise MissingDependencyError(package, f"Exporting {p.checkpoint!r} for {backend.name} at {cfg.precision} "
+                                     f"(no ready-made folder for it{ready})", backend.requirements)
     if source is not None:
         job = Job(source.name, backend.name, str(cfg.precision), count_parameters(source.path))
     else:

@@ -43,6 +43,8 @@ class Backend(abc.ABC):
     export_ram_bytes_per_param: ClassVar[float | None] = None
     # The libraries that make an export: recorded in its manifest (not its key).
     exporter: ClassVar[tuple[str, ...]] = ()
+    # Modules an export needs (module -> package): absent in the lean environment, which runs ready-made folders.
+    exporter_modules: ClassVar[dict[str, str]] = {}
 
     # --- class-level: choices and export -------------------------------------------------
     @classmethod
@@ -102,6 +104,19 @@ class Backend(abc.ABC):
             except PackageNotFoundError:
                 out[lib] = "not installed"
         return out
+
+    @classmethod
+    def missing_exporter(cls) -> str | None:
+        """The package an export needs that this environment lacks, or None."""
+        import importlib.util
+
+        for module, package in cls.exporter_modules.items():
+            try:
+                if importlib.util.find_spec(module) is None:
+                    return package
+            except ModuleNotFoundError:  # a parent package is absent
+                return package
+        return None
 
     @classmethod
     def label(cls, name: str, cfg: LoadConfig) -> str:

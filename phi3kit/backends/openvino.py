@@ -130,6 +130,7 @@ class OpenVINOBackend(Backend):
     ready_made_format: ClassVar[str | None] = "openvino"
     export_only: ClassVar[tuple[str, ...]] = ("group_size", "ratio", "sym", "group_size_fallback")
     exporter: ClassVar[tuple[str, ...]] = EXPORTER
+    exporter_modules: ClassVar[dict[str, str]] = {"torch": "torch", "optimum.intel": "optimum-intel", "nncf": "nncf"}
     npu_preset = staticmethod(npu_preset)  # kit.backends.get("openvino").npu_preset(cfg) in notebooks
 
     @classmethod

@@ -259,6 +259,8 @@ class OrtGenAIBackend(Backend):
     ready_made_format: ClassVar[str | None] = "ortgenai"
     export_only: ClassVar[tuple[str, ...]] = ("group_size", "accuracy_level", "build_target")
     exporter: ClassVar[tuple[str, ...]] = ("onnxruntime-genai", "onnx-ir", "transformers")
+    exporter_modules: ClassVar[dict[str, str]] = {"torch": "torch", "transformers": "transformers",
+                                                  "onnx_ir": "onnx-ir"}
     # Measured: the full-size Phi-3-mini int4 build peaked at 24.0 GB RSS (mapped files included), 6.3 B/param.
     export_ram_bytes_per_param: ClassVar[float | None] = 6.3
 
