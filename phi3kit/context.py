@@ -1,7 +1,10 @@
-"""Context arithmetic: which turns of a conversation fit a window of tokens, and what to say when some do not.
+"""Context arithmetic: how many tokens a route can serve, which turns of a conversation fit, and what to say.
 
-Pure functions over messages and token counts, shared by `Session.chat` (generate.py), `Conversation`
-and the chat panel, so every front end trims the same way and says so the same way.
+Pure functions over messages and token counts, shared by `Session.generate`/`Session.chat`
+(generate.py), `Conversation` and the chat panel, so every front end checks, trims and explains the
+same way. `Limits` is one route's answer to "how long may a prompt and its answer be": the model's
+window, narrowed by what the runtime really serves (a compiled NPU shape, a build that ignores the
+sliding window).
 """
 
 from __future__ import annotations
@@ -12,6 +15,64 @@ from dataclasses import dataclass
 from .errors import ContextWindowError, Phi3kitError
 
 Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The tokens a loaded route can serve: `window` for prompt + answer, `max_prompt` for the prompt alone.
+
+    `why` names what sets them (the model's context, an NPU's compiled shapes, a runtime's cap) and `fix`
+    what would raise them; both go into every error and trim notice.
+    """
+
+    window: int
+    max_prompt: int
+    why: str
+    fix: str = ""
+
+    def check(self, n_prompt: int, max_new_tokens: int) -> None:
+        """Raise ContextWindowError, naming the limit and the fix, when the request does not fit."""
+        fix = f" {self.fix}" if self.fix else ""
+        if n_prompt > self.max_prompt or n_prompt >= self.window:
+            limit = min(self.max_prompt, self.window - 1)
+            raise ContextWindowError(
+                f"The prompt is {n_prompt} tokens; {self.why} allows prompts of up to {limit}. Fix: shorten the "
+                f"prompt (or the chat history) to {limit} tokens or fewer.{fix}")
+        if n_prompt + max_new_tokens > self.window:
+            raise ContextWindowError(
+                f"The prompt ({n_prompt} tokens) plus max_new_tokens={max_new_tokens} exceed {self.why}: "
+                f"{self.window} tokens. Fix: set max_new_tokens <= {self.window - n_prompt}, or shorten the "
+                f"prompt.{fix}")
+
+
+def model_limits(context_length: int) -> Limits:
+    return Limits(context_length, context_length - 1, f"the model's context window of {context_length} tokens")
+
+
+def kv_bytes_per_token(config: dict[str, object], element_bytes: float) -> float:
+    """Bytes of KV cache one token of context holds (keys and values of every layer)."""
+    heads = int(config.get("num_attention_heads") or 1)  # type: ignore[arg-type]
+    kv_heads = int(config.get("num_key_value_heads") or heads)  # type: ignore[arg-type]
+    head_dim = int(config.get("head_dim") or int(config.get("hidden_size") or 0) // heads)  # type: ignore[arg-type]
+    layers = int(config.get("num_hidden_layers") or 0)  # type: ignore[arg-type]
+    return 2 * layers * kv_heads * head_dim * element_bytes
+
+
+# A chat on a long-context model gets a window whose KV cache fits this share of the RAM available when the
+# session loaded: a 128k-token window of Phi-3-mini would need 25-100 GB, more than a laptop has.
+CHAT_MEMORY_SHARE = 0.25
+CHAT_WINDOW_STEP = 1024
+
+
+def memory_window(limits: Limits, kv_bytes: float, available_bytes: float, floor: int = 4096) -> int:
+    """The chat window for a session: its route's window, capped where the KV cache would outgrow the memory.
+
+    Never below `floor` (or the route's window, when smaller): a 4k-context model keeps its whole window.
+    """
+    if kv_bytes <= 0:
+        return limits.window
+    fits = int(CHAT_MEMORY_SHARE * available_bytes / kv_bytes) // CHAT_WINDOW_STEP * CHAT_WINDOW_STEP
+    return max(min(limits.window, floor), min(limits.window, fits))
 
 
 @dataclass
@@ -39,41 +100,48 @@ def split_turns(messages: Sequence[Message]) -> tuple[list[Message], list[list[M
 
 
 def fit_history(messages: Sequence[Message], encode: Callable[[list[Message]], list[int]], window: int,
-                max_new_tokens: int) -> Fitted:
-    """Drop the oldest turns until the prompt plus `max_new_tokens` fits `window` tokens.
+                max_new_tokens: int, max_prompt: int | None = None) -> Fitted:
+    """Drop the oldest turns until the prompt plus `max_new_tokens` fits `window` tokens (and the prompt alone
+    `max_prompt`, where the route limits it: an NPU's compiled prompt length).
 
     The system prompt and the last turn (the question being asked) are always kept; when even
     they do not fit, the error says by how much and what to shorten.
     """
     head, turns = split_turns(messages)
+    prompt_cap = window - 1 if max_prompt is None else min(max_prompt, window - 1)
+
+    def fits(ids: list[int]) -> bool:
+        return len(ids) + max_new_tokens <= window and len(ids) <= prompt_cap
 
     def build(dropped: int) -> tuple[list[Message], list[int]]:
         kept = head + [m for turn in turns[dropped:] for m in turn]
         return kept, encode(kept)
 
     kept, ids = build(0)
-    if len(ids) + max_new_tokens <= window:
+    if fits(ids):
         return Fitted(kept, 0, ids)
     last = max(len(turns) - 1, 0)
     kept, ids = build(last)
-    if len(ids) + max_new_tokens > window:
+    if not fits(ids):
         n = len(ids)
         what = "The last message plus the system prompt" if head else "The last message"
-        if n >= window:
-            fix = f"shorten it (or the system prompt) below {window - max_new_tokens} tokens"
+        limit = min(prompt_cap, window - max_new_tokens)
+        if n > prompt_cap:
+            fix = f"shorten it (or the system prompt) to {limit} tokens or fewer"
         else:
             fix = f"set max_new_tokens <= {window - n}, or shorten the message"
         dropped = f", even after leaving out all {last} earlier turn(s)" if last else ""
+        prompt = f" (and prompts of up to {prompt_cap} tokens)" if prompt_cap < window - 1 else ""
         raise ContextWindowError(
             f"{what} is {n} tokens; with max_new_tokens={max_new_tokens} it does not fit the context window of "
-            f"{window} tokens{dropped}. Fix: {fix}."
+            f"{window} tokens{prompt}{dropped}. Fix: {fix}."
         )
     fitting = {last: (kept, ids)}
     lo, hi = 1, last  # dropping `hi` turns fits, dropping none does not: find the fewest to drop
     while lo < hi:
         mid = (lo + hi) // 2
         k, i = build(mid)
-        if len(i) + max_new_tokens <= window:
+        if fits(i):
             fitting[mid], hi = (k, i), mid
         else:
             lo = mid + 1
@@ -91,8 +159,9 @@ def context_window(model_window: int, context_length: int | None) -> int:
     return min(context_length, model_window)
 
 
-def trim_notice(dropped_turns: int, window: int) -> str:
-    """What the panel and the terminal say when older turns no longer fit."""
+def trim_notice(dropped_turns: int, window: int, why: str = "") -> str:
+    """What the panel and the terminal say when older turns no longer fit (`why`: what set the window)."""
     dropped = "the oldest turn was" if dropped_turns == 1 else f"the {dropped_turns} oldest turns were"
-    return (f"The conversation is longer than the {window}-token context window: {dropped} left out of this "
-            "answer (the system prompt is kept).")
+    because = f" ({why})" if why else ""
+    return (f"The conversation is longer than the {window}-token context window{because}: {dropped} left out of "
+            "this answer (the system prompt is kept).")

@@ -30,7 +30,10 @@ class Conversation:
         self.session = session
         self.system = system or None
         self.gen = config or GenerationConfig(**options)  # bad settings fail here, not at the first question
-        self.window = context_window(session.context_length, context_length)
+        self.context_length = context_length
+        # None: the session's chat window (the route's, capped on long-context models to fit this machine's memory)
+        self.window = session.chat_window if context_length is None else context_window(session.context_length,
+                                                                                          context_length)
         if self.gen.max_new_tokens >= self.window:
             raise ContextWindowError(
                 f"max_new_tokens={self.gen.max_new_tokens} leaves no room for a question in the {self.window}-token "
@@ -56,7 +59,7 @@ class Conversation:
             raise Phi3kitError("A chat message must be a non-empty string.")
         self._settle()
         asked = self.messages + [{"role": "user", "content": text}]
-        response = self.session.chat(asked, config=self.gen, context_length=self.window)
+        response = self.session.chat(asked, config=self.gen, context_length=self.context_length)
         self._turns.append({"role": "user", "content": text})  # only once chat() accepted it
         self._pending = response
         return response
@@ -70,13 +73,20 @@ class Conversation:
     def _settle(self) -> None:
         """A previous answer nobody read is generated now, so the history stays question/answer."""
         if self._pending is not None and not self._pending._done:
-            self._pending.consume()
+            try:
+                self._pending.consume()
+            except Exception:  # noqa: BLE001 - kept on that Response (.error); its question is dropped in _sync
+                pass
         self._sync()
 
     def _sync(self) -> None:
+        """Record a finished answer; a failed one takes its question back out, so `say()` can ask it again."""
         r = self._pending
         if r is not None and r._done:
-            self._turns.append({"role": "assistant", "content": "".join(r.chunks)})
+            if r.failed:
+                self._turns.pop()  # the user turn say() added: no orphan question before the next one
+            else:
+                self._turns.append({"role": "assistant", "content": "".join(r.chunks)})
             self._pending = None
 
     def __repr__(self) -> str:

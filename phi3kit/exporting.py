@@ -273,6 +273,9 @@ def prepare(cfg: LoadConfig, log: Log = print, *, skip_preflight: bool | None = 
         backend.check(cfg, device=check_device)  # before any download: bad choices fail in milliseconds
     if cfg.trust_remote_code:
         log("trust_remote_code=True: this runs Python code from the model repository. Only do so for code you trust.")
+    if check_device and cfg.precision is not None:
+        for note in backend.notes(cfg):
+            log(note)
     cache = ExportCache(cfg.cache_dir)
     if route.route == "ready-made":
         source, export = _ready_made(route, cfg, backend, cache, log, adopt)

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from .backends import get
-from .backends.base import Backend, Log
+from .backends.base import Backend, Log, Token
 from .cache import Export
 from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
-from .context import Message, context_window, fit_history
+from .context import Message, context_window, fit_history, kv_bytes_per_token, memory_window
 from .context import trim_notice as _trim_notice
-from .errors import ContextWindowError, Phi3kitError
+from .errors import Phi3kitError
 from .exporting import complete, prepare
 from .metrics import Metrics, PeakMemory
 from .sources import ModelSource
@@ -89,8 +89,10 @@ class Response:
                                recipe=session.recipe)
         self._gen: Iterator[str] | None = None
         self._done = False
+        self.error: BaseException | None = None  # what ended the answer when finish_reason is "error"
         self.trimmed_turns = 0  # set by Session.chat: oldest turns left out to fit the context window
         self.window = session.context_length  # the window this answer was fitted to
+        self.window_why = ""  # what set that window, for the trim notice
 
     def __iter__(self) -> Iterator[str]:
         """Stream once; iterating again continues where a `break` left off, or replays when done."""
@@ -106,10 +108,11 @@ class Response:
         decoder = IncrementalDecoder(s.tokenizer)
         stops = set(s.stop_ids)
         finish = "stop"
+        stream: Iterator[Token] | None = None
         with PeakMemory() as mem:
             start = last = time.perf_counter()
-            stream = s.backend.stream(self.prompt_ids, self.gen, s.stop_ids)
             try:
+                stream = s.backend.stream(self.prompt_ids, self.gen, s.stop_ids)
                 for tok, stamp in stream:
                     m.token_latencies_s.append(stamp - last)
                     last = stamp
@@ -123,6 +126,9 @@ class Response:
                     finish = "length" if len(m.token_latencies_s) >= self.gen.max_new_tokens else "stop"
             except GeneratorExit:
                 finish = "cancelled"
+                raise
+            except Exception as exc:  # the runtime failed, before the first token or mid-stream: say so, re-raise
+                finish, self.error = "error", exc
                 raise
             finally:
                 close = getattr(stream, "close", None)
@@ -139,9 +145,13 @@ class Response:
             yield tail
 
     @property
+    def failed(self) -> bool:
+        return self.metrics.finish_reason == "error"
+
+    @property
     def trim_notice(self) -> str:
         """What to tell the user when older turns were left out of this answer ('' when none were)."""
-        return _trim_notice(self.trimmed_turns, self.window) if self.trimmed_turns else ""
+        return _trim_notice(self.trimmed_turns, self.window, self.window_why) if self.trimmed_turns else ""
 
     def consume(self) -> Response:
         for _ in self:
@@ -163,7 +173,7 @@ class Response:
         return self.text
 
     def __repr__(self) -> str:
-        state = "done" if self._done else "not consumed"
+        state = ("failed" if self.failed else "done") if self._done else "not consumed"
         return f"<Response {state}: {''.join(self.chunks)[:60]!r}>"
 
 
@@ -175,7 +185,20 @@ class Session:
         self.config, self.source, self.export, self.backend = cfg, source, export, backend
         self.tokenizer, self.load_s, self.load_peak_rss_mb = tokenizer, load_s, load_peak_rss_mb
         self.stop_ids = stop_token_ids(tokenizer, export.path)
-        self.context_length = source.context_length
+        self.limits = backend.limits(source.context_length)  # what this route really serves
+        self.context_length = self.limits.window
+        self.chat_window, self.chat_window_why = self._chat_window()
+
+    def _chat_window(self) -> tuple[int, str]:
+        """A chat's default window: the route's, capped where its KV cache would outgrow this machine's memory."""
+        import psutil
+
+        kv = kv_bytes_per_token(self.source.config, self.backend.kv_element_bytes)
+        window = memory_window(self.limits, kv, psutil.virtual_memory().available)
+        if window < self.limits.window:
+            return window, (f"capped from {self.limits.why} so that its KV cache, {kv * window / 2**30:.1f} GB, fits "
+                            "this machine's memory; context_length= raises it")
+        return window, self.limits.why
 
     @classmethod
     def load(cls, cfg: LoadConfig, log: Log = print) -> Session:
@@ -203,17 +226,8 @@ class Session:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def check_fits(self, n_prompt: int, max_new_tokens: int) -> None:
-        ctx = self.context_length
-        if n_prompt >= ctx:
-            raise ContextWindowError(
-                f"The prompt is {n_prompt} tokens; the model's context window is {ctx}. "
-                f"Fix: shorten the prompt (or the chat history) below {ctx - max_new_tokens} tokens."
-            )
-        if n_prompt + max_new_tokens > ctx:
-            raise ContextWindowError(
-                f"The prompt ({n_prompt} tokens) plus max_new_tokens={max_new_tokens} exceed the context "
-                f"window of {ctx} tokens. Fix: set max_new_tokens <= {ctx - n_prompt}, or shorten the prompt."
-            )
+        """Refuse, before generating, what this route cannot serve (the error names the limit and the fix)."""
+        self.limits.check(n_prompt, max_new_tokens)
 
     def generate(self, prompt: str | Sequence[Message], *, system: str | None = None,
                  config: GenerationConfig | None = None, **options: Any) -> Response:
@@ -228,14 +242,21 @@ class Session:
         """Answer the last user turn of `history`, dropping the oldest turns if it outgrows the context window.
 
         The system prompt and the last turn are always kept; `response.trimmed_turns` says how many
-        turns were left out. `context_length` caps the window below the model's (None: the model's).
+        turns were left out. `context_length` sets the window (None: `chat_window`, the route's own,
+        capped on long-context models where its KV cache would not fit this machine's memory; never
+        above the route's).
         """
         gen = config or GenerationConfig(**options)
-        window = context_window(self.context_length, context_length)
-        fitted = fit_history(to_messages(history, system), self.encode, window, gen.max_new_tokens)
+        if context_length is None:
+            window, why = self.chat_window, self.chat_window_why
+        else:
+            window = context_window(self.context_length, context_length)
+            why = "context_length" if window < self.context_length else self.limits.why
+        fitted = fit_history(to_messages(history, system), self.encode, window, gen.max_new_tokens,
+                             max_prompt=self.limits.max_prompt)
         self.check_fits(len(fitted.prompt_ids), gen.max_new_tokens)
         response = Response(self, fitted.prompt_ids, gen)
-        response.trimmed_turns, response.window = fitted.dropped_turns, window
+        response.trimmed_turns, response.window, response.window_why = fitted.dropped_turns, window, why
         return response
 
     def close(self) -> None:

@@ -146,8 +146,13 @@ class ChatPanel:
             answer.value = bubble("assistant", text + (" [stopped]" if stopped else ""), footer=summary)
             self.metrics.value = html.escape(summary)
         except Exception as exc:  # noqa: BLE001 - shown in the panel: a thread's exception is otherwise lost
-            self.notice.value = f'<span style="color:#b00020">{html.escape(f"{type(exc).__name__}: {exc}")}</span>'
+            # The answer failed: say so where it stood, and leave the question out of the history (the
+            # conversation drops it), so the next send, or the same question again, starts from a clean turn.
+            answer.value = bubble("assistant", text + " [failed]", "phi3kit-failed")
+            self.notice.value = (f'<span style="color:#b00020">The answer failed: {html.escape(type(exc).__name__)}: '
+                                 f"{html.escape(str(exc))} The question was not kept; send it again to retry.</span>")
             self.metrics.value = ""
+            self.conversation.history  # noqa: B018 - records the failure now: the failed question leaves the history
         finally:
             self.send_button.disabled, self.stop_button.disabled = False, True
 

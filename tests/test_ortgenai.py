@@ -303,7 +303,7 @@ def test_exports_are_cached_and_keyed(tmp_path: Path) -> None:
     assert not first.cached and again.cached and again.path == first.path
     (entry,) = kit.ExportCache(tmp_path).entries()
     assert entry["target"] == "cpu" and entry["block_size"] == 32 and entry["model"] == "pocket"
-    assert entry["versions"] == {"onnxruntime-genai": "0.18.0"} and len(entry["fingerprint"]) == 16
+    assert entry["runtime"] == {"onnxruntime-genai": "0.18"} and len(entry["fingerprint"]) == 16
 
 
 @pytest.mark.slow

@@ -55,6 +55,9 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     hub_repo(home, ONNX_REPO, pocket.ready_dir("ortgenai-int4-cpu"), ONNX_CPU)
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hf  # read once at import: this process's downloads look here too
+
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(home / "hub"))
     monkeypatch.setenv("PHI3KIT_CACHE", str(tmp_path / "cache"))
     return home
 

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from ..cache import Export, ExportCache
 from ..config import GenerationConfig, LoadConfig
+from ..context import Limits, model_limits
 from ..errors import DeviceNotFoundError, ModelSourceError, UnknownChoiceError
 from ..sources import ModelSource
 
@@ -79,6 +80,11 @@ class Backend(abc.ABC):
         )
 
     # --- exports and ready-made folders ---------------------------------------------------------
+    @classmethod
+    def notes(cls, cfg: LoadConfig) -> list[str]:
+        """What the user should be told about this load, whatever the route (a fallback to another device...)."""
+        return []
+
     @classmethod
     def export_settings(cls, cfg: LoadConfig) -> dict[str, Any]:
         """What shapes this backend's export of a model (part of its cache key), validated."""
@@ -157,6 +163,13 @@ class Backend(abc.ABC):
         callback-driven runtime, and stamps each token as it is produced, so a slow
         consumer (a notebook printing) never inflates the measured latencies.
         """
+
+    # Bytes per KV-cache element as this runtime keeps it (for the chat window's memory cap): a cautious default.
+    kv_element_bytes: float = 2.0
+
+    def limits(self, context_length: int) -> Limits:
+        """The prompt and answer lengths this loaded route serves: the model's window unless the runtime narrows it."""
+        return model_limits(context_length)
 
     def logits(self, ids: list[int]) -> Any:
         """Next-token logits for every position of `ids`, shape [len(ids), vocab] (for perplexity).

@@ -3,6 +3,7 @@ optimum-intel runs it."""
 
 from __future__ import annotations
 
+import json
 import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -13,18 +14,20 @@ from typing import Any, ClassVar
 
 from ..cache import Export, ExportCache
 from ..config import GenerationConfig, LoadConfig
+from ..context import Limits, model_limits
 from ..devices import missing_device_message, openvino_devices
 from ..errors import ExportError, MissingDependencyError, ModelSourceError, UnknownChoiceError
 from ..procs import run_logged
 from ..sources import ModelSource, check_phi3
 from .base import Backend, Log, Token, hf_stream, threaded_stream
+from .longrope import longrope_window, patch_optimum_cache_position
 from .openvino_npu import (
     NPUDriverError,
-    check_npu_context,
     is_npu,
     npu_compile_failure,
     npu_driver_problem,
     npu_info,
+    npu_limits,
     npu_preset,
 )
 
@@ -228,6 +231,9 @@ class OpenVINOBackend(Backend):
         self.model_dir, self.device = model_dir, cfg.device
         self.npu = is_npu(cfg.device)
         self._scorer: Any = None
+        self.kv_element_bytes = 4.0 if props.get("KV_CACHE_PRECISION") == "f32" else 2.0
+        config = model_dir / "config.json"
+        self.longrope = longrope_window(json.loads(config.read_text(encoding="utf-8"))) if config.is_file() else None
         if self.runtime == "genai":
             import openvino_genai
 
@@ -247,8 +253,22 @@ class OpenVINOBackend(Backend):
     def _optimum_model(self) -> Any:
         from optimum.intel import OVModelForCausalLM
 
-        return OVModelForCausalLM.from_pretrained(str(self.model_dir), export=False, device=self.device,
-                                                  ov_config=dict(self.properties))
+        model = OVModelForCausalLM.from_pretrained(str(self.model_dir), export=False, device=self.device,
+                                                   ov_config=dict(self.properties))
+        return patch_optimum_cache_position(model)  # optimum-intel 2.0-2.2 with transformers >= 5.4
+
+    def limits(self, context_length: int) -> Limits:
+        if self.npu:
+            return npu_limits(self.properties, context_length)
+        if self.runtime == "genai" and self.longrope is not None and context_length > self.longrope:
+            # Measured (docs/compatibility.md): past original_max_position_embeddings, LLMPipeline's ids part from the
+            # model's, as soon as an answer crosses it or a prompt reuses a shorter one's cached prefix.
+            return Limits(self.longrope, self.longrope - 1,
+                          f"OpenVINO GenAI on a LongRoPE model: it serves the first {self.longrope} tokens correctly "
+                          "(original_max_position_embeddings), not the long factors beyond",
+                          "For longer prompts and chats use runtime='optimum', backend='ortgenai' or 'transformers', "
+                          "which switch to the long factors as the model does.")
+        return model_limits(context_length)
 
     @property
     def logits_source(self) -> str:  # type: ignore[override]
@@ -277,8 +297,6 @@ class OpenVINOBackend(Backend):
         return self._genai_stream(prompt_ids, gen, stop_ids)
 
     def _genai_stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int]) -> Iterator[Token]:
-        if self.npu:
-            check_npu_context(len(prompt_ids), gen.max_new_tokens, self.properties)
         import numpy as np
         import openvino as ov
         import openvino_genai

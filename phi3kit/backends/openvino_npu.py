@@ -13,7 +13,8 @@ from typing import Any
 
 from ..cache import ExportCache
 from ..config import LoadConfig
-from ..errors import ContextWindowError, DeviceNotFoundError, UnknownChoiceError, last_line
+from ..context import Limits
+from ..errors import DeviceNotFoundError, UnknownChoiceError, last_line
 
 # OpenVINO's "GenAI on NPU" guide: LLMs for the NPU must be exported with symmetric 4-bit weights and
 # ratio 1.0, channel-wise (group size -1: fastest) or group-wise 128 (the guide's advice for models
@@ -160,22 +161,21 @@ class NPUDriverError(DeviceNotFoundError):
     """The NPU is there, but its driver (or the compiler inside it) cannot run this model."""
 
 
-def check_npu_context(n_prompt: int, max_new_tokens: int, props: dict[str, Any]) -> None:
-    """The NPU compiles fixed shapes: refuse what would not fit, naming the option to raise."""
+def npu_limits(props: dict[str, Any], context_length: int) -> Limits:
+    """The NPU compiles fixed shapes: prompts up to MAX_PROMPT_LEN, prompt + answer up to MAX_PROMPT_LEN +
+    MIN_RESPONSE_LEN (and never past the model's own window)."""
     max_prompt = int(props.get("MAX_PROMPT_LEN", NPU_MAX_PROMPT_LEN))
     total = max_prompt + int(props.get("MIN_RESPONSE_LEN", NPU_MIN_RESPONSE_LEN))
-    if n_prompt > max_prompt:
-        raise ContextWindowError(
-            f"The prompt is {n_prompt} tokens; the NPU pipeline was compiled for prompts up to "
-            f"MAX_PROMPT_LEN={max_prompt}. Fix: shorten the prompt, or load with a larger max_prompt_len "
-            f"(npu_preset(..., max_prompt_len={_round_up(n_prompt)}); compiling takes longer)."
-        )
-    if n_prompt + max_new_tokens > total:
-        raise ContextWindowError(
-            f"The prompt ({n_prompt} tokens) plus max_new_tokens={max_new_tokens} exceed the NPU pipeline's "
-            f"context of MAX_PROMPT_LEN + MIN_RESPONSE_LEN = {total} tokens. Fix: set max_new_tokens <= "
-            f"{total - n_prompt}, or load with a larger min_response_len."
-        )
+    return Limits(min(total, context_length), min(max_prompt, context_length - 1),
+                  f"the NPU pipeline, compiled for MAX_PROMPT_LEN={max_prompt} + MIN_RESPONSE_LEN={total - max_prompt}",
+                  f"Or load with larger shapes: npu_preset(..., max_prompt_len={_round_up(max_prompt + 1)}, "
+                  "min_response_len=...); compiling takes longer.")
+
+
+def check_npu_context(n_prompt: int, max_new_tokens: int, props: dict[str, Any],
+                      context_length: int = 2**31) -> None:
+    """The NPU compiles fixed shapes: refuse what would not fit, naming the option to raise."""
+    npu_limits(props, context_length).check(n_prompt, max_new_tokens)
 
 
 def _round_up(n: int, step: int = 256) -> int:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from ..cache import Export, ExportCache
 from ..config import GenerationConfig, LoadConfig
+from ..context import Limits, model_limits
 from ..errors import DeviceNotFoundError, ExportError, MissingDependencyError, ModelSourceError, UnknownChoiceError
 from ..procs import run_logged
 from ..sources import ModelSource, check_phi3
@@ -162,6 +163,87 @@ def builder_traps(model_config: dict[str, Any], precision: str, target: str) -> 
     return problems
 
 
+# --- Sliding-window attention (Phi-3-mini: sliding_window 2047 in a 4096-token context) ---------------
+# onnxruntime-genai 0.18's builder treats a layer as sliding-window only when config.json lists it as
+# "sliding_attention" in `layer_types` (builders/base.py is_local, line 1525), which Phi-3 checkpoints never
+# do: every GroupQueryAttention gets local_window_size=-1 (full attention), yet genai_config.json still
+# gets decoder.sliding_window {window_size: W, layers: []}, which the runtime reads as "every layer keeps
+# only W + 16 positions" on the CPU. The build then fails past W + 16 tokens and differs from PyTorch past
+# W. Building from a copy whose config.json lists every layer as sliding_attention gives each GQA
+# local_window_size=W with sliding_window_cache=1 and `layers` [0..L-1]: the kernel evicts, the cache stays
+# W + 16 positions, and the ids equal PyTorch's over the whole context.
+ATTENTION_FIX = 1  # bump to rebuild exports when this recipe changes
+
+
+def sliding_window_of(model_config: dict[str, Any]) -> int | None:
+    """The checkpoint's attention window when it binds inside the context, else None (LongRoPE variants)."""
+    window, context = model_config.get("sliding_window"), int(model_config.get("max_position_embeddings") or 0)
+    if window is None or int(window) <= 0 or (context and int(window) >= context):
+        return None
+    return int(window)
+
+
+def needs_layer_types(model_config: dict[str, Any]) -> bool:
+    return sliding_window_of(model_config) is not None and not model_config.get("layer_types")
+
+
+def stage_with_layer_types(src: Path, staged: Path) -> Path:
+    """`staged`: links to every file of `src`, and a config.json that lists every layer as sliding_attention."""
+    import os
+
+    config = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    staged.mkdir(parents=True)
+    for item in src.iterdir():
+        if item.name == "config.json":
+            continue
+        target = staged / item.name
+        try:
+            os.symlink(item.resolve(), target, target_is_directory=item.is_dir())
+        except OSError:  # no symlinks (Windows without developer mode): a hard link, else a copy
+            if item.is_dir():
+                shutil.copytree(item, target)
+            else:
+                try:
+                    os.link(item.resolve(), target)
+                except OSError:
+                    shutil.copy2(item, target)
+    config["layer_types"] = ["sliding_attention"] * int(config["num_hidden_layers"])
+    (staged / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return staged
+
+
+def built_window(model_dir: Path) -> dict[str, Any]:
+    """The attention window a build really has: GQA attributes, and genai_config's decoder.sliding_window."""
+    import onnx
+
+    decoder = json.loads((model_dir / "genai_config.json").read_text(encoding="utf-8"))["model"]["decoder"]
+    model = onnx.load(str(model_dir / decoder.get("filename", "model.onnx")), load_external_data=False)
+    gqa = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+           for n in model.graph.node if n.op_type == "GroupQueryAttention"]
+    return {"local_window_size": sorted({g.get("local_window_size", -1) for g in gqa}),
+            "sliding_window_cache": sorted({g.get("sliding_window_cache", 0) for g in gqa}),
+            "section": decoder.get("sliding_window") or {}}
+
+
+def window_limits(model_dir: Path) -> tuple[int, int | None]:
+    """(smallest max_length the build accepts, largest prompt + max_new_tokens it answers correctly or None).
+
+    A windowed cache holds min(max_length, W + 16) positions and GQA refuses fewer than W, so max_length
+    must reach W even for a short request. A build whose graph ignores the window (local_window_size -1,
+    as onnxruntime-genai 0.18 builds Phi-3 unless told the layer types) is exact while every token is
+    predicted from at most W tokens, prompt + max_new_tokens <= W + 1, and fails beyond W + 17.
+    """
+    got = built_window(model_dir)
+    section, window = got["section"], int(got["section"].get("window_size") or 0)
+    if not window:
+        return 0, None
+    if got["sliding_window_cache"] == [1]:
+        return window, None
+    if got["local_window_size"] == [-1] and not section.get("layers"):
+        return 0, window + 1
+    return 0, None
+
+
 def builder_command(src: Path, out: Path, tmp_cache: Path, cfg: LoadConfig) -> list[str]:
     """The model builder command for this export, as a user would type it."""
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out),
@@ -296,6 +378,14 @@ class OrtGenAIBackend(Backend):
             cls.provider_for(cfg)
 
     @classmethod
+    def notes(cls, cfg: LoadConfig) -> list[str]:
+        device = normalize_device(cfg.device)
+        if cls.provider_for(cfg) != PROVIDERS[device]:
+            return [f"fallback_to_cpu=True: {device} is not available here ({probe(PROVIDERS[device])}); the "
+                    f"{PROVIDERS[device]} model will run on the CPU."]
+        return []
+
+    @classmethod
     def export_settings(cls, cfg: LoadConfig) -> dict[str, Any]:
         """The builder's options for this export, checked against the builder's known traps."""
         target = build_target(cfg)
@@ -311,7 +401,7 @@ class OrtGenAIBackend(Backend):
                 hint=f"(onnxruntime-genai 0.18 writes an invalid fp32 graph for -e {target}: 'Graph output "
                      "(present.0.key) does not exist'. Use fp16, or build_target='cpu' for fp32 on the CPU.)")
         return {"precision": cfg.precision, "target": target, "block_size": block_size(cfg),
-                "accuracy_level": accuracy_level(cfg)}
+                "accuracy_level": accuracy_level(cfg), "attention_window": ATTENTION_FIX}
 
     @classmethod
     def runtime_versions(cls) -> dict[str, str]:
@@ -337,22 +427,30 @@ class OrtGenAIBackend(Backend):
             raise ExportError(
                 f"ONNX Runtime GenAI cannot build {source.name!r} correctly: " + "; ".join(problems)
                 + ". The openvino and transformers backends run this model.")
-        device = normalize_device(cfg.device)
-        if cls.provider_for(cfg) != PROVIDERS[device]:
-            log(f"fallback_to_cpu=True: {device} is not available here ({probe(PROVIDERS[device])}); "
-                f"the model is built for {target} and will run on the CPU.")
         if cfg.precision == "int8" and target == "dml":
             log("Note: the builder lists INT4 and FP16 for DirectML, not INT8; this int8 build runs on the CPU, "
                 "but a DirectML GPU may reject it. Prefer precision='int4' or 'fp16' for DML.")
         if importlib.util.find_spec("onnx_ir") is None:  # the builder imports it without declaring it
             raise MissingDependencyError("onnx-ir", "The ONNX Runtime GenAI model builder", cls.requirements)
         with tempfile.TemporaryDirectory(prefix="phi3kit-ortgenai-") as tmp:
-            cmd = builder_command(source.path, out, Path(tmp), cfg)
+            src = source.path
+            if needs_layer_types(source.config):
+                src = stage_with_layer_types(source.path, Path(tmp) / "checkpoint")
+                log(f"sliding_window={sliding_window_of(source.config)}: building from a copy of the checkpoint whose "
+                    "config.json lists every layer as sliding_attention (the builder ignores the window otherwise).")
+            cmd = builder_command(src, out, Path(tmp) / "cache", cfg)
             log("Building with: python " + " ".join(cmd[1:]))
             run_builder(cmd, log)
         for needed in ("genai_config.json", "tokenizer.json"):
             if not (out / needed).is_file():
                 raise ExportError(f"the model builder did not write {needed}; see the log above.")
+        if (window := sliding_window_of(source.config)) is not None:
+            got = built_window(out)
+            if got["local_window_size"] != [window]:
+                raise ExportError(
+                    f"the model builder built attention window {got['local_window_size']} for a checkpoint with "
+                    f"sliding_window={window} (genai_config sliding_window: {got['section']}); its outputs would "
+                    "differ from the model's past that window.")
         gen_config = source.path / "generation_config.json"
         if gen_config.is_file() and not (out / gen_config.name).exists():
             shutil.copy2(gen_config, out / gen_config.name)  # stop ids; the builder does not copy it
@@ -396,15 +494,34 @@ class OrtGenAIBackend(Backend):
         if cfg.runtime_config:
             config.overlay(json.dumps(cfg.runtime_config))  # merged into genai_config.json
         self.model = og.Model(config)
+        self.window_floor, self.window_cap = window_limits(model_dir)
+        genai = json.loads((model_dir / "genai_config.json").read_text(encoding="utf-8"))
+        self.context = int(genai["model"].get("context_length") or 0)
+        # The CPU keeps the KV cache in fp32 for int4, int8 and fp32 builds (fp16 builds: fp16).
+        self.kv_element_bytes = 2.0 if cfg.precision == "fp16" else 4.0
+
+    def limits(self, context_length: int) -> Limits:
+        if self.window_cap is None:
+            return model_limits(context_length)
+        window = min(context_length, self.window_cap)
+        return Limits(window, window - 1,
+                      f"this ONNX Runtime GenAI build, which ignores the model's sliding window: it answers correctly "
+                      f"up to sliding_window + 1 = {self.window_cap} tokens, and fails past {self.window_cap + 16}",
+                      "Or export it again with this phi3kit (prefer='export'), which builds the window in and serves "
+                      "the whole context.")
 
     def stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int]) -> Iterator[Token]:
         import numpy as np
         import onnxruntime_genai as og
 
         params = og.GeneratorParams(self.model)
-        options: dict[str, Any] = {"max_length": len(prompt_ids) + gen.max_new_tokens, "do_sample": gen.do_sample}
-        if gen.ignore_eos:  # the generator finishes at its eos by itself; min_length keeps it going
-            options["min_length"] = options["max_length"]
+        total = len(prompt_ids) + gen.max_new_tokens
+        # A windowed KV cache needs max_length >= the window even for a short request (GQA: "KV cache capacity
+        # (40) must be at least local_window_size (64)"); the loop below stops at max_new_tokens itself.
+        max_length = max(total, min(self.window_floor, self.context or self.window_floor))
+        options: dict[str, Any] = {"max_length": max_length, "do_sample": gen.do_sample}
+        if gen.ignore_eos:  # the generator finishes at its eos by itself; min_length keeps it going (masks eos)
+            options["min_length"] = total
         if gen.do_sample:
             options.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
             if gen.seed is not None:
@@ -416,7 +533,9 @@ class OrtGenAIBackend(Backend):
         def run(emit: Any) -> None:
             generator = og.Generator(model, params)
             generator.append_tokens(np.asarray([prompt_ids], dtype=np.int32))  # prefill: the prompt in one pass
-            while not generator.is_done():
+            for _ in range(gen.max_new_tokens):
+                if generator.is_done():
+                    return
                 generator.generate_next_token()
                 token = int(generator.get_next_tokens()[0])
                 if not emit(token) or (token in stops and not gen.ignore_eos):

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from ..config import GenerationConfig, LoadConfig
 from .base import Backend, Token, hf_stream
+from .longrope import patch_hf_longrope
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -40,6 +41,8 @@ class TransformersBackend(Backend):
             trust_remote_code=cfg.trust_remote_code,
         ).to(self.device)
         self.model.eval()
+        patch_hf_longrope(self.model)  # transformers 5.4/5.5: the LongRoPE cache reset would run one token alone
+        self.kv_element_bytes = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0}[cfg.precision or "fp32"]
 
     logits_source = "PyTorch forward"
 
