@@ -500,6 +500,11 @@ class OrtGenAIBackend(Backend):
         # The CPU keeps the KV cache in fp32 for int4, int8 and fp32 builds (fp16 builds: fp16).
         self.kv_element_bytes = 2.0 if cfg.precision == "fp16" else 4.0
 
+    def _max_length(self, total: int) -> int:
+        """A windowed KV cache needs max_length >= the window even for a short request (GQA: "KV cache capacity
+        (40) must be at least local_window_size (64)"); generation stops at max_new_tokens by itself."""
+        return max(total, min(self.window_floor, self.context or self.window_floor))
+
     def limits(self, context_length: int) -> Limits:
         if self.window_cap is None:
             return model_limits(context_length)
@@ -516,10 +521,7 @@ class OrtGenAIBackend(Backend):
 
         params = og.GeneratorParams(self.model)
         total = len(prompt_ids) + gen.max_new_tokens
-        # A windowed KV cache needs max_length >= the window even for a short request (GQA: "KV cache capacity
-        # (40) must be at least local_window_size (64)"); the loop below stops at max_new_tokens itself.
-        max_length = max(total, min(self.window_floor, self.context or self.window_floor))
-        options: dict[str, Any] = {"max_length": max_length, "do_sample": gen.do_sample}
+        options: dict[str, Any] = {"max_length": self._max_length(total), "do_sample": gen.do_sample}
         if gen.ignore_eos:  # the generator finishes at its eos by itself; min_length keeps it going (masks eos)
             options["min_length"] = total
         if gen.do_sample:
@@ -550,7 +552,7 @@ class OrtGenAIBackend(Backend):
         import onnxruntime_genai as og
 
         params = og.GeneratorParams(self.model)
-        params.set_search_options(max_length=len(ids) + 1)
+        params.set_search_options(max_length=self._max_length(len(ids) + 1))
         generator = og.Generator(self.model, params)
         generator.append_tokens(np.asarray([ids], dtype=np.int32))
         return np.array(generator.get_output("logits"))[0]
