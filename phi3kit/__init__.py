@@ -26,6 +26,7 @@ from .errors import (
 from .exporting import export
 from .generate import Response, Session, load
 from .metrics import Metrics, record
+from .tuning import tune
 from .widgets import chat
 from .workshop import pack, unpack
 
@@ -57,5 +58,6 @@ __all__ = [
     "models",
     "pack",
     "record",
+    "tune",
     "unpack",
 ]

@@ -28,12 +28,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="ready-made: a folder its publisher converted, used as it is; export: the kit's own export "
                         "from the checkpoint (default: ready-made where the catalog has one)")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model repo's own code (off by default)")
+    p.add_argument("--untuned", action="store_true", help="ignore what `phi3kit tune` stored: the runtime defaults")
 
 
 def _config(a: argparse.Namespace) -> LoadConfig:
     return LoadConfig(model=a.model, backend=a.backend, precision=a.precision, device=a.device, runtime=a.runtime,
                       cache_dir=a.cache_dir, group_size=a.group_size, ratio=a.ratio, prefer=a.prefer,
-                      trust_remote_code=a.trust_remote_code)
+                      trust_remote_code=a.trust_remote_code, tuned=not a.untuned)
 
 
 def cmd_export(a: argparse.Namespace) -> int:
@@ -91,6 +92,21 @@ def cmd_unpack(a: argparse.Namespace) -> int:
         return 1 if problems else 0
     done = unpack(a.pack, a.cache_dir)
     print(f"{len(done.copied)} entries copied, {len(done.present)} already there, into {done.cache}")
+    return 0
+
+
+def cmd_tune(a: argparse.Namespace) -> int:
+    from .generate import Session
+    from .tuning import tune
+
+    session = Session.load(_config(a), log=lambda m: print(m, file=sys.stderr))
+    result = tune(session, objective=a.objective, runs=a.runs, prompt_tokens=a.prompt_tokens,
+                  new_tokens=a.new_tokens, only=a.only.split(",") if a.only else None, save=not a.dry_run,
+                  log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(result)
+    if result.saved:
+        print(f"saved: {result.saved} (applied on the next load of this export on this device; tuned=False or "
+              "--untuned runs the defaults)")
     return 0
 
 
@@ -281,6 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="where to (default: PHI3KIT_CACHE or the user cache dir)")
     p.add_argument("--check", action="store_true", help="only check every file against the pack, copy nothing")
     p.set_defaults(func=cmd_unpack)
+
+    p = sub.add_parser("tune", help="time runtime settings for an export on this machine and keep the fastest")
+    _model_args(p)
+    p.add_argument("--objective", default="answer", choices=("answer", "decode", "ttft"),
+                   help="answer: time to a whole answer (default); decode: tokens/s; ttft: time to first token")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per candidate (the default runs twice as many)")
+    p.add_argument("--prompt-tokens", type=int, default=256)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--only", default=None, help="comma separated candidate names (default: all for the device)")
+    p.add_argument("--dry-run", action="store_true", help="measure and show, store nothing")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("devices", help="list the devices each backend sees")
     p.set_defaults(func=cmd_devices)

@@ -30,6 +30,8 @@ class LoadConfig:
     runtime as-is (OpenVINO properties such as INFERENCE_PRECISION_HINT).
     `build_target` is what ONNX Runtime GenAI's builder targets (cpu | dml | cuda; None: the device's
     provider), kept apart from `device` so a DirectML build can be checked on any CPU.
+    `tuned` applies the runtime settings `phi3kit tune` measured fastest for this export on this device
+    (only where it measured them); False runs the runtime's defaults and `runtime_config` alone.
     `fallback_to_cpu` lets ortgenai run on the CPU when its device is missing (logged, never silent).
     `accuracy_level` is ortgenai's int4/int8 matmul compute type (1 = fp32 activations, matches PyTorch;
     4 = int8 activations, much faster on CPU; None: the builder's default, 4 on CPU).
@@ -52,6 +54,7 @@ class LoadConfig:
     fallback_to_cpu: bool = False
     accuracy_level: int | None = None
     prefer: str | None = None
+    tuned: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -24,6 +24,7 @@ from .exporting import complete, prepare
 from .metrics import Metrics, PeakMemory
 from .sources import ModelSource
 from .tokenizer import Tokenizer
+from .tuning import describe, stored
 
 ROLES = ("system", "user", "assistant")
 END_TOKENS = ("<|end|>", "<|endoftext|>")
@@ -86,7 +87,7 @@ class Response:
         self.token_ids: list[int] = []
         self.chunks: list[str] = []
         self.metrics = Metrics(prompt_tokens=len(prompt_ids), load_s=session.load_s, source=session.origin,
-                               recipe=session.recipe)
+                               recipe=session.recipe, tuned=session.tuned)
         self._gen: Iterator[str] | None = None
         self._done = False
         self.error: BaseException | None = None  # what ended the answer when finish_reason is "error"
@@ -185,6 +186,7 @@ class Session:
         self.config, self.source, self.export, self.backend = cfg, source, export, backend
         self.tokenizer, self.load_s, self.load_peak_rss_mb = tokenizer, load_s, load_peak_rss_mb
         self.stop_ids = stop_token_ids(tokenizer, export.path)
+        self.tuning: dict[str, Any] | None = None  # set by load() when a tuned choice applies
         self.limits = backend.limits(source.context_length)  # what this route really serves
         self.context_length = self.limits.window
         self.chat_window, self.chat_window_why = self._chat_window()
@@ -204,12 +206,27 @@ class Session:
     def load(cls, cfg: LoadConfig, log: Log = print) -> Session:
         source, export = prepare(cfg, log)  # validates choices first: bad input fails in milliseconds
         cfg = replace(cfg, precision=export.precision or complete(cfg).precision)  # a ready-made folder's own
+        tuning = None
+        if cfg.tuned and (tuning := stored(cfg, export)) is not None and tuning["properties"]:
+            # What `phi3kit tune` measured fastest here; settings given explicitly win.
+            cfg = replace(cfg, runtime_config={**tuning["properties"], **cfg.runtime_config})
         with PeakMemory() as mem:
             start = time.perf_counter()
             backend = get(cfg.backend).open(export, cfg)
             tokenizer = Tokenizer(export.path)
             load_s = time.perf_counter() - start
-        return cls(cfg, source, export, backend, tokenizer, load_s, mem.peak_mb)
+        session = cls(cfg, source, export, backend, tokenizer, load_s, mem.peak_mb)
+        session.tuning = tuning if tuning and tuning["properties"] else None
+        return session
+
+    @property
+    def tuned(self) -> str:
+        """'' when the runtime runs its defaults; else the settings `phi3kit tune` chose, in words."""
+        if not self.tuning:
+            return ""
+        numerics = " (changes numerics: greedy ids can differ from the untuned route)" \
+            if self.tuning["numerics"] else ""
+        return f"tuned: {describe(self.tuning['properties'])}{numerics}"
 
     @property
     def recipe(self) -> str:
@@ -272,7 +289,8 @@ class Session:
         c = self.config
         runtime = c.runtime or get(c.backend).default_runtime()
         route = f"{self.export.route}: {self.origin}" if self.origin else self.export.route
-        return f"<Session {c.model} {c.backend}/{runtime} {c.precision} on {c.device} | {route} | {self.recipe}>"
+        tuned = f" | {self.tuned}" if self.tuned else ""
+        return f"<Session {c.model} {c.backend}/{runtime} {c.precision} on {c.device} | {route} | {self.recipe}{tuned}>"
 
 
 def stop_token_ids(tokenizer: Any, model_dir: Path) -> list[int]:

@@ -24,6 +24,7 @@ class Metrics:
     finish_reason: str = ""
     source: str = ""  # where the model came from: a ready-made repo, a folder, the checkpoint the kit exported
     recipe: str = ""  # how its weights were made (the kit's recipe, or a ready-made folder's publisher's)
+    tuned: str = ""  # the runtime settings `phi3kit tune` chose for this export here ('' for the defaults)
 
     @property
     def tpot_s(self) -> float:
@@ -59,6 +60,7 @@ class Metrics:
             ("peak memory (RSS)", f"{self.peak_rss_mb:.0f} MB"),
             *((("model", self.source),) if self.source else ()),
             *((("weights", self.recipe),) if self.recipe else ()),
+            *((("runtime settings", self.tuned),) if self.tuned else ()),
         ]
         import pandas as pd
 

@@ -109,7 +109,25 @@ Integer weights round every value, so int4 usually drifts first; fp32 routes sho
 report.quality()
 """),
 ("md", """
-## 6. Keep the numbers
+## 6. Tune the runtime for this laptop
+
+A runtime's defaults are chosen for every machine at once. On CPUs that compute bf16 natively (AMX,
+AVX-512 BF16) OpenVINO picks bf16, the slow path for one-token decode; on others, the size of the
+groups it quantizes activations in matters. `kit.tune` times a few of the runtime's documented
+settings on **this** machine, the default first and last, each in its own compiled pipeline, and
+keeps one only if it beats the default by more than the noise (the whole 95% interval of its time
+ratio below 1). Settings that change the arithmetic change greedy answers a little too: the table
+shows each one's agreement with the default beside its speed. `save=False` here: this cell only
+shows the comparison; `phi3kit tune` (or `save=True`) keeps the choice for later loads.
+"""),
+("code", """
+tune_session = kit.load(model, "openvino", "int4", cache_dir=cache_dir or None)
+tuning = kit.tune(tune_session, runs=max(runs, 2), prompt_tokens=max(int(prompt_lengths.split(",")[0]), 32),
+                  new_tokens=max_new_tokens, save=False)
+tuning
+"""),
+("md", """
+## 7. Keep the numbers
 
 The table as CSV (one row per route and prompt length) and everything as JSON, per-token
 latencies included, so results from different laptops in the room can be compared later.

@@ -81,6 +81,11 @@ class Backend(abc.ABC):
 
     # --- exports and ready-made folders ---------------------------------------------------------
     @classmethod
+    def tune_candidates(cls, cfg: LoadConfig) -> list[Any]:
+        """Runtime settings worth timing against the defaults for this device (phi3kit.tuning.Candidate each)."""
+        return []
+
+    @classmethod
     def notes(cls, cfg: LoadConfig) -> list[str]:
         """What the user should be told about this load, whatever the route (a fallback to another device...)."""
         return []

@@ -157,6 +157,39 @@ class OpenVINOBackend(Backend):
                 raise NPUDriverError(problem)
 
     @classmethod
+    def tune_candidates(cls, cfg: LoadConfig) -> list[Any]:
+        """OpenVINO's documented performance properties for the device (docs/compatibility.md)."""
+        from ..tuning import Candidate
+
+        family = cfg.device.split(".")[0].upper()
+        if family == "NPU":
+            return [Candidate("best-perf", {"GENERATE_HINT": "BEST_PERF"}, "the NPU's faster-decode compile"),
+                    Candidate("fast-compile", {"GENERATE_HINT": "FAST_COMPILE"}, "the NPU's quicker compile")]
+        if family == "GPU":
+            return [Candidate("dq64", {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 64}, "int8 activations in groups of 64"),
+                    Candidate("kv-u8", {"KV_CACHE_PRECISION": "u8"}, "an 8-bit KV cache")]
+        if family not in ("CPU", "AUTO") or cfg.precision == "fp32":  # fp32 fixes precision hints on purpose
+            return []
+        from ..devices import core
+
+        ov = core()
+        out = []
+        if "BF16" in list(ov.get_property("CPU", "OPTIMIZATION_CAPABILITIES")):
+            # Native bf16 (AVX-512 BF16, AMX): the CPU plugin's default, and its slow path for one-token decode.
+            out += [Candidate("f32", {"INFERENCE_PRECISION_HINT": "f32"}, "f32 compute instead of bf16"),
+                    Candidate("f32+dq64", {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": 64},
+                              "f32 compute, int8 activations in groups of 64")]
+        out += [Candidate("dq64", {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 64}, "int8 activations in groups of 64"),
+                Candidate("dq128", {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 128}, "int8 activations in groups of 128")]
+        import psutil
+
+        physical, logical = psutil.cpu_count(logical=False) or 1, psutil.cpu_count() or 1
+        if logical > physical:
+            out.append(Candidate("no-hyper-threading", {"ENABLE_HYPER_THREADING": False},
+                                 f"{physical} threads on {physical} cores instead of {logical}"))
+        return out
+
+    @classmethod
     def export_settings(cls, cfg: LoadConfig) -> dict[str, Any]:
         settings: dict[str, Any] = {"precision": cfg.precision}
         if cfg.precision in ("int4", "int4-cw"):

@@ -378,6 +378,19 @@ class OrtGenAIBackend(Backend):
             cls.provider_for(cfg)
 
     @classmethod
+    def tune_candidates(cls, cfg: LoadConfig) -> list[Any]:
+        """Session threads (a genai_config overlay). The accuracy level is a build option: changing it means a
+        new build (prefer='export', accuracy_level=1..4), so the tuner does not try it; docs/benchmarks.md has it."""
+        import psutil
+
+        from ..tuning import Candidate
+
+        physical, logical = psutil.cpu_count(logical=False) or 1, psutil.cpu_count() or 1
+        options = {n for n in (physical, logical, max(physical - 1, 1)) if n}
+        return [Candidate(f"threads={n}", {"model": {"decoder": {"session_options": {"intra_op_num_threads": n}}}},
+                          f"{n} intra-op threads") for n in sorted(options)]
+
+    @classmethod
     def notes(cls, cfg: LoadConfig) -> list[str]:
         device = normalize_device(cfg.device)
         if cls.provider_for(cfg) != PROVIDERS[device]:
