@@ -79,9 +79,10 @@ def teacher_forced(model: str, precision: str, **options: Any) -> tuple[np.ndarr
     ids, n = r.prompt_ids + r.token_ids, len(r.prompt_ids)
     with torch.inference_mode():
         ref = ref_session.backend.model(torch.tensor([ids])).logits[0, n - 1 : -1].double().numpy()
-    og_model = session(model, precision, **options).backend.model
+    backend = session(model, precision, **options).backend
+    og_model = backend.model
     params = og.GeneratorParams(og_model)
-    params.set_search_options(max_length=len(ids) + 1)
+    params.set_search_options(max_length=backend.search_max_length(len(ids) + 1))  # mini-4k's window: 2047
     generator = og.Generator(og_model, params)
     rows = []
     for chunk in [ids[:n]] + [[t] for t in ids[n:-1]]:

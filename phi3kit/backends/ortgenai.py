@@ -459,7 +459,8 @@ class OrtGenAIBackend(Backend):
                 raise ExportError(f"the model builder did not write {needed}; see the log above.")
         if (window := sliding_window_of(source.config)) is not None:
             got = built_window(out)
-            if got["local_window_size"] != [window]:
+            # GPU builds (fp16 for cuda/dml) may fuse attention into other operators: checked where it is GQA.
+            if got["local_window_size"] and got["local_window_size"] != [window]:
                 raise ExportError(
                     f"the model builder built attention window {got['local_window_size']} for a checkpoint with "
                     f"sliding_window={window} (genai_config sliding_window: {got['section']}); its outputs would "
@@ -513,9 +514,10 @@ class OrtGenAIBackend(Backend):
         # The CPU keeps the KV cache in fp32 for int4, int8 and fp32 builds (fp16 builds: fp16).
         self.kv_element_bytes = 2.0 if cfg.precision == "fp16" else 4.0
 
-    def _max_length(self, total: int) -> int:
-        """A windowed KV cache needs max_length >= the window even for a short request (GQA: "KV cache capacity
-        (40) must be at least local_window_size (64)"); generation stops at max_new_tokens by itself."""
+    def search_max_length(self, total: int) -> int:
+        """The search option `max_length` for `total` tokens: a windowed KV cache needs at least the window even
+        for a short request (GQA: "KV cache capacity (40) must be at least local_window_size (64)"); the kit's
+        loop stops at max_new_tokens by itself. Code that drives `self.model` with og directly needs it too."""
         return max(total, min(self.window_floor, self.context or self.window_floor))
 
     def limits(self, context_length: int) -> Limits:
@@ -534,7 +536,7 @@ class OrtGenAIBackend(Backend):
 
         params = og.GeneratorParams(self.model)
         total = len(prompt_ids) + gen.max_new_tokens
-        options: dict[str, Any] = {"max_length": self._max_length(total), "do_sample": gen.do_sample}
+        options: dict[str, Any] = {"max_length": self.search_max_length(total), "do_sample": gen.do_sample}
         if gen.ignore_eos:  # the generator finishes at its eos by itself; min_length keeps it going (masks eos)
             options["min_length"] = total
         if gen.do_sample:
@@ -565,7 +567,7 @@ class OrtGenAIBackend(Backend):
         import onnxruntime_genai as og
 
         params = og.GeneratorParams(self.model)
-        params.set_search_options(max_length=self._max_length(len(ids) + 1))
+        params.set_search_options(max_length=self.search_max_length(len(ids) + 1))
         generator = og.Generator(self.model, params)
         generator.append_tokens(np.asarray([ids], dtype=np.int32))
         return np.array(generator.get_output("logits"))[0]
