@@ -23,7 +23,7 @@ from .errors import (
     ResourceError,
     UnknownChoiceError,
 )
-from .exporting import export
+from .exporting import checkpoint, export
 from .generate import Response, Session, load
 from .metrics import Metrics, record
 from .tuning import tune
@@ -52,6 +52,7 @@ __all__ = [
     "backends",
     "bench",
     "chat",
+    "checkpoint",
     "doctor",
     "export",
     "load",

@@ -140,6 +140,23 @@ def _plan_hub(model: str, cfg: LoadConfig, backend: type[Backend], export_only: 
     return Plan("export", checkpoint=model, model=entry)
 
 
+def checkpoint(model: str) -> str:
+    """The PyTorch checkpoint an export of `model` starts from, as optimum-cli or the ONNX builder take it:
+    a hub id (a catalog alias's checkpoint), or a folder (the pocket's, or yours)."""
+    if model == "pocket":
+        from . import pocket
+
+        return str(pocket.path())
+    if (folder := local_folder(model)) is not None:
+        return str(folder)
+    if is_hub_id(model):
+        from .hub import split_hub_id
+
+        known = catalog.for_repo(*split_hub_id(model))  # a ready-made repo: the checkpoint it was made from
+        return known[0].checkpoint if known else model
+    return catalog.lookup(model).checkpoint
+
+
 # --- the routes -----------------------------------------------------------------------------------
 def ready_made_alternative(p: Plan, cfg: LoadConfig) -> str:
     """The catalog's ready-made folder for this request, in words, for a preflight that would refuse."""

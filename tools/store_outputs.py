@@ -1,6 +1,7 @@
 """Store outputs only for the cells tests check (`# NBVAL_CHECK_OUTPUT`), from a run with the test values.
 
-    python tools/store_outputs.py notebooks/openvino.ipynb
+    python tools/store_outputs.py notebooks/openvino.ipynb notebooks/fa/openvino.ipynb
+    python tools/store_outputs.py --all        # every notebook in every language
 
 Runs the notebook with conftest's NOTEBOOK_TEST_PARAMETERS through papermill, then writes
 the source notebook back with every other output and execution count cleared.
@@ -8,6 +9,7 @@ the source notebook back with every other output and execution count cleared.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +24,8 @@ MARK = "# NBVAL_CHECK_OUTPUT"
 
 
 def store(path: Path) -> None:
+    # An isolated export cache, as the tests run: nothing `phi3kit tune` stored elsewhere reaches these outputs.
+    os.environ.setdefault("PHI3KIT_CACHE", tempfile.mkdtemp(prefix="phi3kit-store-"))
     nb = nbformat.read(str(path), as_version=4)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / path.name
@@ -42,5 +46,9 @@ def store(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    for arg in sys.argv[1:]:
+    args = sys.argv[1:]
+    if args == ["--all"]:
+        root = Path(__file__).resolve().parents[1] / "notebooks"
+        args = [str(p) for p in sorted(root.glob("*.ipynb")) + sorted(root.glob("*/*.ipynb"))]
+    for arg in args:
         store(Path(arg))

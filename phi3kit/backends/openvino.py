@@ -135,6 +135,7 @@ class OpenVINOBackend(Backend):
     exporter: ClassVar[tuple[str, ...]] = EXPORTER
     exporter_modules: ClassVar[dict[str, str]] = {"torch": "torch", "optimum.intel": "optimum-intel", "nncf": "nncf"}
     npu_preset = staticmethod(npu_preset)  # kit.backends.get("openvino").npu_preset(cfg) in notebooks
+    export_command = staticmethod(export_command)  # the optimum-cli command an export runs (shown in notebooks)
 
     @classmethod
     def devices(cls, runtime: str) -> list[str]:

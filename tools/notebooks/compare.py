@@ -1,13 +1,10 @@
-"""Authoring source of notebooks/compare.ipynb: `python tools/make_compare_notebook.py`, then
-`python tools/store_outputs.py notebooks/compare.ipynb` to store the checked outputs."""
+"""English source of notebooks/compare.ipynb (build: `python tools/notebooks/build.py`)."""
 
-from pathlib import Path
+from nb import code, md, parameters
 
-from nbcells import write
-
-ROOT = Path(__file__).resolve().parents[1]
-cells = [
-("md", """
+TITLE = "Compare Phi-3 routes"
+CELLS = [
+md("intro", """
 # Compare the routes: speed, memory and quality side by side
 
 The other notebooks run Phi-3 one way at a time. This one runs **the same prompts through several
@@ -22,14 +19,14 @@ the numbers next to each other:
 A route is written `backend:precision`, optionally `backend/runtime:precision@device`,
 for example `openvino:int4`, `openvino/optimum:int8` or `ortgenai:int4@CPU`.
 """),
-("md", """
+md("params-intro", """
 ## Parameters
 
 Defaults compare the real Phi-3-mini. PyTorch fp32 holds the whole model in 32-bit floats
 (about 15 GB, more while loading); the kit skips it, saying why, when the RAM is not there.
 `model = "pocket"` runs everything in seconds, offline.
 """),
-("parameters", """
+parameters("parameters", """
 model: str = "phi-3-mini-4k"  # catalog alias (`phi3kit models`), hub id, folder, or "pocket" (offline)
 routes: str = "transformers:fp32,openvino:int4,openvino:int8,ortgenai:int4"  # comma separated backend:precision
 prompt_lengths: str = "128,512"  # prompt sizes to time, in tokens, comma separated
@@ -38,32 +35,32 @@ runs: int = 3  # timed runs per prompt length, after one warm-up run that is not
 cache_dir: str = ""  # folder for exports; empty for the kit default (PHI3KIT_CACHE or the user cache)
 results_dir: str = "results"  # where the CSV and JSON of the results go; empty to keep them in memory only
 """),
-("md", """
+md("machine-md", """
 ## 1. The machine
 
 Every number below belongs to this hardware. Decoding reads all the weights once per token, so
 memory bandwidth sets the pace more than the CPU's clock; prompt reading is arithmetic, where
 cores and instruction sets (AVX-512, AMX) matter.
 """),
-("code", """
+code("machine", """
 import phi3kit as kit
 
 machine = kit.doctor()
 for item in ("CPU", "ISA", "cores", "RAM", "OS"):
     print(f"{item:6} {machine.get(item)}")
 """),
-("md", """
+md("routes-md", """
 ## 2. Which routes run here?
 
 Each backend says which devices it sees and whether its packages are installed. A route that
 cannot run is skipped with the reason, instead of failing halfway through the comparison.
 """),
-("code", """
+code("routes", """
 # NBVAL_CHECK_OUTPUT
 for route, problem in kit.bench.available(routes):
     print(f"{route.label:28} {'runs here' if problem is None else 'skipped: ' + problem}")
 """),
-("md", """
+md("measure-md", """
 ## 3. Measure
 
 `kit.bench.run` does for each route what OpenVINO's `llm_bench` and ONNX Runtime GenAI's
@@ -78,11 +75,11 @@ for route, problem in kit.bench.available(routes):
 
 This takes a while for the real model (each export takes minutes the first time).
 """),
-("code", """
+code("measure", """
 report = kit.bench.run(model, routes, prompt_lengths, max_new_tokens, runs, cache_dir=cache_dir or None)
 report
 """),
-("md", """
+md("side-md", """
 ## 4. Side by side
 
 * **TTFT** grows with the prompt: the whole prompt is processed before the first token.
@@ -92,10 +89,10 @@ report
 * **Per-token latency** should be flat after the first token; spikes are other programs
   competing for the CPU.
 """),
-("code", """
+code("plot", """
 report.plot();
 """),
-("md", """
+md("quality-md", """
 ## 5. What does the speed cost?
 
 * **Perplexity**: how surprised the model is by a fixed text (the pocket model: its own answers).
@@ -105,10 +102,10 @@ report.plot();
 
 Integer weights round every value, so int4 usually drifts first; fp32 routes should agree fully.
 """),
-("code", """
+code("quality", """
 report.quality()
 """),
-("md", """
+md("tune-md", """
 ## 6. Tune the runtime for this laptop
 
 A runtime's defaults are chosen for every machine at once. On CPUs that compute bf16 natively (AMX,
@@ -120,24 +117,24 @@ ratio below 1). Settings that change the arithmetic change greedy answers a litt
 shows each one's agreement with the default beside its speed. `save=False` here: this cell only
 shows the comparison; `phi3kit tune` (or `save=True`) keeps the choice for later loads.
 """),
-("code", """
+code("tune", """
 tune_session = kit.load(model, "openvino", "int4", cache_dir=cache_dir or None)
 tuning = kit.tune(tune_session, runs=max(runs, 2), prompt_tokens=max(int(prompt_lengths.split(",")[0]), 32),
                   new_tokens=max_new_tokens, save=False)
 tuning
 """),
-("md", """
+md("keep-md", """
 ## 7. Keep the numbers
 
 The table as CSV (one row per route and prompt length) and everything as JSON, per-token
 latencies included, so results from different laptops in the room can be compared later.
 """),
-("code", """
+code("keep", """
 if results_dir:
     csv_path, json_path = report.save(results_dir, stem="compare")  # never overwrites: compare-1.csv...
     print(csv_path, json_path, sep="\\n")
 """),
-("md", """
+md("next", """
 ## Next
 
 * Run `phi3kit bench --model pocket --routes openvino:int4,openvino:fp16` in a terminal: the same
@@ -147,4 +144,3 @@ if results_dir:
 * `docs/benchmarks.md` has the full-size Phi-3-mini numbers measured on a 2-core CPU.
 """),
 ]
-write(ROOT / "notebooks" / "compare.ipynb", cells, "Compare Phi-3 routes")

@@ -1,0 +1,187 @@
+"""The notebooks' authoring kit: cells with stable ids, their translations, and the checks that keep them honest.
+
+Each notebook has one English source (tools/notebooks/<name>.py: a TITLE and a list of CELLS) and one
+translation file per language (tools/notebooks/i18n/<lang>/<name>.yaml). A translation replaces the
+prose of markdown cells and the comments of code cells, never the code: `code_problem()` compares a
+translated code cell with the English one with comments removed (the parameters cell may also change
+its string values: a prompt in the notebook's language). Each translated cell records the hash of the
+English text it was made from, so an English cell edited later fails the build until its translations
+follow (`stale()`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tokenize
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+I18N = HERE / "i18n"
+NOTEBOOKS = ROOT / "notebooks"
+# The seed tutorial's six languages; English stays at notebooks/<name>.ipynb, the others in notebooks/<lang>/.
+LANGUAGES = {"en": "English", "fr": "Français", "zh": "简体中文", "fa": "فارسی", "id": "Bahasa Indonesia",
+             "ro": "Română"}
+RTL = {"fa"}
+KINDS = ("md", "code", "parameters")
+CHECK = "# NBVAL_CHECK_OUTPUT"
+
+
+@dataclass(frozen=True)
+class Cell:
+    kind: str
+    id: str
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"cell {self.id}: kind {self.kind!r} is not one of {KINDS}")
+
+
+def md(cell_id: str, source: str) -> Cell:
+    return Cell("md", cell_id, source.strip("\n"))
+
+
+def code(cell_id: str, source: str) -> Cell:
+    return Cell("code", cell_id, source.strip("\n"))
+
+
+def parameters(cell_id: str, source: str) -> Cell:
+    return Cell("parameters", cell_id, source.strip("\n"))
+
+
+def cell_hash(source: str) -> str:
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:12]
+
+
+def load_translation(lang: str, name: str) -> dict[str, Any]:
+    import yaml
+
+    path = I18N / lang / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {lang} translation of {name}: {path}")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def stale(cells: list[Cell], table: dict[str, Any]) -> list[str]:
+    """Cells whose translation is missing, or was made from another English text than today's."""
+    out = []
+    entries = table.get("cells", {})
+    for cell in cells:
+        entry = entries.get(cell.id)
+        needs = cell.kind == "md" or has_comments(cell.source)
+        if entry is None or entry.get("todo"):
+            if needs:
+                out.append(f"{cell.id}: not translated")
+            continue
+        if entry.get("en") != cell_hash(cell.source):
+            out.append(f"{cell.id}: translated from an older English text (hash {entry.get('en')}, "
+                       f"English is now {cell_hash(cell.source)})")
+    extra = sorted(set(entries) - {c.id for c in cells})
+    out += [f"{cell_id}: translated, but no such English cell" for cell_id in extra]
+    return out
+
+
+def _tokens(source: str) -> list[tokenize.TokenInfo]:
+    return [t for t in tokenize.generate_tokens(io.StringIO(source + "\n").readline)
+            if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER)]
+
+
+def has_comments(source: str) -> bool:
+    return any(t.type == tokenize.COMMENT and t.string.strip() != CHECK for t in _tokens(source))
+
+
+def code_problem(english: str, translated: str, is_parameters: bool = False) -> str | None:
+    """Why a translated code cell is not the English code (comments aside; for the parameters cell, string
+    values aside too), or None."""
+    def shape(source: str) -> list[tuple[int, str]]:
+        out = []
+        for t in _tokens(source):
+            if t.type == tokenize.COMMENT:
+                if t.string.strip() == CHECK:
+                    out.append((t.type, t.string.strip()))
+                continue
+            if is_parameters and t.type == tokenize.STRING:
+                out.append((t.type, "<string>"))
+                continue
+            out.append((t.type, t.string))
+        return out
+
+    a, b = shape(english), shape(translated)
+    if a == b:
+        return None
+    at = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    near = " ".join(s for _, s in a[max(at - 3, 0): at + 3])
+    return f"the code differs from the English near: {near!r}"
+
+
+def prose(text: str) -> str:
+    """The words of a markdown cell: code spans, code blocks, links' targets and HTML removed."""
+    text = re.sub(r"```.*?```", " ", text, flags=re.S)
+    text = re.sub(r"`[^`]*`", " ", text)
+    text = re.sub(r"\]\([^)]*\)", "]", text)
+    text = re.sub(r"<[^>]+>", " ", text)
+    text = re.sub(r"https?://\S+", " ", text)
+    return text
+
+
+def localize(cells: list[Cell], lang: str, name: str) -> tuple[list[Cell], str]:
+    """The cells and title of `name` in `lang`; raises on a stale or code-changing translation."""
+    from importlib import import_module
+
+    title = import_module(name).TITLE
+    if lang == "en":
+        return cells, title
+    table = load_translation(lang, name)
+    if problems := stale(cells, table):
+        raise ValueError(f"{lang}/{name}: " + "; ".join(problems))
+    entries = table.get("cells", {})
+    out = []
+    for cell in cells:
+        entry = entries.get(cell.id)
+        if entry is None:
+            out.append(cell)
+            continue
+        text = str(entry["text"]).strip("\n")
+        if cell.kind != "md" and (why := code_problem(cell.source, text, cell.kind == "parameters")):
+            raise ValueError(f"{lang}/{name}, cell {cell.id}: {why}")
+        if cell.kind == "md" and lang in RTL:
+            text = f'<div dir="rtl" lang="{lang}">\n\n{text}\n\n</div>'
+        out.append(replace(cell, source=text))
+    return out, str(table.get("title", title))
+
+
+def notebook_path(name: str, lang: str) -> Path:
+    return NOTEBOOKS / f"{name}.ipynb" if lang == "en" else NOTEBOOKS / lang / f"{name}.ipynb"
+
+
+def render(cells: list[Cell], title: str, lang: str, name: str, keep: Any = None) -> Any:
+    """The notebook object; `keep` (an existing notebook) lends its stored outputs to cells whose code is unchanged."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {
+        "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+        "title": title,
+        "phi3kit": {"lang": lang, "source": f"tools/notebooks/{name}.py", "direction": "rtl" if lang in RTL
+                    else "ltr"},
+    }
+    old = {c.get("id"): c for c in (keep.cells if keep is not None else [])}
+    for cell in cells:
+        if cell.kind == "md":
+            nbc = nbformat.v4.new_markdown_cell(cell.source)
+        else:
+            nbc = nbformat.v4.new_code_cell(cell.source)
+            if cell.kind == "parameters":
+                nbc.metadata["tags"] = ["parameters"]
+            prev = old.get(cell.id)
+            if prev is not None and prev.get("source") == cell.source and CHECK in cell.source:
+                nbc.outputs, nbc.execution_count = prev.get("outputs", []), prev.get("execution_count")
+        nbc.id = cell.id
+        nb.cells.append(nbc)
+    return nb
