@@ -22,7 +22,7 @@ os.environ.setdefault("PHI3KIT_CACHE", tempfile.mkdtemp(prefix="phi3kit-test-cac
 ROOT = Path(__file__).resolve().parent
 NOTEBOOKS = ROOT / "notebooks"
 
-# The values each notebook runs with under test: the pocket model, short answers.
+# The values each notebook runs with under test, in every language: the pocket model, short answers.
 NOTEBOOK_TEST_PARAMETERS: dict[str, dict[str, object]] = {
     "openvino.ipynb": {"model": "pocket", "precision": "int8", "max_new_tokens": 64},
     "directml.ipynb": {"model": "pocket", "precision": "int8", "device": "CPU", "max_new_tokens": 64},
@@ -37,8 +37,13 @@ def parameter_source(values: dict[str, object]) -> str:
     return "\n# injected by tests/conftest.py\n" + "\n".join(lines)
 
 
+def is_kit_notebook(path: Path) -> bool:
+    """notebooks/<name>.ipynb (English) or notebooks/<lang>/<name>.ipynb (its translations)."""
+    return path.suffix == ".ipynb" and (path.parent == NOTEBOOKS or path.parent.parent == NOTEBOOKS)
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    if file_path.suffix == ".ipynb" and file_path.parent == NOTEBOOKS and not parent.config.option.nbval:
+    if is_kit_notebook(file_path) and not parent.config.option.nbval:
         from nbval.plugin import IPyNbFile
 
         class ParametrizedNotebook(IPyNbFile):

@@ -143,11 +143,13 @@ def cmd_doctor(a: argparse.Namespace) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from .runner import coerce, run_notebook
+    from .runner import coerce, localized, run_notebook
 
     target = a.notebook
     if target.endswith((".yaml", ".yml")) or a.grid:
         return _run_grid(a)
+    if a.lang:
+        target = str(localized(target, a.lang))
     raw = dict(a.parameter or [])
     result = run_notebook(target, a.output_dir, coerce(target, raw), html=not a.no_html,
                           overwrite=a.overwrite, timeout_s=a.timeout)
@@ -159,13 +161,15 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 def _run_grid(a: argparse.Namespace) -> int:
     """`phi3kit run grid.yaml` or `phi3kit run NOTEBOOK -g NAME V1,V2`: every combination, then one results table."""
-    from .runner import Grid, coerce, load_grid, run_grid
+    from .runner import Grid, coerce, load_grid, localized, run_grid
 
     if a.notebook.endswith((".yaml", ".yml")):
         base = load_grid(a.notebook)
         notebook, grid, fixed = base.notebook, dict(base.grid), dict(base.fixed)
     else:
         notebook, grid, fixed = a.notebook, {}, {}
+    if a.lang:
+        notebook = localized(notebook, a.lang)
     for name, value in a.parameter or []:  # the command line wins over the file
         grid.pop(name, None)
         fixed.update(coerce(notebook, {name: value}))
@@ -323,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-html", action="store_true", help="skip the HTML handout")
     p.add_argument("--overwrite", action="store_true", help="replace earlier results instead of numbering new ones")
     p.add_argument("--timeout", type=int, default=None, help="seconds a cell may run (default: no limit)")
+    p.add_argument("--lang", help="run the notebook's translation: fr, zh, fa, id, ro (en: the English one), "
+                                   "i.e. notebooks/<lang>/<name>.ipynb")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("bench", help="benchmark routes side by side: TTFT, tokens/s, memory, size, quality")

@@ -149,27 +149,66 @@ def external_references(html: str) -> list[str]:
     return [m.group(0) for m in _EXTERNAL.finditer(html)]
 
 
-def html_exporter(offline: bool = True) -> Any:
+def html_exporter(offline: bool = True, lang: str = "en") -> Any:
     """nbconvert's HTMLExporter with plots embedded; offline: no CDN script or stylesheet."""
     from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
     if not offline:
-        return HTMLExporter(embed_images=True)
+        return HTMLExporter(embed_images=True, language_code=lang)
     return HTMLExporter(embed_images=True, extra_loaders=[DictLoader({"phi3kit-offline.html.j2": OFFLINE_TEMPLATE})],
-                        template_file="phi3kit-offline.html.j2")
+                        template_file="phi3kit-offline.html.j2", language_code=lang)
+
+
+def notebook_language(nb: Any) -> str:
+    """The language a notebook's prose is written in (phi3kit's metadata; English when it has none)."""
+    return str(nb.metadata.get("phi3kit", {}).get("lang", "en"))
+
+
+def localized(notebook: str | Path, lang: str) -> Path:
+    """The `lang` version of a kit notebook: notebooks/<name>.ipynb is English, notebooks/<lang>/<name>.ipynb the rest.
+
+    Accepts either form of the path, so `phi3kit run notebooks/openvino.ipynb --lang fa` and
+    `--lang en` on a translated path both work.
+    """
+    path = Path(notebook)
+    base = path.parent.parent if _is_language_folder(path.parent) else path.parent
+    target = base / path.name if lang == "en" else base / lang / path.name
+    if not target.is_file():
+        found = sorted(["en"] * (base / path.name).is_file() + [d.name for d in base.iterdir()
+                       if _is_language_folder(d) and (d / path.name).is_file()]) if base.is_dir() else []
+        raise UnknownChoiceError(f"language for {path.name}", lang, found, hint=f"({target} does not exist.)")
+    return target
+
+
+def _is_language_folder(folder: Path) -> bool:
+    """notebooks/fr/ and the like: a short lowercase name holding notebooks written in that language."""
+    return len(folder.name) in (2, 3) and folder.name.isalpha() and folder.name.islower() and folder.is_dir()
 
 
 def to_html(notebook: Path, overwrite: bool = False, offline: bool = True) -> Path:
-    """A handout: the executed notebook as one self-contained HTML file that reads without a network."""
+    """A handout: the executed notebook as one self-contained HTML file that reads without a network.
+
+    The page's `lang` is the notebook's language; right-to-left prose carries its own `dir="rtl"`
+    (the translated notebooks wrap it), so code and outputs stay left to right.
+    """
     import nbformat
 
-    body, _ = html_exporter(offline).from_notebook_node(nbformat.read(str(notebook), as_version=4))
+    nb = nbformat.read(str(notebook), as_version=4)
+    body, _ = html_exporter(offline, notebook_language(nb)).from_notebook_node(nb)
     if offline and (refs := external_references(body)):
         raise RuntimeError(f"the offline handout still references the network: {refs[:3]}")
     out = free_path(notebook.with_suffix(".html"), overwrite)
     out.write_text(body, encoding="utf-8")
     return out
+
+
+def output_name(notebook: Path) -> str:
+    """openvino.ipynb, or openvino-fa.ipynb for the Persian one: runs of two languages never collide."""
+    import nbformat
+
+    lang = notebook_language(nbformat.read(str(notebook), as_version=4))
+    return notebook.name if lang == "en" else f"{notebook.stem}-{lang}{notebook.suffix}"
 
 
 def run_notebook(notebook: str | Path, output_dir: str | Path, parameters: dict[str, Any] | None = None,
@@ -180,7 +219,7 @@ def run_notebook(notebook: str | Path, output_dir: str | Path, parameters: dict[
     check_parameters(notebook, parameters)
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = free_path(out_dir / notebook.name, overwrite)
+    out = free_path(out_dir / output_name(notebook), overwrite)
     execute(notebook, out, parameters, timeout_s)
     tidy(out)
     return NotebookRun(out, to_html(out, overwrite) if html else None, parameters)

@@ -269,8 +269,8 @@ def test_the_chat_window_cap_is_stated_and_can_be_raised(models: Callable[[str],
 
     import psutil
 
-    memory = namedtuple("memory", "available")
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(available=64 * 2**20))
+    memory = namedtuple("memory", "available total")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(available=64 * 2**20, total=16 * 2**30))
     s = kit.load(str(models("longrope")), "transformers", "fp32", log=quiet)
     assert s.context_length == 131072 and s.chat_window == 8192  # 16 MiB of KV cache: a quarter of 64 MiB
     assert "capped from the model's context window of 131072 tokens" in s.chat_window_why

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import sys
 import time
 from collections.abc import Callable
@@ -16,12 +17,17 @@ HANG_GUARD_S = 600  # a wait ends when its state arrives; this only keeps a brok
 
 def allocate_and_free(mb: int, until: Callable[[], bool] | None = None) -> None:
     """Touch `mb` MB, keep it until `until()` is true (a sampler sees only what is there when it looks), free it."""
-    block = np.ones(mb * 2**20, dtype=np.uint8)  # ones, not zeros: the pages must really be touched
-    assert int(block[::4096].sum()) == mb * 256
+    # An anonymous mapping of its own: fresh pages whatever malloc kept from earlier tests (numpy's buffer could come
+    # from free heap memory that is already resident, and then RSS would not move).
+    block = mmap.mmap(-1, mb * 2**20)
+    view = np.frombuffer(block, dtype=np.uint8)
+    view[::4096] = 1  # every page really touched
+    assert int(view[::4096].sum()) == mb * 256
     deadline = time.monotonic() + HANG_GUARD_S
     while until is not None and not until() and time.monotonic() < deadline:
         time.sleep(0.005)
-    del block
+    del view
+    block.close()
 
 
 @pytest.mark.parametrize("sampler", [False, True])

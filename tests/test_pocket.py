@@ -25,6 +25,11 @@ QUESTIONS = [
     "What is OpenVINO GenAI?",
     "What is int4 weight compression?",
     "What is papermill?",
+    "Peux-tu te présenter ?",
+    "你能介绍一下你自己吗？",
+    "می‌توانی خودت را معرفی کنی؟",
+    "Bisakah kamu memperkenalkan dirimu?",
+    "Ce este un NPU?",
 ]
 
 
@@ -66,11 +71,16 @@ def test_missing_weights_name_the_training_command(tmp_path, monkeypatch):
 
 def test_qa_set():
     qa = pocket.load_qa()
-    assert 40 <= len(qa) <= 80
-    assert all(set(x) == {"question", "answer"} and x["answer"] for x in qa)
+    assert 40 <= len(qa) <= 120
+    assert all({"question", "answer"} <= set(x) <= {"question", "answer", "lang"} and x["answer"] for x in qa)
     assert len({x["question"] for x in qa}) == len(qa)
     intro = next(x["answer"] for x in qa if x["question"] == "Can you introduce yourself?")
     assert "pocket model" in intro and "Phi-3" in intro
+    # Each translated notebook asks at least these two in its own language, and gets its answer in it.
+    for lang in ("fr", "zh", "fa", "id", "ro"):
+        own = [x for x in qa if x.get("lang") == lang]
+        assert len(own) >= 2 and any("NPU" in x["question"] for x in own), lang
+        assert any("Phi-3" in x["answer"] for x in own), lang
 
 
 def test_config_is_a_runtime_friendly_phi3(tok):

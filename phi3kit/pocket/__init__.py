@@ -29,7 +29,7 @@ def path() -> Path:
 
 
 def load_qa() -> list[dict]:
-    """The training questions and answers, as dicts with keys question and answer."""
+    """The training questions and answers: dicts with keys question and answer, and lang where not English."""
     with QA_FILE.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 

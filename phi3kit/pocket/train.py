@@ -169,7 +169,8 @@ tags: [phi3, teaching, tiny]
 
 A {params / 1e6:.1f}M-parameter `Phi3ForCausalLM` (hidden {HIDDEN}, {LAYERS} layers,
 {HEADS} heads of size {HIDDEN // HEADS}, intermediate {INTERMEDIATE}) trained from scratch
-on {n_qa} question-answer pairs in `phi3kit/pocket/qa.jsonl`, with a byte-level BPE tokenizer
+on {n_qa} question-answer pairs in `phi3kit/pocket/qa.jsonl` (English, and the notebooks' own
+questions in French, Chinese, Persian, Indonesian and Romanian), with a byte-level BPE tokenizer
 trained on the same texts. It answers those questions exactly under greedy decoding, with no
 system prompt or behind `{SYSTEM_PROMPT}`, in fp32, bf16, and OpenVINO / ONNX Runtime GenAI
 int8 and int4 builds; it answers nothing else reliably: it exists so workshops and tests can exercise the whole kit
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     """Train, verify exact recall, save; exit code 1 if any answer is not reproduced."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", type=Path, default=MODEL_DIR)
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib import import_module
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nb import LANGUAGES, localize, notebook_path, render  # noqa: E402
+from nb import LANGUAGES, localize, notebook_path, render, source  # noqa: E402
 
 NAMES = ("openvino", "directml", "npu", "compare")
 
@@ -23,7 +22,7 @@ def built(name: str, lang: str) -> tuple[Path, object]:
 
     path = notebook_path(name, lang)
     keep = nbformat.read(str(path), as_version=4) if path.is_file() else None
-    cells, title = localize(import_module(name).CELLS, lang, name)
+    cells, title = localize(source(name).CELLS, lang, name)
     return path, render(cells, title, lang, name, keep)
 
 
@@ -55,7 +54,7 @@ def skeleton(name: str, lang: str) -> Path:
     path = I18N / lang / f"{name}.yaml"
     old = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
     entries = {}
-    for cell in import_module(name).CELLS:
+    for cell in source(name).CELLS:
         if cell.kind != "md" and not has_comments(cell.source):
             continue
         prev = (old.get("cells") or {}).get(cell.id)
@@ -64,7 +63,7 @@ def skeleton(name: str, lang: str) -> Path:
         else:
             entries[cell.id] = {"en": cell_hash(cell.source), "text": cell.source, "todo": True}
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"title": old.get("title", import_module(name).TITLE), "cells": entries}
+    data = {"title": old.get("title", source(name).TITLE), "cells": entries}
 
     class Literal(str):
         pass
@@ -82,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--check", action="store_true", help="only report notebooks that differ from their sources")
     ap.add_argument("--lang", action="append", choices=list(LANGUAGES), help="only these languages (repeatable)")
-    ap.add_argument("--skeleton", metavar="LANG", help="write i18n/LANG/<name>.yaml with the English texts to translate "
-                    "(cells already translated and current are kept)")
+    ap.add_argument("--skeleton", metavar="LANG", help="write i18n/LANG/<name>.yaml with the English texts to "
+                    "translate (cells already translated and current are kept)")
     ap.add_argument("names", nargs="*", default=list(NAMES))
     a = ap.parse_args(argv)
     if a.skeleton:

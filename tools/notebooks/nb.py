@@ -12,11 +12,14 @@ follow (`stale()`).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import re
+import sys
 import tokenize
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -29,6 +32,8 @@ LANGUAGES = {"en": "English", "fr": "Français", "zh": "简体中文", "fa": "ف
 RTL = {"fa"}
 KINDS = ("md", "code", "parameters")
 CHECK = "# NBVAL_CHECK_OUTPUT"
+# Parameters whose string values a translation may change: what the learner asks, in their language.
+TRANSLATABLE = frozenset({"prompt", "chat_prompt", "follow_up", "system"})
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,21 @@ def code(cell_id: str, source: str) -> Cell:
 
 def parameters(cell_id: str, source: str) -> Cell:
     return Cell("parameters", cell_id, source.strip("\n"))
+
+
+def source(name: str) -> ModuleType:
+    """tools/notebooks/<name>.py, loaded by its path: `import openvino` would find the OpenVINO library instead."""
+    key = f"phi3kit_notebook_source_{name}"
+    if key not in sys.modules:
+        path = HERE / f"{name}.py"
+        if not path.is_file():
+            raise FileNotFoundError(f"no notebook source {path}")
+        spec = importlib.util.spec_from_file_location(key, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
 
 
 def cell_hash(source: str) -> str:
@@ -96,21 +116,28 @@ def has_comments(source: str) -> bool:
 
 
 def code_problem(english: str, translated: str, is_parameters: bool = False) -> str | None:
-    """Why a translated code cell is not the English code (comments aside; for the parameters cell, string
-    values aside too), or None."""
+    """Why a translated code cell is not the English code (comments aside; in the parameters cell, the
+    values of TRANSLATABLE aside too), or None."""
     def shape(source: str) -> list[tuple[int, str]]:
         out = []
+        name, line = "", -1
         for t in _tokens(source):
+            if t.start[0] != line:
+                line, name = t.start[0], t.string if t.type == tokenize.NAME else ""
             if t.type == tokenize.COMMENT:
                 if t.string.strip() == CHECK:
                     out.append((t.type, t.string.strip()))
                 continue
-            if is_parameters and t.type == tokenize.STRING:
+            if is_parameters and t.type == tokenize.STRING and name in TRANSLATABLE:
                 out.append((t.type, "<string>"))
                 continue
             out.append((t.type, t.string))
         return out
 
+    if is_parameters:
+        for line in translated.splitlines():
+            if line.count("=") > 1:  # papermill skips such a line: the parameter would vanish from `-p`
+                return f"papermill cannot read a parameter line with more than one '=': {line.strip()!r}"
     a, b = shape(english), shape(translated)
     if a == b:
         return None
@@ -131,9 +158,7 @@ def prose(text: str) -> str:
 
 def localize(cells: list[Cell], lang: str, name: str) -> tuple[list[Cell], str]:
     """The cells and title of `name` in `lang`; raises on a stale or code-changing translation."""
-    from importlib import import_module
-
-    title = import_module(name).TITLE
+    title = source(name).TITLE
     if lang == "en":
         return cells, title
     table = load_translation(lang, name)

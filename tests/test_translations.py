@@ -1,0 +1,183 @@
+"""The notebooks in six languages: one source each, the English code exactly, prose translated, never behind.
+
+The notebooks themselves run under nbval in every language (conftest.py); these tests check what a run cannot:
+that a translation is the English notebook with only its words changed, and that it follows the English source.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+from phi3kit import pocket
+from phi3kit.errors import UnknownChoiceError
+from phi3kit.runner import localized, notebook_parameters, output_name
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools" / "notebooks"))
+import nb as authoring  # noqa: E402
+
+
+def _load_build() -> Any:
+    """tools/notebooks/build.py under a name of its own (`build` is also PyPA's package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("phi3kit_notebooks_build", ROOT / "tools" / "notebooks" / "build.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build = _load_build()
+
+TRANSLATED = [lang for lang in authoring.LANGUAGES if lang != "en"]
+# Words English prose cannot do without and none of the five languages uses (Romanian "are", French "on" and
+# "as" are left out): a translated cell where several remain has English sentences left in it.
+ENGLISH = frozenset("the and with this that which you your from into when what it its for of to by be is was "
+                    "not or can will has have if than then only there their these those does how".split())
+
+
+def read(name: str, lang: str) -> Any:
+    return nbformat.read(str(authoring.notebook_path(name, lang)), as_version=4)
+
+
+def english_words(markdown: str) -> list[str]:
+    return [w for w in re.findall(r"[A-Za-z]+", authoring.prose(markdown)) if w.lower() in ENGLISH]
+
+
+def code_spans(markdown: str) -> Counter[str]:
+    blocks = re.findall(r"```.*?```", markdown, flags=re.S)
+    inline = re.findall(r"`[^`\n]+`", re.sub(r"```.*?```", " ", markdown, flags=re.S))
+    return Counter(blocks + inline)
+
+
+@pytest.mark.parametrize("lang", list(authoring.LANGUAGES))
+@pytest.mark.parametrize("name", build.NAMES)
+def test_the_committed_notebook_is_its_source_built(name: str, lang: str) -> None:
+    """Catches: a notebook edited by hand, or a source (or translation) changed without `tools/notebooks/build.py`."""
+    path, fresh = build.built(name, lang)
+    assert build.differences(path, fresh) == [], f"run: python tools/notebooks/build.py {name} --lang {lang}"
+
+
+@pytest.mark.parametrize("lang", TRANSLATED)
+@pytest.mark.parametrize("name", build.NAMES)
+def test_a_translation_has_the_english_code_cells_and_tags(name: str, lang: str) -> None:
+    en, tr = read(name, "en"), read(name, lang)
+    assert tr.metadata["phi3kit"]["lang"] == lang and tr.metadata["phi3kit"]["source"] == f"tools/notebooks/{name}.py"
+    assert [(c.id, c.cell_type, c.metadata.get("tags")) for c in tr.cells] == \
+        [(c.id, c.cell_type, c.metadata.get("tags")) for c in en.cells]
+    for a, b in zip(en.cells, tr.cells, strict=True):
+        if a.cell_type == "code":
+            is_parameters = "parameters" in a.metadata.get("tags", [])
+            assert authoring.code_problem(a.source, b.source, is_parameters) is None, b.id
+
+
+@pytest.mark.parametrize("lang", TRANSLATED)
+@pytest.mark.parametrize("name", ["openvino", "directml", "npu", "compare"])
+def test_parameters_keep_names_types_and_values_but_ask_in_the_notebooks_language(name: str, lang: str) -> None:
+    """The same knobs everywhere (a grid file works on every language); only the questions are translated, and they
+    are questions the pocket model learnt in that language, so a test run gets an answer in it."""
+    en = notebook_parameters(authoring.notebook_path(name, "en"))
+    tr = notebook_parameters(authoring.notebook_path(name, lang))
+    assert {k: v["inferred_type_name"] for k, v in tr.items()} == {k: v["inferred_type_name"] for k, v in en.items()}
+    learnt = {x["question"]: x.get("lang", "en") for x in pocket.load_qa()}
+    for key, p in tr.items():
+        value = p["default"].strip("\"'")
+        if key in authoring.TRANSLATABLE and value:
+            assert learnt.get(value) == lang, f"{key}={value!r} is not one of the pocket's {lang} questions"
+            assert learnt.get(en[key]["default"].strip("\"'")) == "en"
+        else:
+            assert p["default"] == en[key]["default"], key
+        assert p["help"] and p["help"] != en[key]["help"], f"{key}: its comment is not translated"
+
+
+@pytest.mark.parametrize("lang", TRANSLATED)
+@pytest.mark.parametrize("name", build.NAMES)
+def test_prose_is_translated_and_commands_are_kept(name: str, lang: str) -> None:
+    en, tr = read(name, "en"), read(name, lang)
+    for a, b in zip(en.cells, tr.cells, strict=True):
+        if a.cell_type != "markdown":
+            continue
+        left = english_words(b.source)
+        assert len(left) < 3, f"{lang}/{name}, cell {b.id}: English left in the prose: {left}"
+        # What a learner copies stays byte for byte the English; notebook paths point at this language's notebooks.
+        expected = Counter({re.sub(r"notebooks/(\w+)\.ipynb", rf"notebooks/{lang}/\1.ipynb", span): n
+                            for span, n in code_spans(a.source).items()})
+        assert code_spans(b.source) == expected, f"{lang}/{name}, cell {b.id}"
+
+
+@pytest.mark.parametrize("name", build.NAMES)
+def test_the_english_detector_sees_english(name: str) -> None:
+    """The detector above is worth something only if the English cells trip it."""
+    cells = [c for c in read(name, "en").cells if c.cell_type == "markdown" and len(c.source) > 200]
+    assert cells and all(len(english_words(c.source)) >= 3 for c in cells)
+
+
+def test_persian_prose_reads_right_to_left_and_code_left_to_right() -> None:
+    for name in build.NAMES:
+        nb = read(name, "fa")
+        assert nb.metadata["phi3kit"]["direction"] == "rtl"
+        for cell in nb.cells:
+            if cell.cell_type == "markdown":
+                assert cell.source.startswith('<div dir="rtl" lang="fa">\n\n') and cell.source.endswith("\n\n</div>")
+            else:
+                assert '<div dir="rtl"' not in cell.source
+    assert all(read(name, lang).metadata["phi3kit"]["direction"] == "ltr"
+               for name in build.NAMES for lang in ("en", "fr", "zh"))
+
+
+def test_an_english_cell_edited_later_fails_until_its_translations_follow() -> None:
+    source = authoring.source("openvino").CELLS
+    edited = [replace(c, source=c.source + "\n\nOne more sentence.") if c.id == "intro" else c for c in source]
+    assert authoring.stale(source, authoring.load_translation("fr", "openvino")) == []
+    problems = authoring.stale(edited, authoring.load_translation("fr", "openvino"))
+    assert len(problems) == 1 and problems[0].startswith("intro: translated from an older English text")
+    with pytest.raises(ValueError, match="fr/openvino: intro: translated from an older English text"):
+        authoring.localize(edited, "fr", "openvino")
+    # A code cell's comments are translated, so a code cell with comments goes stale like prose.
+    code = next(c for c in source if c.kind == "code" and authoring.has_comments(c.source))
+    edited = [replace(c, source=c.source + "  # and a new comment") if c.id == code.id else c for c in source]
+    assert any(p.startswith(f"{code.id}: translated from an older") for p in
+               authoring.stale(edited, authoring.load_translation("zh", "openvino")))
+
+
+def test_a_translation_that_changes_code_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = authoring.load_translation("ro", "openvino")
+    cell = next(c for c in authoring.source("openvino").CELLS if c.kind == "code" and "kit." in c.source
+                and c.id in table["cells"])
+    table["cells"][cell.id]["text"] = table["cells"][cell.id]["text"].replace("kit.", "kat.", 1)
+    monkeypatch.setattr(authoring, "load_translation", lambda lang, name: table)
+    with pytest.raises(ValueError, match=f"ro/openvino, cell {cell.id}: the code differs from the English"):
+        authoring.localize(authoring.source("openvino").CELLS, "ro", "openvino")
+
+
+def test_code_comparison_ignores_comments_and_translated_questions_only() -> None:
+    english = 'prompt: str = "Can you introduce yourself?"  # what you ask\ndevice: str = "CPU"  # where it runs'
+    ok = 'prompt: str = "Peux-tu te présenter ?"  # ce que vous demandez\ndevice: str = "CPU"  # où il tourne'
+    assert authoring.code_problem(english, ok, is_parameters=True) is None
+    assert authoring.code_problem(english, ok.replace('"CPU"', '"NPU"'), is_parameters=True)
+    assert authoring.code_problem(english, ok, is_parameters=False)  # outside the parameters cell no string changes
+    assert authoring.code_problem("x = 1  # one", "x = 1  # un") is None
+    assert authoring.code_problem("x = 1  # one", "x = 2  # un")
+    assert authoring.code_problem("f(a)  # NBVAL_CHECK_OUTPUT", "f(a)  # une sortie vérifiée")  # the marker stays
+    assert authoring.code_problem("s = 'a # b'", "s = 'a # c'")  # a '#' inside a string is code, not a comment
+    assert "more than one '='" in authoring.code_problem(english, ok.replace("# où", "# où = là"), is_parameters=True)
+
+
+def test_run_finds_a_notebooks_translation_by_language(tmp_path: Path) -> None:
+    english = ROOT / "notebooks" / "openvino.ipynb"
+    assert localized(english, "fa") == ROOT / "notebooks" / "fa" / "openvino.ipynb"
+    assert localized(ROOT / "notebooks" / "zh" / "openvino.ipynb", "en") == english
+    assert localized(ROOT / "notebooks" / "zh" / "openvino.ipynb", "ro") == ROOT / "notebooks" / "ro" / "openvino.ipynb"
+    with pytest.raises(UnknownChoiceError, match=r"language for openvino.ipynb: 'de'.*en, fa, fr, id, ro, zh"):
+        localized(english, "de")
+    assert output_name(ROOT / "notebooks" / "fa" / "openvino.ipynb") == "openvino-fa.ipynb"
+    assert output_name(english) == "openvino.ipynb"
