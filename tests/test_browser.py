@@ -230,3 +230,62 @@ def test_chat_panel_streams_the_pocket_answer_and_stops(lab: dict[str, Any], bro
     # Stopped early, by the click: with ignore_eos only the click can end the answer before LONG tokens.
     assert "(cancelled)" in metrics.text and last_answer(driver, 1).endswith("[stopped]"), metrics.text
     assert int(metrics.text.split()[0]) < LONG, metrics.text
+
+
+# --- handouts of the translated notebooks --------------------------------------------------------------
+DIRECTIONS = """
+const md = [...document.querySelectorAll('.jp-MarkdownCell')];
+const rtl = [...document.querySelectorAll('.jp-MarkdownCell div[dir="rtl"]')];
+const code = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea .highlight pre')];
+const outputs = [...document.querySelectorAll('.jp-CodeCell .jp-OutputArea-output')];
+const style = e => getComputedStyle(e).direction;
+return {lang: document.documentElement.lang, markdown: md.length, headings: md.filter(e => e.querySelector('h1, h2, h3')).length,
+        raw_hashes: md.filter(e => e.innerText.trim().startsWith('#')).length,
+        prose: md.map(e => style(e.querySelector('div[dir]') || e.querySelector('.jp-RenderedMarkdown') || e)),
+        rtl: rtl.length, code: code.map(style), outputs: outputs.map(style),
+        text: md.map(e => e.innerText).join(' ')};
+"""
+SCRIPTS = {"fa": r"[\u0600-\u06FF]", "zh": r"[\u4E00-\u9FFF]"}
+
+
+@pytest.mark.parametrize(("lang", "direction"), [("fa", "rtl"), ("zh", "ltr")])
+def test_translated_handout_reads_in_its_direction_with_code_left_to_right(lang: str, direction: str, browser: Any,
+                                                                          tmp_path: Path) -> None:
+    """The committed notebook (its stored outputs included) as the offline handout, in Chromium with the network
+    off: Persian prose right to left, code and outputs left to right; the screenshot shows the script's glyphs."""
+    import re
+
+    import nbformat
+
+    from phi3kit.runner import external_references, to_html
+
+    fonts = subprocess.run(["fc-list", f":lang={lang}", "family"], capture_output=True, text=True).stdout
+    if not fonts.strip():
+        pytest.skip(f"no font covers {lang!r}: run .ci/setup-browser (fonts-farsiweb, fonts-wqy-microhei)")
+    source = Path(__file__).resolve().parents[1] / "notebooks" / lang / "openvino.ipynb"
+    shutil.copy(source, tmp_path / "openvino.ipynb")
+    page = to_html(tmp_path / "openvino.ipynb")
+    assert external_references(page.read_text(encoding="utf-8")) == []
+    nb = nbformat.read(str(source), as_version=4)
+    n_md = sum(c.cell_type == "markdown" for c in nb.cells)
+    n_code = sum(c.cell_type == "code" for c in nb.cells)
+    n_outputs = sum(len(c.outputs) for c in nb.cells if c.cell_type == "code")
+
+    driver = browser
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.emulateNetworkConditions",
+                           {"offline": True, "latency": 0, "downloadThroughput": 0, "uploadThroughput": 0})
+    driver.get(page.as_uri())
+    seen = driver.execute_script(DIRECTIONS)
+    save_screenshot(driver, tmp_path, f"handout-{lang}.png")
+    driver.execute_script("document.querySelector('.jp-OutputArea-output').scrollIntoView({block: 'center'})")
+    shot = save_screenshot(driver, tmp_path, f"handout-{lang}-output.png")
+
+    assert seen["lang"] == lang
+    assert seen["markdown"] == n_md and seen["headings"] >= 3 and seen["raw_hashes"] == 0  # the markdown rendered
+    assert seen["prose"] == [direction] * n_md
+    assert seen["rtl"] == (n_md if direction == "rtl" else 0)
+    assert len(seen["code"]) == n_code and set(seen["code"]) == {"ltr"}
+    assert n_outputs >= 1 and len(seen["outputs"]) >= n_outputs and set(seen["outputs"]) == {"ltr"}
+    assert len(re.findall(SCRIPTS[lang], seen["text"])) > 500  # the prose is in the language's own script
+    assert shot.stat().st_size > 10_000

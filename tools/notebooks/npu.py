@@ -186,7 +186,9 @@ if route == "openvino-genai":
 """),
 code("genai-check", """
 if route == "openvino-genai":
-    assert str(library_answer).strip() == session.generate(prompt, max_new_tokens=max_new_tokens).text.strip()
+    # an answer cut at max_new_tokens may end inside a character: the library shows it as �, the kit holds it back
+    library_text = str(library_answer).strip().removesuffix("\\ufffd")
+    assert library_text == session.generate(prompt, max_new_tokens=max_new_tokens).text.strip()
     print("LLMPipeline's greedy answer is the kit's")
 """),
 md("npu-library-md", """

@@ -204,7 +204,9 @@ print(f"\\nTTFT {perf.get_ttft().mean:.1f} ms, {perf.get_throughput().mean:.1f} 
 """),
 code("genai-check", """
 kit_answer = session.generate(prompt, max_new_tokens=max_new_tokens).text
-assert "".join(pieces).strip() == kit_answer.strip()
+# an answer cut at max_new_tokens may end inside a character: the library shows it as �, the kit holds it back
+library_text = "".join(pieces).strip().removesuffix("\\ufffd")
+assert library_text == kit_answer.strip()
 print("LLMPipeline's greedy answer is the kit's")
 """),
 md("optimum-md", """
@@ -235,7 +237,8 @@ else:
 """),
 code("optimum-check", """
 if optimum_answer is not None:
-    assert optimum_answer.strip() == kit_answer.strip()
+    # an answer cut at max_new_tokens may end inside a character: transformers shows it as �, the kit holds it back
+    assert optimum_answer.strip().removesuffix("\\ufffd") == kit_answer.strip()
     print("OVModelForCausalLM's greedy answer is the kit's")
 """),
 md("chat-md", """
