@@ -595,7 +595,8 @@ class LlamaCppBackend(Backend):
         return out
 
     def close(self) -> None:
-        llm = self.__dict__.pop("llm", None)
-        if llm is not None:
-            self._free_batch()
-            llm.close()
+        with self._lock:  # after a generation still running in its thread (its consumer has not closed it)
+            llm = self.__dict__.pop("llm", None)
+            if llm is not None:
+                self._free_batch()
+                llm.close()
