@@ -84,16 +84,41 @@ def wait_for_quiet(budget: list[float], max_load: float = 1.5, pause_s: int = 30
         budget[0] -= pause_s
 
 
-def build_model(model_dir: Path) -> float:
-    """Build the random full-size checkpoint in its own process (peak 8.5 GB, returned afterwards)."""
+def build_model(model_dir: Path, tokenizer_dir: str = "") -> float:
+    """Build the random full-size checkpoint in its own process (peak 8.5 GB, returned afterwards).
+
+    `tokenizer_dir`: a folder with Phi-3's real tokenizer (tests/data/phi3-tokenizer), so prompts are
+    tokenized as a learner's are; empty: the pocket tokenizer.
+    """
     if (model_dir / "model.safetensors").is_file() or (model_dir / "model.safetensors.index.json").is_file():
         log(f"reusing {model_dir}")
         return 0.0
     wait_for_memory(10)
     start = time.perf_counter()
-    code = "import sys; from phi3kit.testing import make_random_phi3; make_random_phi3('mini-4k', sys.argv[1], 'full')"
-    subprocess.run([sys.executable, "-c", code, str(model_dir)], check=True)
+    code = ("import sys; from phi3kit.testing import make_random_phi3; "
+            "make_random_phi3('mini-4k', sys.argv[1], 'full', tokenizer_dir=sys.argv[2] or None)")
+    subprocess.run([sys.executable, "-c", code, str(model_dir), tokenizer_dir], check=True)
     return time.perf_counter() - start
+
+
+def run_tunes(model_dir: Path, routes: str, a: argparse.Namespace) -> list[dict]:
+    """`phi3kit tune` for each route's export, each in its own process; the choices land in the benchmark's cache,
+    where routes marked {tuned=true} then find them."""
+    out = []
+    for spec in bench.parse_routes(routes):
+        log(f"--- tune {spec.label}")
+        cmd = [sys.executable, "-m", "phi3kit", "tune", "--model", str(model_dir), "--backend", spec.backend,
+               "--precision", spec.precision, "--device", spec.device, "--cache-dir", a.cache_dir,
+               "--runs", str(a.tune_runs), "--prompt-tokens", str(a.tune_prompt_tokens),
+               "--new-tokens", str(a.tune_new_tokens)]
+        if spec.runtime:
+            cmd += ["--runtime", spec.runtime]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        log(proc.stdout[-4000:] or proc.stderr[-2000:])
+        out.append({"route": spec.label, "returncode": proc.returncode, "seconds": round(time.perf_counter() - start),
+                    "command": " ".join(cmd[1:]), "result": proc.stdout.strip()})
+    return out
 
 
 def machine(hw: dict) -> str:
@@ -249,6 +274,15 @@ def main() -> None:
     ap.add_argument("--prompt-lengths", default="128,512")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--name", default="full_size", help="results file stem: <out>/<name>.{csv,json,md}")
+    ap.add_argument("--tokenizer-dir", default="", help="Phi-3's real tokenizer for the built model (default: the "
+                                                        "pocket's; tests/data/phi3-tokenizer is Phi-3's)")
+    ap.add_argument("--no-quality", action="store_true", help="skip perplexity and agreement (speed only)")
+    ap.add_argument("--tune", default="", help="routes to `phi3kit tune` first (comma separated); measure the tuned "
+                                               "choice with a route option {tuned=true}")
+    ap.add_argument("--tune-runs", type=int, default=2)
+    ap.add_argument("--tune-prompt-tokens", type=int, default=128)
+    ap.add_argument("--tune-new-tokens", type=int, default=64)
     ap.add_argument("--max-wait", type=int, default=1200, help="seconds, in all, to wait for a quieter CPU")
     ap.add_argument("--resume", action="store_true",
                     help="keep the routes that finished in an earlier full_size.json and run only the others")
@@ -273,13 +307,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     model_dir = Path(a.model_dir)
     if not (a.overhead_only and a.model_dir == "pocket"):  # the pocket model ships with the kit: nothing to build
-        log(f"model build: {build_model(model_dir):.0f} s")
+        log(f"model build: {build_model(model_dir, a.tokenizer_dir):.0f} s")
     if a.overhead_only:
         overhead_only(model_dir, out, a, command)
         return
 
     settings = bench.Settings(prompt_lengths=bench.parse_lengths(a.prompt_lengths), max_new_tokens=a.max_new_tokens,
-                              runs=a.runs, warmup=1, quality=True, quality_tokens=256, quality_window=256,
+                              runs=a.runs, warmup=1, quality=not a.no_quality, quality_tokens=256, quality_window=256,
                               agreement_prompts=2, agreement_tokens=16, cache_dir=a.cache_dir)
     report = bench.BenchReport(model=f"random Phi-3-mini-4k, full size ({model_dir})", settings=settings, routes=[],
                                reference=bench.REFERENCE, isolated=True, hardware=bench.hardware(),
@@ -291,8 +325,8 @@ def main() -> None:
     log(f"read bandwidth {report.bandwidth_gbs:.1f} GB/s")
     overhead: list[dict] = []
     done: dict[str, bench.RouteResult] = {}
-    if a.resume and (out / "full_size.json").is_file():
-        earlier = json.loads((out / "full_size.json").read_text())
+    if a.resume and (out / f"{a.name}.json").is_file():
+        earlier = json.loads((out / f"{a.name}.json").read_text())
         again = {bench.Route.parse(x).label for x in a.rerun.split(",") if x.strip()}
         done = {r["route"]: bench.RouteResult.from_dict(r) for r in earlier["routes"]
                 if r["status"] == "ok" and r["route"] not in again}
@@ -307,10 +341,20 @@ def main() -> None:
         if ref is not None:
             bench.fill_agreement(report, ref)
         ratios = ratios_vs_targets(report, overhead)
-        report.save(out, "full_size", overwrite=True)
-        data = {**asdict(report), "kit_overhead": overhead, "ratios": ratios, "command": command}
-        (out / "full_size.json").write_text(json.dumps(data, indent=1, default=str))
-        (out / "full_size.md").write_text(markdown(report, overhead, ratios, command))
+        report.save(out, a.name, overwrite=True)
+        data = {**asdict(report), "kit_overhead": overhead, "tunes": tunes, "ratios": ratios, "command": command}
+        (out / f"{a.name}.json").write_text(json.dumps(data, indent=1, default=str))
+        tuned = ["", "Tuning (`phi3kit tune`, before the routes; a route marked {tuned=true} runs its choice):", ""]
+        tuned += [f"- {t['route']} ({t['seconds']} s, exit {t['returncode']}):\n\n```\n{t['result']}\n```"
+                  for t in tunes]
+        (out / f"{a.name}.md").write_text(markdown(report, overhead, ratios, command) + ("\n".join(tuned) + "\n"
+                                                                                          if tunes else ""))
+
+    tunes: list[dict] = earlier.get("tunes", []) if a.resume and done else []
+    if a.tune and not tunes:
+        wait_for_quiet(budget)
+        tunes = run_tunes(model_dir, a.tune, a)
+        save()
 
     for spec in bench.parse_routes(a.routes):
         if spec.label in done:
@@ -348,7 +392,7 @@ def main() -> None:
     report.bandwidth_gbs = max(bandwidths)  # machine reads slower, which would flatter the share of the limit
     log(f"read bandwidth, all measurements: {', '.join(f'{b:.1f}' for b in bandwidths)} GB/s")
     save()
-    log("\n" + (out / "full_size.md").read_text())
+    log("\n" + (out / f"{a.name}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -23,7 +23,10 @@ SKIP_ENV = "PHI3KIT_SKIP_PREFLIGHT"
 # Size of an export per model parameter. int4 measured: Phi-3-mini (3.8B) at int4 g128 ratio 0.6 wrote
 # 2.78 GB (0.73 B/param; 40% of the layers stay int8); channel-wise ratio 1.0 wrote 2.01 GB (0.53 B/param).
 # The others are their weights' width plus ~5%.
-DISK_BYTES_PER_PARAM = {"int4": 0.75, "int4-cw": 0.55, "int8": 1.05, "fp16": 2.05, "bf16": 2.05, "fp32": 4.05}
+DISK_BYTES_PER_PARAM = {"int4": 0.75, "int4-cw": 0.55, "int8": 1.05, "fp16": 2.05, "bf16": 2.05, "fp32": 4.05,
+                        # llamacpp: the F16 conversion (2.0 B/param) stays until the quantized file (measured on a
+                        # 0.65B-param Phi-3: Q4_K_M 0.65, Q4_0 0.60 B/param) is written beside it.
+                        "q4_k_m": 2.7, "q4_0": 2.65, "q8_0": 3.1, "f16": 2.05}
 # Peak RAM of optimum-cli's export per parameter. int4 measured: 11.25 GB for Phi-3-mini from bf16
 # (2.95 B/param); int8/fp16 go through the same load. fp32 (not measured on a full model) holds
 # fp32 weights, 4 B/param, before writing them. Backends whose exporter needs more say so (ortgenai).

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -29,11 +30,32 @@ ROUTES = "transformers:fp32,openvino:fp32,openvino:int4"
         (" ortgenai:int4@CPU ", Route("ortgenai", "int4"), "ortgenai/genai:int4"),
         ("openvino:int4@GPU.0", Route("openvino", "int4", None, "GPU.0"), "openvino/genai:int4@GPU.0"),
         ("transformers:fp32", Route("transformers", "fp32"), "transformers/pytorch:fp32"),
+        ("openvino:int4-cw", Route("openvino", "int4-cw"), "openvino/genai:int4-cw"),
+        ("ortgenai:int4{accuracy_level=1}", Route("ortgenai", "int4", options=(("accuracy_level", "1"),)),
+         "ortgenai/genai:int4{accuracy_level=1}"),
+        ("openvino:int4@CPU{ INFERENCE_PRECISION_HINT = f32 ;tuned=true}",
+         Route("openvino", "int4", options=(("INFERENCE_PRECISION_HINT", "f32"), ("tuned", "true"))),
+         "openvino/genai:int4{INFERENCE_PRECISION_HINT=f32;tuned=true}"),
     ],
 )
 def test_routes_parse(spec: str, route: Route, label: str) -> None:
     assert Route.parse(spec) == route
     assert route.label == label
+    assert Route.parse(route.label).label == route.label  # a label in a results table names its route again
+    assert Route(**json.loads(json.dumps(asdict(route)))) == route  # as a route's own process receives it
+
+
+def test_route_options_are_load_settings_or_runtime_properties() -> None:
+    cfg = Route.parse("openvino:int4-cw{INFERENCE_PRECISION_HINT=f32;DYNAMIC_QUANTIZATION_GROUP_SIZE=64}").config("m")
+    assert cfg.precision == "int4-cw" and cfg.tuned is False  # a benchmark never applies a stored tuning unasked
+    assert cfg.runtime_config == {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "64"}
+    cfg = Route.parse("ortgenai:int4{accuracy_level=1;tuned=true}").config("m")
+    assert cfg.accuracy_level == 1 and cfg.tuned is True and cfg.runtime_config == {}
+    for bad, why in [("ortgenai:int4{accuracy_level=x}", "not a valid accuracy_level"),
+                     ("openvino:int4{tuned=maybe}", "not a valid tuned"),
+                     ("openvino:int4{oops}", "write key=value")]:
+        with pytest.raises(BenchError, match=why):
+            Route.parse(bad)
 
 
 @pytest.mark.parametrize("bad", ["openvino", "openvino:", ":int4", "openvino:int4:cpu", "open vino:int4"])

@@ -30,7 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "phi3kit"
 # Imported only by the route that needs them; pinned in requirements/*.txt, not in pyproject.toml.
 ROUTE_RUNTIMES = {"torch", "openvino", "openvino_genai", "openvino_tokenizers", "optimum", "nncf",
-                  "onnxruntime_genai", "onnx", "onnx_ir", "intel_npu_acceleration_library"}
+                  "onnxruntime_genai", "onnx", "onnx_ir", "intel_npu_acceleration_library", "llama_cpp"}
+# llama.cpp's converter and its gguf-py: imported from llama.cpp's sources (PHI3KIT_LLAMA_CPP, or the sdist the
+# kit fetches), never installed, in the llamacpp backend's export child process only.
+LLAMA_CPP_SOURCES = {"convert_hf_to_gguf", "conversion", "gguf"}
 
 
 def submodules() -> list[str]:
@@ -121,7 +124,7 @@ def test_pyproject_declares_what_the_package_imports() -> None:
                 for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
     dists = packages_distributions()
     missing = []
-    for name in sorted(third_party_imports() - ROUTE_RUNTIMES):
+    for name in sorted(third_party_imports() - ROUTE_RUNTIMES - LLAMA_CPP_SOURCES):
         candidates = {d.lower().replace("_", "-") for d in dists.get(name, [name])}
         if not candidates & declared:
             missing.append(f"{name} (from {', '.join(sorted(candidates))})")
@@ -310,10 +313,19 @@ def requirement_lines(name: str, seen: set[str] | None = None) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("route", ["openvino.txt", "directml.txt", "cuda.txt", "npu.txt", "all.txt"])
+@pytest.mark.parametrize("route", ["openvino.txt", "directml.txt", "cuda.txt", "npu.txt", "llamacpp.txt", "all.txt"])
 def test_every_route_environment_has_jupyterlab(route: str) -> None:
     """Learners run the notebooks in JupyterLab, yet only the test environment installed it."""
     assert any(re.match(r"jupyterlab\b", line) for line in requirement_lines(route))
+
+
+def test_llamacpp_stays_out_of_the_default_environment() -> None:
+    """llama-cpp-python compiles llama.cpp (minutes) with flags of its own: requirements/llamacpp.txt only."""
+    for env in ("all.txt", "dev.txt", "lean.txt"):
+        assert not any(re.match(r"llama-cpp-python\b", line) for line in requirement_lines(env)), env
+    lines = requirement_lines("llamacpp.txt")
+    assert "llama-cpp-python==0.3.36" in lines and "--no-binary llama-cpp-python" in lines
+    assert "-mno-amx-int8" in (ROOT / "requirements" / "llamacpp.txt").read_text()
 
 
 def test_readme_opens_the_notebooks_in_jupyterlab() -> None:

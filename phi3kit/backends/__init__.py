@@ -11,6 +11,7 @@ REGISTRY: dict[str, str] = {
     "transformers": "phi3kit.backends.transformers:TransformersBackend",
     "openvino": "phi3kit.backends.openvino:OpenVINOBackend",
     "ortgenai": "phi3kit.backends.ortgenai:OrtGenAIBackend",
+    "llamacpp": "phi3kit.backends.llamacpp:LlamaCppBackend",
     "npu-library": "phi3kit.backends.npu_library:NPULibraryBackend",
 }
 

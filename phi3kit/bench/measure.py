@@ -27,7 +27,7 @@ from .report import BenchReport, RouteResult, Run, Settings
 from .routes import DEFAULT_ROUTES, REFERENCE, BenchError, Route, parse_lengths, parse_routes, problem
 
 # Files that hold weights in an export folder (tokenizer models are not counted).
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".data", ".onnx_data")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".data", ".onnx_data", ".gguf")
 _BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2}
 # PyTorch loads a checkpoint and converts it: measured ~1.5x the converted weights in RSS on the full-size model,
 # most of it page cache that can be given back; 1.3x of anonymous memory is the floor we check against.

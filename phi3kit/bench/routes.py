@@ -12,7 +12,11 @@ from ..errors import Phi3kitError
 
 DEFAULT_ROUTES = "transformers:fp32,openvino:int4,openvino:int8,ortgenai:int4"
 REFERENCE = "transformers:fp32"
-ROUTE_FORMAT = "backend[/runtime]:precision[@device], e.g. openvino:int4, openvino/optimum:int8, ortgenai:int4@CPU"
+ROUTE_FORMAT = ("backend[/runtime]:precision[@device][{key=value;...}], e.g. openvino:int4, openvino/optimum:int8, "
+                "ortgenai:int4@CPU, openvino:int4{INFERENCE_PRECISION_HINT=f32}, ortgenai:int4{accuracy_level=1}")
+# Options that are load settings (LoadConfig fields); any other key is a runtime property (runtime_config).
+LOAD_OPTIONS = {"accuracy_level": int, "group_size": int, "ratio": float, "build_target": str, "prefer": str,
+                "tuned": lambda v: {"true": True, "false": False}[v.lower()]}
 
 class BenchError(Phi3kitError, ValueError):
     """A benchmark setting cannot be used (route syntax, prompt length)."""
@@ -26,16 +30,37 @@ class Route:
     precision: str
     runtime: str | None = None
     device: str = "CPU"
+    # Settings beyond the four above, as (key, value) text pairs: load settings (LOAD_OPTIONS) or runtime
+    # properties. `tuned` is false unless asked: a benchmark measures what it names, not a stored choice.
+    options: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", tuple((str(k), str(v)) for k, v in self.options))  # from JSON lists
+        for key, value in self.options:
+            if key in LOAD_OPTIONS:
+                try:
+                    LOAD_OPTIONS[key](value)
+                except (ValueError, KeyError):
+                    raise BenchError(f"Route option {key}={value!r} is not a valid {key}.") from None
 
     @classmethod
     def parse(cls, spec: str | Route) -> Route:
         if isinstance(spec, Route):
             return spec
-        m = re.fullmatch(r"\s*([\w-]+)(?:/([\w-]+))?:(\w+)(?:@([\w.:-]+))?\s*", str(spec))
+        m = re.fullmatch(r"\s*([\w-]+)(?:/([\w-]+))?:([\w-]+)(?:@([\w.:-]+))?(?:\{([^{}]*)\})?\s*", str(spec))
         if not m:
             raise BenchError(f"Cannot read the route {spec!r}. Write {ROUTE_FORMAT}.")
-        backend, runtime, precision, device = m.groups()
-        return cls(backend, precision, runtime, device or "CPU")
+        backend, runtime, precision, device, opts = m.groups()
+        options = []
+        for item in (opts or "").split(";"):
+            if not item.strip():
+                continue
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip() or not value.strip():
+                raise BenchError(f"Cannot read the option {item!r} of route {spec!r}: write key=value, "
+                                 "several separated by ';'.")
+            options.append((key.strip(), value.strip()))
+        return cls(backend, precision, runtime, device or "CPU", tuple(options))
 
     @property
     def resolved_runtime(self) -> str:
@@ -49,11 +74,19 @@ class Route:
     @property
     def label(self) -> str:
         device = "" if self.device == "CPU" else f"@{self.device}"
-        return f"{self.backend}/{self.resolved_runtime}:{self.precision}{device}"
+        options = "{" + ";".join(f"{k}={v}" for k, v in self.options) + "}" if self.options else ""
+        return f"{self.backend}/{self.resolved_runtime}:{self.precision}{device}{options}"
 
     def config(self, model: str, cache_dir: str | None = None) -> LoadConfig:
+        load: dict[str, object] = {"tuned": False}
+        properties: dict[str, object] = {}
+        for key, value in self.options:
+            if key in LOAD_OPTIONS:
+                load[key] = LOAD_OPTIONS[key](value)
+            else:
+                properties[key] = value
         return LoadConfig(model=model, backend=self.backend, precision=self.precision, device=self.device,
-                          runtime=self.runtime, cache_dir=cache_dir)
+                          runtime=self.runtime, cache_dir=cache_dir, runtime_config=properties, **load)  # type: ignore[arg-type]
 
 
 def parse_routes(routes: str | Sequence[str | Route]) -> list[Route]:
