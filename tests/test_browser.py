@@ -239,7 +239,8 @@ const rtl = [...document.querySelectorAll('.jp-MarkdownCell div[dir="rtl"]')];
 const code = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea .highlight pre')];
 const outputs = [...document.querySelectorAll('.jp-CodeCell .jp-OutputArea-output')];
 const style = e => getComputedStyle(e).direction;
-return {lang: document.documentElement.lang, markdown: md.length, headings: md.filter(e => e.querySelector('h1, h2, h3')).length,
+return {lang: document.documentElement.lang, markdown: md.length,
+        headings: md.filter(e => e.querySelector('h1, h2, h3')).length,
         raw_hashes: md.filter(e => e.innerText.trim().startsWith('#')).length,
         prose: md.map(e => style(e.querySelector('div[dir]') || e.querySelector('.jp-RenderedMarkdown') || e)),
         rtl: rtl.length, code: code.map(style), outputs: outputs.map(style),
