@@ -21,12 +21,11 @@ from phi3kit.errors import UnknownChoiceError
 from phi3kit.runner import localized, notebook_parameters, output_name
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools" / "notebooks"))
-import nb as authoring  # noqa: E402
 
 
 def _load_build() -> Any:
-    """tools/notebooks/build.py under a name of its own (`build` is also PyPA's package)."""
+    """tools/notebooks/build.py under a name of its own (`build` is also PyPA's package). Never put its folder on
+    sys.path: `import openvino` anywhere in the test run would then find the notebook source openvino.py."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("phi3kit_notebooks_build", ROOT / "tools" / "notebooks" / "build.py")
@@ -37,6 +36,7 @@ def _load_build() -> Any:
 
 
 build = _load_build()
+authoring = sys.modules["nb"]  # the authoring kit, loaded by build.py
 
 TRANSLATED = [lang for lang in authoring.LANGUAGES if lang != "en"]
 # Words English prose cannot do without and none of the five languages uses (Romanian "are", French "on" and
@@ -170,6 +170,14 @@ def test_code_comparison_ignores_comments_and_translated_questions_only() -> Non
     assert authoring.code_problem("f(a)  # NBVAL_CHECK_OUTPUT", "f(a)  # une sortie vérifiée")  # the marker stays
     assert authoring.code_problem("s = 'a # b'", "s = 'a # c'")  # a '#' inside a string is code, not a comment
     assert "more than one '='" in authoring.code_problem(english, ok.replace("# où", "# où = là"), is_parameters=True)
+
+
+def test_loading_the_sources_leaves_the_openvino_library_importable() -> None:
+    """Catches: tools/notebooks on sys.path, where `import openvino` (in any later test) is the notebook source."""
+    authoring.source("openvino")
+    import openvino
+
+    assert hasattr(openvino, "Core") and str(ROOT / "tools") not in " ".join(sys.path)
 
 
 def test_run_finds_a_notebooks_translation_by_language(tmp_path: Path) -> None:

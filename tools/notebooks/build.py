@@ -8,11 +8,26 @@ refresh them with `python tools/store_outputs.py notebooks/<lang>/<name>.ipynb` 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nb import LANGUAGES, localize, notebook_path, render, source  # noqa: E402
+
+def _authoring_kit():
+    """nb.py beside this file, as module `nb` (the sources import it), without putting this folder on sys.path:
+    there `import openvino` would find the notebook source openvino.py instead of the library."""
+    if "nb" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("nb", Path(__file__).resolve().parent / "nb.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["nb"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["nb"]
+
+
+_nb = _authoring_kit()
+LANGUAGES, localize, notebook_path, render, source = (_nb.LANGUAGES, _nb.localize, _nb.notebook_path, _nb.render,
+                                                      _nb.source)
 
 NAMES = ("openvino", "directml", "npu", "compare")
 
@@ -49,7 +64,7 @@ def differences(path: Path, nb: object) -> list[str]:
 def skeleton(name: str, lang: str) -> Path:
     """A translation file to fill in: every cell that needs one, with its English text and hash."""
     import yaml
-    from nb import I18N, cell_hash, has_comments
+    I18N, cell_hash, has_comments = _nb.I18N, _nb.cell_hash, _nb.has_comments
 
     path = I18N / lang / f"{name}.yaml"
     old = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
