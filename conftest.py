@@ -2,7 +2,9 @@
 
 Notebooks are validated with nbval after small test values are appended to their
 `parameters` cell (nbval itself cannot inject parameters). Only cells marked
-`# NBVAL_CHECK_OUTPUT` are compared with their stored outputs; every cell must run.
+`# NBVAL_CHECK_OUTPUT` are compared with their stored outputs; every cell must run. A translation that
+is its English notebook's program (same code, same parameter values: only the words differ) is not run
+again; tests/test_translations.py compiles it and checks its stored outputs are the English ones.
 """
 
 from __future__ import annotations
@@ -42,6 +44,21 @@ def is_kit_notebook(path: Path) -> bool:
     return path.suffix == ".ipynb" and (path.parent == NOTEBOOKS or path.parent.parent == NOTEBOOKS)
 
 
+def english_twin(path: Path) -> Path | None:
+    """The English notebook a translation runs exactly, when its parameter values are the English ones too.
+
+    A translation's code cells are the English ones but for comments (tests/test_translations.py), so with no
+    translated question among its parameters it is the same program, and the English notebook's run covers it;
+    test_translations.py checks that its cells compile and that its stored outputs are the English ones."""
+    if path.parent.parent != NOTEBOOKS:
+        return None
+    from phi3kit.runner import notebook_parameters
+
+    english = NOTEBOOKS / path.name
+    defaults = {k: v["default"] for k, v in notebook_parameters(path).items()}
+    return english if defaults == {k: v["default"] for k, v in notebook_parameters(english).items()} else None
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     if is_kit_notebook(file_path) and not parent.config.option.nbval:
         from nbval.plugin import IPyNbFile
@@ -52,6 +69,8 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
                 self.compare_outputs = False  # lax: only NBVAL_CHECK_OUTPUT cells are compared
 
             def collect(self):  # type: ignore[no-untyped-def]
+                if twin := english_twin(self.path):
+                    pytest.skip(f"the same program as {twin.relative_to(ROOT)}, which runs (only words differ)")
                 values = NOTEBOOK_TEST_PARAMETERS.get(self.path.name)
                 if values is None:
                     raise pytest.UsageError(f"{self.path.name}: add its test values to NOTEBOOK_TEST_PARAMETERS")

@@ -31,7 +31,7 @@ def answers() -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["mini-4k", "mini-128k", "3.5-mini", "4-mini"])
+@pytest.mark.parametrize("variant", ["mini-4k", "3.5-mini", "4-mini"])  # mini-128k: 3.5-mini's code path
 def test_fp32_token_ids_match_pytorch(random_phi3: Callable[[str], Path], variant: str) -> None:
     model = str(random_phi3(variant))
     ref = session(model, "transformers", "fp32").generate(PROMPT, max_new_tokens=24).consume()

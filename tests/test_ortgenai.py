@@ -24,7 +24,8 @@ from phi3kit.generate import to_messages
 
 PROMPT = "Tell me about OpenVINO on the NPU."
 SYSTEM = "You are a helpful assistant."
-VARIANTS = ["mini-4k", "mini-128k", "3.5-mini", "4-mini"]
+# mini-128k is left out: it differs from 3.5-mini only in its LongRoPE factors, one code path in every runtime.
+VARIANTS = ["mini-4k", "3.5-mini", "4-mini"]
 
 _sessions: dict[tuple[Any, ...], kit.Session] = {}
 _logs: dict[tuple[Any, ...], list[str]] = {}
@@ -104,7 +105,7 @@ def test_fp16_logits_match_pytorch(random_phi3: Callable[[str], Path], variant: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", ["mini-4k", "4-mini"])  # the two attention layouts; LongRoPE is precision-blind
 def test_int8_logits_track_pytorch(random_phi3: Callable[[str], Path], variant: str) -> None:
     """int8 weights and (CPU default) int8 activations: close logits, the same choice at most steps.
 

@@ -346,8 +346,9 @@ def test_random_model_matches_the_tokenizer(random_phi3_real: Callable[[str], Pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["mini-4k", "3.5-mini"])
-def test_fp32_ids_and_streamed_text_agree_across_backends(random_phi3_real, sessions, variant: str) -> None:
+def test_fp32_ids_and_streamed_text_agree_across_backends(random_phi3_real, sessions) -> None:
+    """On Phi-3's tokenizer; each architecture variant's parity is in test_openvino.py and test_ortgenai.py."""
+    variant = "mini-4k"
     model = random_phi3_real(variant)
     ref = sessions(model, "transformers")
     assert ref.stop_ids[:2] == [32007, 32000]

@@ -76,7 +76,9 @@ class Parrot:
 
 
 def make_parrot(out: Path) -> Parrot:
-    corpus = [q["question"] + " " + q["answer"] for q in pocket.load_qa()] + [TEXT] * 3
+    # The English pairs only: the parrot needs its own tokenizer, not the pocket's, and merges learnt from
+    # the multilingual pairs leave no tokenization of TEXT without a repeated token.
+    corpus = [q["question"] + " " + q["answer"] for q in pocket.load_qa() if "lang" not in q] + [TEXT] * 3
     tok = build_tokenizer(corpus, 900)
     dec = _byte_decoder()
     specials = set(tok.all_special_ids)

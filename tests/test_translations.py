@@ -81,6 +81,42 @@ def test_a_translation_has_the_english_code_cells_and_tags(name: str, lang: str)
 
 
 @pytest.mark.parametrize("lang", TRANSLATED)
+@pytest.mark.parametrize("name", build.NAMES)
+def test_every_code_cell_compiles(name: str, lang: str) -> None:
+    """Catches a translated comment that breaks the code around it (a lost '#', an unclosed quote): translations
+    that are the English program are not run by nbval (conftest.py), so this is where they are compiled."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    transform = TransformerManager().transform_cell
+    for cell in read(name, lang).cells:
+        if cell.cell_type == "code":
+            compile(transform(cell.source), f"{lang}/{name}.ipynb, cell {cell.id}", "exec")
+
+
+def asks_nothing_of_its_own(name: str, lang: str) -> bool:
+    """Its parameter values are the English ones (compare: routes and sizes, no question to translate)."""
+    def defaults(language: str) -> dict[str, str]:
+        return {k: v["default"] for k, v in notebook_parameters(authoring.notebook_path(name, language)).items()}
+
+    return defaults(lang) == defaults("en")
+
+
+TWINS = [(name, lang) for name in build.NAMES for lang in TRANSLATED if asks_nothing_of_its_own(name, lang)]
+
+
+def test_the_twins_are_what_conftest_leaves_to_the_english_run() -> None:
+    assert {name for name, _ in TWINS} == {"compare"}  # the others ask questions in their language: nbval runs them
+
+
+@pytest.mark.parametrize(("name", "lang"), TWINS)
+def test_a_translation_asking_nothing_of_its_own_stores_the_english_outputs(name: str, lang: str) -> None:
+    """Such a translation is the English program; nbval runs the English notebook only, and the outputs a
+    learner sees must be its."""
+    en, tr = read(name, "en"), read(name, lang)
+    assert [c.get("outputs") for c in tr.cells] == [c.get("outputs") for c in en.cells]
+
+
+@pytest.mark.parametrize("lang", TRANSLATED)
 @pytest.mark.parametrize("name", ["openvino", "directml", "npu", "compare"])
 def test_parameters_keep_names_types_and_values_but_ask_in_the_notebooks_language(name: str, lang: str) -> None:
     """The same knobs everywhere (a grid file works on every language); only the questions are translated, and they

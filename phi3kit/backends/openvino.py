@@ -86,9 +86,10 @@ def export_command(src: Path, out: Path, cfg: LoadConfig, model_config: dict[str
             log(f"{msg} group_size_fallback={cfg.group_size_fallback!r}: "
                 + ("those weights get the largest power-of-two group that divides them."
                    if cfg.group_size_fallback == "adjust" else "those weights stay in higher precision."))
-        cmd += ["--group-size", str(group), "--ratio", str(ratio), "--group-size-fallback", cfg.group_size_fallback]
+        cmd += ["--group-size", str(group), "--ratio", str(ratio)]
         if settings["sym"]:
-            cmd.append("--sym")
+            cmd.append("--sym")  # the seed's command up to here; the fallback is the kit's addition
+        cmd += ["--group-size-fallback", cfg.group_size_fallback]
     if cfg.trust_remote_code:
         cmd.append("--trust-remote-code")
     return [*cmd, str(out)]
