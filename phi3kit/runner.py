@@ -160,6 +160,19 @@ def html_exporter(offline: bool = True, lang: str = "en") -> Any:
                         template_file="phi3kit-offline.html.j2", language_code=lang)
 
 
+# A translated markdown cell is wrapped in <div dir="rtl" lang="fa">, a blank line, its markdown, </div>.
+# With embed_images, nbconvert re-parses each HTML block on its own, which closes that opening tag on the
+# spot and leaves the prose outside it, left to right. The handout moves the wrapper's direction onto the
+# cell's rendered markdown instead (JupyterLab, parsing the cell whole, nests it as written).
+_EMPTIED_WRAPPER = re.compile(
+    r'(<div class="[^"]*\bjp-RenderedMarkdown\b[^"]*"[^>]*)>\s*<div dir="(rtl|ltr)" lang="([\w-]+)">\s*</div>')
+
+
+def hoist_direction(body: str) -> str:
+    """The handout's HTML with each emptied direction wrapper's `dir` and `lang` on its cell's markdown."""
+    return _EMPTIED_WRAPPER.sub(r'\1 dir="\2" lang="\3">', body)
+
+
 def notebook_language(nb: Any) -> str:
     """The language a notebook's prose is written in (phi3kit's metadata; English when it has none)."""
     return str(nb.metadata.get("phi3kit", {}).get("lang", "en"))
@@ -186,7 +199,7 @@ def _is_language_folder(folder: Path) -> bool:
     return len(folder.name) in (2, 3) and folder.name.isalpha() and folder.name.islower() and folder.is_dir()
 
 
-def to_html(notebook: Path, overwrite: bool = False, offline: bool = True) -> Path:
+def to_html(notebook: str | Path, overwrite: bool = False, offline: bool = True) -> Path:
     """A handout: the executed notebook as one self-contained HTML file that reads without a network.
 
     The page's `lang` is the notebook's language; right-to-left prose carries its own `dir="rtl"`
@@ -194,8 +207,10 @@ def to_html(notebook: Path, overwrite: bool = False, offline: bool = True) -> Pa
     """
     import nbformat
 
+    notebook = Path(notebook)
     nb = nbformat.read(str(notebook), as_version=4)
     body, _ = html_exporter(offline, notebook_language(nb)).from_notebook_node(nb)
+    body = hoist_direction(body)
     if offline and (refs := external_references(body)):
         raise RuntimeError(f"the offline handout still references the network: {refs[:3]}")
     out = free_path(notebook.with_suffix(".html"), overwrite)

@@ -129,7 +129,7 @@ def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"JupyterLab did not start:\n{(tmp_path / 'jupyter.log').read_text()[-3000:]}")
                 time.sleep(0.3)
-        yield {"url": url, "token": token, "log": tmp_path / "jupyter.log"}
+        yield {"url": url, "token": token, "log": tmp_path / "jupyter.log", "root": root}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the server shuts its kernels down on SIGTERM
         try:
@@ -243,6 +243,7 @@ return {lang: document.documentElement.lang, markdown: md.length,
         headings: md.filter(e => e.querySelector('h1, h2, h3')).length,
         raw_hashes: md.filter(e => e.innerText.trim().startsWith('#')).length,
         prose: md.map(e => style(e.querySelector('div[dir]') || e.querySelector('.jp-RenderedMarkdown') || e)),
+        blocks: [...document.querySelectorAll('.jp-MarkdownCell :is(p, h1, h2, h3, li)')].map(style),
         rtl: rtl.length, code: code.map(style), outputs: outputs.map(style),
         text: md.map(e => e.innerText).join(' ')};
 """
@@ -285,8 +286,34 @@ def test_translated_handout_reads_in_its_direction_with_code_left_to_right(lang:
     assert seen["lang"] == lang
     assert seen["markdown"] == n_md and seen["headings"] >= 3 and seen["raw_hashes"] == 0  # the markdown rendered
     assert seen["prose"] == [direction] * n_md
+    # The paragraphs, headings and list items themselves, not only their wrapper: nbconvert once closed the
+    # wrapper before its prose, which then read left to right under an rtl <div>.
+    assert len(seen["blocks"]) > n_md and set(seen["blocks"]) == {direction}
     assert seen["rtl"] == (n_md if direction == "rtl" else 0)
     assert len(seen["code"]) == n_code and set(seen["code"]) == {"ltr"}
     assert n_outputs >= 1 and len(seen["outputs"]) >= n_outputs and set(seen["outputs"]) == {"ltr"}
     assert len(re.findall(SCRIPTS[lang], seen["text"])) > 500  # the prose is in the language's own script
     assert shot.stat().st_size > 10_000
+
+
+LAB_DIRECTIONS = """
+const style = e => getComputedStyle(e).direction;
+const prose = document.querySelectorAll('.jp-MarkdownCell .jp-RenderedMarkdown :is(p, h1, h2, h3, li)');
+return {prose: [...prose].map(style),
+        code: [...document.querySelectorAll('.jp-CodeCell .jp-InputArea .cm-content')].map(style)};
+"""
+
+
+def test_persian_notebook_reads_right_to_left_in_jupyterlab(lab: dict[str, Any], browser: Any) -> None:
+    """Where learners read it: JupyterLab renders each translated markdown cell whole, so the wrapper's dir
+    must reach the paragraphs and headings there too, while the code cells stay left to right."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "notebooks" / "fa" / "openvino.ipynb", lab["root"] / "fa.ipynb")
+    driver = browser
+    driver.get(f"{lab['url']}/lab/tree/fa.ipynb?token={lab['token']}")
+    WebDriverWait(driver, HANG_GUARD_S, poll_frequency=0.2).until(  # ends once the cells have rendered
+        lambda d: (seen := d.execute_script(LAB_DIRECTIONS)) and len(seen["prose"]) >= 5 and len(seen["code"]) >= 2)
+    seen = driver.execute_script(LAB_DIRECTIONS)
+    assert set(seen["prose"]) == {"rtl"}, seen["prose"]
+    assert set(seen["code"]) == {"ltr"}, seen["code"]
