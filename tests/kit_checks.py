@@ -130,3 +130,28 @@ def assert_lock_serialized(events: list[str], first: str, second: str) -> None:
 
     assert at(f"{first} holding") < at(f"{first} released"), events
     assert at(f"{second} waiting") < at(f"{first} released") < at(f"{second} holding"), events
+
+
+def wire_parrot(folder: Path, froms: Sequence[int], nexts: Sequence[int]) -> None:
+    """Edit the random Phi-3 in `folder` into a bigram table: after token froms[k] greedy decoding says nexts[k].
+
+    Every layer adds nothing (attention and MLP outputs zeroed), so the residual stream is the embedding;
+    each `from` token's embedding is one-hot on its own axis k (RMSNorm turns it into sqrt(hidden) there),
+    and the head gives its `next` a logit of about 113 and every other token 0.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    assert len(froms) == len(nexts) <= model.config.hidden_size
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb, head = model.model.embed_tokens.weight, model.lm_head.weight
+        head.zero_()
+        for k, (a, b) in enumerate(zip(froms, nexts, strict=True)):
+            emb[a] = 0.0
+            emb[a, k] = 1.0
+            head[b, k] = 10.0
+    model.save_pretrained(folder)

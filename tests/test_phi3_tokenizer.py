@@ -23,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-import torch
+from kit_checks import wire_parrot
 from transformers import AutoTokenizer
 
 import phi3kit as kit
@@ -405,24 +405,10 @@ PARROT_TEXT = "Sure: café crème, déjà vu.\n世界 🤖 ok السلام"
 def make_parrot(out: Path, tok) -> list[int]:  # type: ignore[no-untyped-def]
     """A random Phi-3 on the real tokenizer, edited so greedy decoding says PARROT_TEXT then <|end|>
     after the prompt's last token (<|assistant|>); see tests/test_streaming.py for the construction."""
-    from transformers import AutoModelForCausalLM
-
     ids = tok(PARROT_TEXT, add_special_tokens=False)["input_ids"]
     assert len(set(ids)) == len(ids) and 32001 not in ids
     make_random_phi3("mini-4k", out, tokenizer_dir=FIXTURE)
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-    froms, nexts = [32001, *ids], [*ids, 32007]
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        emb, head = model.model.embed_tokens.weight, model.lm_head.weight
-        head.zero_()
-        for k, (a, b) in enumerate(zip(froms, nexts, strict=True)):
-            emb[a] = 0.0
-            emb[a, k] = 1.0
-            head[b, k] = 10.0
-    model.save_pretrained(out)
+    wire_parrot(out, [32001, *ids], [*ids, 32007])
     return ids
 
 

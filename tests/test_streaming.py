@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
+from kit_checks import wire_parrot
 
 import phi3kit as kit
 from phi3kit import backends, pocket
@@ -89,22 +89,7 @@ def make_parrot(out: Path) -> Parrot:
 
     make_random_phi3("mini-4k", out, vocab_size=len(tok))
     tok.save_pretrained(out)
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-    froms, nexts = [newline, *ids], [*ids, tok.convert_tokens_to_ids(END)]
-    assert len(froms) <= model.config.hidden_size
-    with torch.no_grad():
-        for layer in model.model.layers:  # every layer adds nothing: the residual stream is the embedding
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        emb, head = model.model.embed_tokens.weight, model.lm_head.weight
-        head.zero_()
-        for k, (a, b) in enumerate(zip(froms, nexts, strict=True)):
-            emb[a] = 0.0
-            emb[a, k] = 1.0  # one-hot: RMSNorm turns it into sqrt(hidden) along axis k
-            head[b, k] = 10.0  # logit ~113 for the next token, 0 for every other
-    model.save_pretrained(out)
+    wire_parrot(out, [newline, *ids], [*ids, tok.convert_tokens_to_ids(END)])
     return Parrot(out, ids, [token_bytes[i] for i in ids])
 
 

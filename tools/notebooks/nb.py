@@ -59,6 +59,39 @@ def parameters(cell_id: str, source: str) -> Cell:
     return Cell("parameters", cell_id, source.strip("\n"))
 
 
+# Cells the route notebooks share word for word (each notebook's translation file still holds their words).
+def answer_cell() -> Cell:
+    """The streamed answer, its output checked by nbval: the same code in every route notebook."""
+    return code("answer", """
+# NBVAL_CHECK_OUTPUT
+response = session.generate(prompt, system=system or None, max_new_tokens=max_new_tokens, do_sample=do_sample)
+for chunk in response:
+    print(chunk, end="", flush=True)
+print()
+""")
+
+
+def speed_md(memory_note: str = "") -> Cell:
+    """What the metrics table's figures mean; `memory_note` qualifies Peak RSS for the route."""
+    return md("metrics-md", f"""
+## 5. How fast was it?
+
+* **TTFT** (time to first token): reading the prompt and producing the first token.
+* **TPOT** (time per output token) and **tokens/s**: the decode speed after that.
+* **Peak RSS**: the most memory this Python process used while generating{memory_note}.
+""")
+
+
+def plot_cells() -> list[Cell]:
+    """The per-token latency plot and what it shows."""
+    return [md("plot-md", """
+Each bar is one token's latency. The first (orange) is the time to first token; the rest are decode
+steps, which stay flat: each reads all the weights once.
+"""), code("plot", """
+response.metrics.plot();
+""")]
+
+
 def source(name: str) -> ModuleType:
     """tools/notebooks/<name>.py, loaded by its path: `import openvino` would find the OpenVINO library instead."""
     key = f"phi3kit_notebook_source_{name}"

@@ -1,6 +1,6 @@
 """English source of notebooks/npu.ipynb (build: `python tools/notebooks/build.py`)."""
 
-from nb import code, md, parameters
+from nb import answer_cell, code, md, parameters
 
 TITLE = "Phi-3 on the NPU"
 CELLS = [
@@ -142,13 +142,7 @@ The prompt is wrapped in Phi-3's chat template, and the answer arrives token by 
 end-of-turn token `<|end|>`. The answer stored in this file comes from the pocket model with the test
 values (`model = "pocket"`, `device = "CPU"`).
 """),
-code("answer", """
-# NBVAL_CHECK_OUTPUT
-response = session.generate(prompt, system=system or None, max_new_tokens=max_new_tokens, do_sample=do_sample)
-for chunk in response:
-    print(chunk, end="", flush=True)
-print()
-"""),
+answer_cell(),
 md("metrics-md", """
 **TTFT** is the prefill (compute-bound); **tokens/s** is the decode (memory-bound). On the NPU the prompt
 is padded to its compiled shape, so TTFT barely changes with the prompt's length.

@@ -1,6 +1,6 @@
 """English source of notebooks/openvino.ipynb (build: `python tools/notebooks/build.py`)."""
 
-from nb import code, md, parameters
+from nb import answer_cell, code, md, parameters, plot_cells, speed_md
 
 TITLE = "Phi-3 on OpenVINO"
 CELLS = [
@@ -97,33 +97,15 @@ arrives token by token. Generation stops at `<|end|>`, the model's end-of-turn t
 on to `max_new_tokens`. The answer stored in this file comes from the pocket model with the test values
 (`model = "pocket"`, `precision = "int8"`); running the notebook prints yours.
 """),
-code("answer", """
-# NBVAL_CHECK_OUTPUT
-response = session.generate(prompt, system=system or None, max_new_tokens=max_new_tokens, do_sample=do_sample)
-for chunk in response:
-    print(chunk, end="", flush=True)
-print()
-"""),
-md("metrics-md", """
-## 5. How fast was it?
-
-* **TTFT** (time to first token): reading the prompt and producing the first token.
-* **TPOT** (time per output token) and **tokens/s**: the decode speed after that.
-* **Peak RSS**: the most memory this Python process used while generating.
-"""),
+answer_cell(),
+speed_md(),
 code("metrics", """
 response.metrics
 """),
 code("record", """
 kit.record(response.metrics, precision=precision, device=device, runtime=runtime)  # kept for `phi3kit run` tables
 """),
-md("plot-md", """
-Each bar is one token's latency. The first (orange) is the time to first token; the rest are decode
-steps, which stay flat: each reads all the weights once.
-"""),
-code("plot", """
-response.metrics.plot();
-"""),
+*plot_cells(),
 md("library-md", """
 ## 6. The same with the libraries alone
 
