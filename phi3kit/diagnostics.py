@@ -162,8 +162,9 @@ def _route(facts: Facts) -> Recommendation:
                               "directml.ipynb", "An NVIDIA GPU is present: ONNX Runtime GenAI runs Phi-3 on CUDA.",
                               notes)
     return Recommendation("openvino", "genai", "CPU", "int4", "int4 symmetric, group size 128, ratio 0.6",
-                          "openvino.ipynb", "No NPU or GPU the kit can use: OpenVINO GenAI int4 is the fastest CPU "
-                          "route measured (decode is memory-bound, and int4 reads the fewest bytes).", notes)
+                          "openvino.ipynb", "No NPU or GPU the kit can use: OpenVINO GenAI int4 is the CPU default, "
+                          "with the fastest prefill measured. For faster decode try precision='int4-cw' (check its "
+                          "quality with `phi3kit bench`) and `phi3kit tune` (docs/benchmarks.md).", notes)
 
 
 # --- gathering facts ------------------------------------------------------------------------------
