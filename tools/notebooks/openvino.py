@@ -26,7 +26,7 @@ Edit them here, or from the command line without opening the notebook:
 """),
 parameters("parameters", """
 model: str = "phi-3-mini-4k"  # catalog alias (`phi3kit models`), hub id, folder, or "pocket" (offline)
-precision: str = "int4"  # weights: int4 (smallest, fastest) | int4-cw (channel-wise) | int8 | fp16 | fp32
+precision: str = "int4"  # weights: int4 (the seed's recipe) | int4-cw (channel-wise: smaller, often faster) | int8 | fp16 | fp32
 device: str = "CPU"  # CPU | GPU | NPU | AUTO: see the device check below
 runtime: str = "genai"  # genai: OpenVINO GenAI (C++ loop) | optimum: optimum-intel (the seed's route)
 prefer: str = ""  # "": ready-made where one is published | ready-made | export (converted here)
