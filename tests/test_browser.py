@@ -312,8 +312,11 @@ def test_persian_notebook_reads_right_to_left_in_jupyterlab(lab: dict[str, Any],
     shutil.copy(Path(__file__).resolve().parents[1] / "notebooks" / "fa" / "openvino.ipynb", lab["root"] / "fa.ipynb")
     driver = browser
     driver.get(f"{lab['url']}/lab/tree/fa.ipynb?token={lab['token']}")
-    WebDriverWait(driver, HANG_GUARD_S, poll_frequency=0.2).until(  # ends once the cells have rendered
-        lambda d: (seen := d.execute_script(LAB_DIRECTIONS)) and len(seen["prose"]) >= 5 and len(seen["code"]) >= 2)
-    seen = driver.execute_script(LAB_DIRECTIONS)
+
+    def rendered(d: Any) -> dict[str, list[str]] | None:
+        seen = d.execute_script(LAB_DIRECTIONS)
+        return seen if len(seen["prose"]) >= 5 and len(seen["code"]) >= 2 else None
+
+    seen = WebDriverWait(driver, HANG_GUARD_S, poll_frequency=0.2).until(rendered)  # ends once the cells render
     assert set(seen["prose"]) == {"rtl"}, seen["prose"]
     assert set(seen["code"]) == {"ltr"}, seen["code"]
