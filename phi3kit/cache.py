@@ -1,9 +1,14 @@
 """Export cache: one folder per (model, backend, precision, settings, library versions).
 
-An entry is trusted only when its manifest (written last, listing every file and its size)
-matches what is on disk. Builds go to a temporary folder renamed into place, under a file
-lock, so an interrupted export leaves nothing a later run would trust, and two processes
-asking for the same export produce one.
+An entry is trusted only when its manifest (written last, listing every file with its size and
+SHA-256) matches what is on disk. A load checks sizes (seconds, not minutes, for gigabytes);
+`verify(..., hashes=True)` (`phi3kit cache --verify`) checks every byte. Builds go to a temporary
+folder renamed into place, under a file lock, so an interrupted export leaves nothing a later run
+would trust, and two processes asking for the same export produce one.
+
+The root is used as the user typed it, never resolved: on Windows resolving turns a mapped drive
+into a UNC path and follows junctions. Entry names are slugs, so no entry can leave the root, and
+the cache deletes only inside it (safefs.remove_tree).
 """
 
 from __future__ import annotations
@@ -12,9 +17,7 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,9 @@ from typing import Any
 
 import filelock
 import platformdirs
+
+from .errors import CacheCorruptError
+from .safefs import atomic_write, is_inside, place_folder, remove_tree, temp_dir
 
 MANIFEST = "phi3kit-manifest.json"
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+|\.{2,}")
@@ -63,8 +69,12 @@ class Export:
     tokenizer_dir: Path | None = None
 
 
-class CacheCorruptError(Exception):
-    """Raised internally when an entry fails its manifest check."""
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(16 * 2**20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def copy_files(src: Path, dst: Path, files: list[str] | None = None, desc: str = "copying") -> None:
@@ -82,28 +92,37 @@ def copy_files(src: Path, dst: Path, files: list[str] | None = None, desc: str =
                 while chunk := fin.read(16 * 2**20):
                     fout.write(chunk)
                     bar.update(len(chunk))
-            shutil.copystat(src / rel, target, follow_symlinks=True)
+            st = (src / rel).stat()  # times only: a read-only attribute copied from a pack would block deletion
+            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 class ExportCache:
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
-        self.root = Path(root).expanduser().resolve() if root else default_cache_dir()
+        # Absolute but never resolved: see the module's docstring.
+        self.root = Path(os.path.abspath(Path(root or default_cache_dir()).expanduser()))
 
     def entry_dir(self, backend: str, label: str, key: dict[str, Any]) -> Path:
-        path = (self.root / slug(backend) / f"{slug(label)}-{key_hash(key)}").resolve()
-        if self.root not in path.parents:  # defence in depth: slug() already forbids this
+        path = self.root / slug(backend) / f"{slug(label)}-{key_hash(key)}"
+        if not is_inside(path, self.root):  # defence in depth: slug() already forbids this
             raise ValueError(f"cache entry {path} would escape the cache root {self.root}")
         return path
 
     @staticmethod
-    def verify(path: Path) -> None:
-        """Raise CacheCorruptError naming the first problem found in an entry."""
+    def verify(path: Path, hashes: bool = False) -> None:
+        """Raise CacheCorruptError naming the first problem found in an entry.
+
+        Sizes always; with `hashes`, every byte against the manifest's SHA-256. A manifest written before
+        the kit recorded hashes is hashed the first time it is verified with `hashes`, and then kept.
+        """
         manifest = path / MANIFEST
         if not manifest.is_file():
             raise CacheCorruptError(f"{path.name} has no manifest (an interrupted export?)")
         try:
-            files = json.loads(manifest.read_text())["files"]
-        except (ValueError, KeyError) as exc:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+            files, digests = data["files"], data.get("sha256", {})
+            if not isinstance(files, dict) or not all(isinstance(v, int) for v in files.values()):
+                raise ValueError("'files' is not a table of sizes")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CacheCorruptError(f"{path.name} has an unreadable manifest ({exc})") from exc
         for rel, size in files.items():
             f = path / rel
@@ -113,6 +132,17 @@ class ExportCache:
                 raise CacheCorruptError(
                     f"{path.name}/{rel} is {f.stat().st_size} bytes, the manifest says {size} (truncated?)"
                 )
+        if not hashes:
+            return
+        for rel in files:
+            if rel in digests and sha256(path / rel) != digests[rel]:
+                raise CacheCorruptError(f"{path.name}/{rel} has other bytes than when it was written (damaged)")
+        if missing := [rel for rel in files if rel not in digests]:
+            data["sha256"] = {**digests, **{rel: sha256(path / rel) for rel in missing}}
+            try:
+                atomic_write(manifest, json.dumps(data, indent=2, default=str))
+            except OSError:
+                pass  # a read-only cache (a pack used in place) is verified all the same, just not remembered
 
     def lookup(self, backend: str, label: str, key: dict[str, Any],
                log: Callable[[str], None] | None = None) -> Path | None:
@@ -140,40 +170,38 @@ class ExportCache:
         final = self.entry_dir(backend, label, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        with filelock.FileLock(str(final) + ".lock"):
+        with self.lock(final):
             if final.exists():
                 try:
                     self.verify(final)
                     return Export(final, True, time.perf_counter() - start)
                 except CacheCorruptError as exc:
                     log(f"Cache entry is incomplete or corrupted: {exc}. Rebuilding it.")
-                    shutil.rmtree(final)
+                    remove_tree(final, self.root)  # useless, and its space is needed for the rebuild
             for stale in final.parent.glob(f".tmp-{final.name}-*"):
-                shutil.rmtree(stale, ignore_errors=True)  # left by a killed process; we hold the lock
-            tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir()
+                remove_tree(stale, self.root)  # left by a killed process; we hold the lock
+            tmp = temp_dir(final.parent, final.name)
             try:
                 build(tmp)
-                files = {
-                    str(p.relative_to(tmp).as_posix()): p.stat().st_size
-                    for p in sorted(tmp.rglob("*"))
-                    if p.is_file()
-                }
-                if not files:
+                paths = [p for p in sorted(tmp.rglob("*")) if p.is_file()]
+                if not paths:
                     raise RuntimeError("the export wrote no files")
-                manifest = {
+                write_manifest(tmp, {
                     "key": key,
-                    "files": files,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "build_seconds": round(time.perf_counter() - start, 3),
                     "made_with": made_with or {},
-                }
-                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-                os.replace(tmp, final)
+                })
+                place_folder(tmp, final, self.root)
             except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
+                remove_tree(tmp, self.root)
                 raise
         return Export(final, False, time.perf_counter() - start)
+
+    @staticmethod
+    def lock(final: Path) -> filelock.FileLock:
+        """The lock every writer of the entry `final` holds: exports, ready-made copies, unpacks."""
+        return filelock.FileLock(str(final) + ".lock")
 
     def entries(self) -> list[dict[str, Any]]:
         """Every entry with its key and, if it fails verification, the problem (it will be rebuilt)."""
@@ -188,10 +216,19 @@ class ExportCache:
             except CacheCorruptError as exc:
                 problem = str(exc)
             try:
-                data = json.loads(manifest.read_text())
-            except ValueError:
-                data = {}
-            size = sum(data.get("files", {}).values())
+                data = json.loads(manifest.read_text(encoding="utf-8"))
+                size = sum(data.get("files", {}).values())
+            except (ValueError, TypeError, AttributeError):
+                data, size = {}, 0
             out.append({"path": str(entry), "size_mb": round(size / 2**20, 1), "problem": problem,
                         **data.get("key", {})})
         return out
+
+
+def write_manifest(folder: Path, fields: dict[str, Any]) -> None:
+    """Write an entry's manifest last: every file under `folder` with its size and SHA-256, plus `fields`."""
+    paths = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*"))
+             if p.is_file() and p.name != MANIFEST}
+    manifest = {**fields, "files": {r: p.stat().st_size for r, p in paths.items()},
+                "sha256": {r: sha256(p) for r, p in paths.items()}}
+    atomic_write(folder / MANIFEST, json.dumps(manifest, indent=2, default=str))

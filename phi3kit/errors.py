@@ -6,7 +6,13 @@ from collections.abc import Iterable
 
 
 class Phi3kitError(Exception):
-    """Base class: catch this to handle every error the kit documents."""
+    """Base class: catch this to handle every error the kit documents.
+
+    `exit_code` is what the command line returns for it: 2 for input the kit refuses (the default), 1 for a
+    run that was tried and failed.
+    """
+
+    exit_code = 2
 
 
 class UnknownChoiceError(Phi3kitError, ValueError):
@@ -45,6 +51,24 @@ class ExportError(Phi3kitError, RuntimeError):
 
 class ResourceError(Phi3kitError, RuntimeError):
     """Not enough disk or memory for the export asked for, found before it starts."""
+
+
+class CacheCorruptError(Phi3kitError, RuntimeError):
+    """A cache entry fails its manifest check (missing, truncated or changed files): it is not used."""
+
+    exit_code = 1
+
+
+class UnsafePathError(Phi3kitError, ValueError):
+    """A path read from outside (a pack's index) could reach outside its folder, or a deletion would."""
+
+
+class StorageError(Phi3kitError, OSError):
+    """A location the kit must write cannot take it: read-only, full, or a file where a folder belongs."""
+
+    def __init__(self, message: str, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def last_line(exc: BaseException) -> str:

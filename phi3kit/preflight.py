@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ResourceError
+from .safefs import human_size as _size
 
 SKIP_ENV = "PHI3KIT_SKIP_PREFLIGHT"
 # Size of an export per model parameter. int4 measured: Phi-3-mini (3.8B) at int4 g128 ratio 0.6 wrote
@@ -95,10 +96,6 @@ def estimate(job: Job) -> Needs:
     per_param = job.ram_bytes_per_param or RAM_BYTES_PER_PARAM.get(job.precision, 5.0)
     disk = int(job.params * DISK_BYTES_PER_PARAM.get(job.precision, 4.05) * DISK_MARGIN) + job.download_bytes
     return Needs(job.params, disk, int(RAM_BASE + job.params * per_param))
-
-
-def _size(n: float) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
 
 
 def shortfalls(job: Job, cache_root: Path, free: FreeSpace | None = None) -> list[str]:
