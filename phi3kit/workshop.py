@@ -103,9 +103,16 @@ class Unpacked:
     cache: Path
 
 
+_PACK_FIX = "Fix: use a pack made by `phi3kit pack`, copied again from the instructor's copy."
+
+
 def _bad(index_file: Path, problem: str) -> PackError:
-    return PackError(f"{index_file} is not a valid pack index: {problem}. Nothing was copied. Fix: use a pack made "
-                     "by `phi3kit pack`, copied again from the instructor's copy.")
+    return PackError(f"{index_file} is not a valid pack index: {problem}. Nothing was copied. {_PACK_FIX}")
+
+
+def _refused(index_file: Path, exc: UnsafePathError) -> PackError:
+    """A path that could reach outside the pack or the cache: refused before a byte moves."""
+    return PackError(f"{index_file} is refused: {exc} Nothing was copied. {_PACK_FIX}")
 
 
 def _str(value: object, index_file: Path, where: str) -> str:
@@ -142,7 +149,7 @@ def parse_index(data: object, index_file: Path) -> PackIndex:
             try:
                 check_relative(folder, f"{where}: folder")
             except UnsafePathError as exc:
-                raise PackError(f"{index_file} is refused: {exc} Nothing was copied.") from exc
+                raise _refused(index_file, exc) from exc
             if not _FOLDER.match(folder):
                 raise _bad(index_file, f"{where}: folder {folder!r} is not <backend>/<entry>, as the cache names them")
             if folder in seen:
@@ -156,7 +163,7 @@ def parse_index(data: object, index_file: Path) -> PackIndex:
             try:
                 check_relative(rel, f"{where}: file")
             except UnsafePathError as exc:
-                raise PackError(f"{index_file} is refused: {exc} Nothing was copied.") from exc
+                raise _refused(index_file, exc) from exc
             if not any(rel.startswith(folder + "/") for folder in folders):
                 raise _bad(index_file, f"{where}: file {rel!r} lies outside the entry's folders")
             size = rec.get("size") if isinstance(rec, dict) else None

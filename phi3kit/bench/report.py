@@ -182,16 +182,16 @@ class BenchReport:
     def save(self, out_dir: str | Path, stem: str = "bench", overwrite: bool = False) -> tuple[Path, Path]:
         """Write `stem.csv` (the rows) and `stem.json` (everything, per-token latencies included)."""
         from ..runner import free_path
+        from ..safefs import atomic_path, atomic_write, writable_dir
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = writable_dir(out_dir, "choose another output folder (-o)")
         csv_path = free_path(out / f"{stem}.csv", overwrite)
         json_path = free_path(csv_path.with_suffix(".json"), overwrite)
-        with csv_path.open("w", newline="", encoding="utf-8") as f:
+        with atomic_path(csv_path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:  # whole or not at all
             writer = csv.DictWriter(f, fieldnames=list(ROW_FIELDS))
             writer.writeheader()
             writer.writerows(self.rows())
-        json_path.write_text(json.dumps(self.to_dict(), indent=1, default=str), encoding="utf-8")
+        atomic_write(json_path, json.dumps(self.to_dict(), indent=1, default=str))
         return csv_path, json_path
 
     @classmethod

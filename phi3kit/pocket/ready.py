@@ -51,6 +51,7 @@ def _scrub(folder: Path) -> None:
 
 def build(dest: Path = READY_DIR, log=print) -> None:  # type: ignore[no-untyped-def]
     import phi3kit as kit
+    from phi3kit.safefs import remove_tree
 
     dest.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -58,7 +59,7 @@ def build(dest: Path = READY_DIR, log=print) -> None:  # type: ignore[no-untyped
         for name, (backend, precision, options) in FOLDERS.items():
             export = kit.export("pocket", backend, precision, prefer="export", cache_dir=cache, log=log, **options)
             target = dest / name
-            shutil.rmtree(target, ignore_errors=True)
+            remove_tree(target, dest)  # the kit deletes only inside the folder it builds
             shutil.copytree(export.path, target, ignore=shutil.ignore_patterns("phi3kit-manifest.json"))
             _scrub(target)
             made = {"openvino": ("optimum-intel", "nncf", "openvino"),
