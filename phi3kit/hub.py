@@ -54,9 +54,17 @@ def download(repo_id: str, *, route: str, revision: str | None = None, subfolder
     what = f"{repo_id}/{subfolder}" if subfolder else repo_id
     row = f" The catalog row is {catalog_row}." if catalog_row else ""
     way_out = f" Fall back with {fallback}." if fallback else ""
+    allow = patterns(route, subfolder, trust_remote_code)
     try:
-        snapshot = Path(snapshot_download(repo_id, revision=revision,
-                                          allow_patterns=patterns(route, subfolder, trust_remote_code)))
+        try:
+            snapshot = Path(snapshot_download(repo_id, revision=revision, allow_patterns=allow))
+        except Exception as exc:  # noqa: BLE001 - only offline errors are retried, the rest re-raised as they are
+            if not _offline(exc):
+                raise
+            # huggingface_hub 1.22+ asks the hub's tree API for a pinned revision even when HF_HUB_OFFLINE is set
+            # (OfflineModeIsEnabled), and a laptop without network gets a connection error: the cache answers.
+            snapshot = Path(snapshot_download(repo_id, revision=revision, allow_patterns=allow,
+                                              local_files_only=True))
     except LocalEntryNotFoundError as exc:
         raise ModelSourceError(
             f"Cannot download {what!r}: the hub is unreachable (or HF_HUB_OFFLINE is set) and it is not in the "
@@ -80,3 +88,23 @@ def download(repo_id: str, *, route: str, revision: str | None = None, subfolder
         raise ModelSourceError(f"{what!r}: the repo has no files for this route"
                                + (f" (no folder {subfolder!r} in it)" if subfolder else "") + f".{row}{way_out}")
     return folder
+
+
+def _offline(exc: BaseException) -> bool:
+    """The hub could not be asked (offline mode, no network), as opposed to answering no."""
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    kinds: list[type[BaseException]] = [OfflineModeIsEnabled]
+    try:
+        import httpx
+
+        kinds.append(httpx.TransportError)
+    except ImportError:
+        pass
+    try:
+        import requests
+
+        kinds += [requests.exceptions.ConnectionError, requests.exceptions.Timeout]
+    except ImportError:
+        pass
+    return isinstance(exc, tuple(kinds))

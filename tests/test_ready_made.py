@@ -28,6 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "What is an NPU?"
 ANSWER = {q["question"]: q["answer"] for q in pocket.load_qa()}[QUESTION]
 IR_REPO = "OpenVINO/Phi-3-mini-4k-instruct-int4-ov"
+# CI also runs this file in the lean environment (requirements/lean.txt: no torch, no exporter).
+needs_exporter = pytest.mark.skipif(backends.get("openvino").missing_exporter() is not None,
+                                    reason="exports from a checkpoint, and this is the lean environment (no torch, "
+                                           "optimum-intel, nncf); the dev run covers it")
 ONNX_REPO, ONNX_CPU = "microsoft/Phi-3-mini-4k-instruct-onnx", "cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4"
 DEVICES = {"openvino": {"CPU", "GPU", "NPU", "AUTO"}, "ortgenai": {"CPU", "DML", "CUDA"}}
 
@@ -268,6 +272,7 @@ def test_precision_is_read_from_the_files() -> None:
 
 
 # --- memory before work ----------------------------------------------------------------------------------
+@needs_exporter
 def test_an_export_that_would_not_fit_names_the_ready_made_folder_before_downloading(
         hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The preflight runs from the catalog's size, before the 7.6 GB checkpoint is fetched."""
@@ -304,6 +309,7 @@ def test_doctor_recommends_the_ready_made_variant_for_its_device() -> None:
 
 # --- workshop packs ---------------------------------------------------------------------------------------
 @pytest.mark.slow
+@needs_exporter
 def test_a_pack_made_from_one_cache_runs_elsewhere_with_no_export_and_no_hub(hub: Path, tmp_path: Path) -> None:
     """An instructor packs a ready-made route and an exported one; a laptop with no hub cache runs both."""
     from phi3kit.cli import main
@@ -358,3 +364,30 @@ def test_a_pack_never_overwrites_a_folder_of_yours(tmp_path: Path) -> None:
     assert (mine / "chapter1.txt").read_text() == "mine"
     with pytest.raises(PackError, match="not a workshop pack"):
         unpack(mine, tmp_path / "cache", log=quiet)
+
+
+@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "no network"])
+def test_a_pinned_revision_loads_from_the_hub_cache_without_the_hub(hub: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    offline: str) -> None:
+    """huggingface_hub 1.33 (the lean environment's) raised OfflineModeIsEnabled for a pinned revision with
+    HF_HUB_OFFLINE=1, and a connection error with no network, where the hub cache held the snapshot."""
+    if offline == "no network":
+        import huggingface_hub.constants as hf
+
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        monkeypatch.setattr(hf, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing answers
+        monkeypatch.setattr(hf, "ENDPOINT", "http://127.0.0.1:9")
+    from phi3kit.hub import download
+
+    folder = download(IR_REPO, route="openvino", revision="a" * 40)
+    assert folder.name == "a" * 40 and (folder / "openvino_model.xml").is_file()
+    with kit.load("phi-3-mini-4k", "openvino", "int4", revision="a" * 40, log=quiet) as s:
+        assert s.generate(QUESTION, max_new_tokens=64).text == ANSWER
+
+
+def test_the_optimum_runtime_without_optimum_is_the_kits_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lean environment has no optimum-intel: runtime='optimum' raised a raw ModuleNotFoundError at load."""
+    monkeypatch.setitem(sys.modules, "optimum", None)  # how Python marks a module unimportable
+    with pytest.raises(kit.MissingDependencyError, match="optimum-intel.*requirements/openvino.txt"):
+        kit.load("pocket", "openvino", "int4", runtime="optimum", log=quiet)

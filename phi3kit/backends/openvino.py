@@ -126,6 +126,15 @@ def ir_weights(xml: Path) -> tuple[str, str]:
     return ("fp16", "fp16 weights") if "f16" in types else ("fp32", "fp32 weights")
 
 
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package is absent (or marked unimportable)
+        return False
+
+
 class OpenVINOBackend(Backend):
     name = "openvino"
     runtimes: ClassVar[tuple[str, ...]] = ("genai", "optimum")
@@ -152,6 +161,9 @@ class OpenVINOBackend(Backend):
     @classmethod
     def check(cls, cfg: LoadConfig, *, device: bool = True) -> None:
         super().check(cfg, device=device)
+        if cfg.runtime == "optimum" and not _importable("optimum.intel"):  # the lean environment has no optimum
+            raise MissingDependencyError("optimum-intel", "runtime='optimum' (optimum-intel's OVModelForCausalLM)",
+                                         cls.requirements)
         if device and is_npu(cfg.device):  # before the export: an old driver fails only when the model compiles
             info = npu_info()
             problem = npu_driver_problem(info) if info else None

@@ -244,6 +244,36 @@ def window_limits(model_dir: Path) -> tuple[int, int | None]:
     return 0, None
 
 
+# transformers 5 names every tokenizer.json-backed tokenizer "TokenizersBackend" in tokenizer_config.json.
+# ONNX Runtime GenAI picks its own tokenizer by that class, and 0.13.1 (what the DirectML build resolves to on
+# Windows) does not know the name: og.Tokenizer fails with "Unsupported tokenizer class: TokenizersBackend".
+# Measured with 0.13.1 against the tokenizer.json itself: "LlamaTokenizer" reproduces Phi-3's SentencePiece-style
+# BPE exactly (its 47 reference texts), "PreTrainedTokenizerFast" a byte-level BPE (the pocket's), and
+# "PreTrainedTokenizerFast" on Phi-3's tokenizer differs on 11 of them. 0.18 gives the same ids with either.
+UNKNOWN_TO_OLDER_RUNTIMES = ("TokenizersBackend",)
+
+
+def runtime_tokenizer_class(tokenizer_json: dict[str, Any]) -> str:
+    """The tokenizer_config class ONNX Runtime GenAI 0.13-0.18 reads as this tokenizer.json's kind."""
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    kinds = {p.get("type") for p in (pre.get("pretokenizers") or [pre]) if isinstance(p, dict)}
+    return "PreTrainedTokenizerFast" if "ByteLevel" in kinds else "LlamaTokenizer"
+
+
+def name_tokenizer_for_runtime(folder: Path) -> str | None:
+    """Give a build's tokenizer_config.json a class every supported runtime knows; the class written, or None."""
+    config_file = folder / "tokenizer_config.json"
+    if not config_file.is_file() or not (folder / "tokenizer.json").is_file():
+        return None
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") not in (None, *UNKNOWN_TO_OLDER_RUNTIMES):
+        return None
+    config["tokenizer_class"] = runtime_tokenizer_class(
+        json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")))
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return str(config["tokenizer_class"])
+
+
 def builder_command(src: Path, out: Path, tmp_cache: Path, cfg: LoadConfig) -> list[str]:
     """The model builder command for this export, as a user would type it."""
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out),
@@ -414,7 +444,8 @@ class OrtGenAIBackend(Backend):
                 hint=f"(onnxruntime-genai 0.18 writes an invalid fp32 graph for -e {target}: 'Graph output "
                      "(present.0.key) does not exist'. Use fp16, or build_target='cpu' for fp32 on the CPU.)")
         return {"precision": cfg.precision, "target": target, "block_size": block_size(cfg),
-                "accuracy_level": accuracy_level(cfg), "attention_window": ATTENTION_FIX}
+                "accuracy_level": accuracy_level(cfg), "attention_window": ATTENTION_FIX,
+                "tokenizer_class": 1}  # name_tokenizer_for_runtime: builds from before it are rebuilt
 
     @classmethod
     def runtime_versions(cls) -> dict[str, str]:
@@ -457,6 +488,7 @@ class OrtGenAIBackend(Backend):
         for needed in ("genai_config.json", "tokenizer.json"):
             if not (out / needed).is_file():
                 raise ExportError(f"the model builder did not write {needed}; see the log above.")
+        name_tokenizer_for_runtime(out)
         if (window := sliding_window_of(source.config)) is not None:
             got = built_window(out)
             # GPU builds (fp16 for cuda/dml) may fuse attention into other operators: checked where it is GQA.
