@@ -211,14 +211,20 @@ def _route(facts: Facts) -> Recommendation:
                           "quality with `phi3kit bench`) and `phi3kit tune` (docs/benchmarks.md).", notes)
 
 
-def commands(facts: Facts, *argvs: list[str]) -> str:
-    """Commands for that machine's shell, each running its Python: PowerShell on Windows (`& "python.exe"`,
-    joined by `;`: Windows PowerShell 5.1 has no `&&`), a POSIX shell elsewhere."""
-    python = facts.python or ("py" if facts.windows else "python3")
-    if facts.windows:
-        exe = f'& "{python}"' if facts.python else python
+def shell_commands(argvs: list[list[str]], platform_: str = sys.platform, python: str | None = None) -> str:
+    """Commands for that platform's shell, each running `python` (default: this interpreter) with its arguments:
+    PowerShell on Windows (`& "python.exe"`, joined by `;`: Windows PowerShell 5.1 has no `&&`), a POSIX shell
+    elsewhere (joined by `&&`)."""
+    python = sys.executable if python is None else python
+    if platform_ == "win32":
+        exe = f'& "{python}"' if python else "py"
         return "; ".join(" ".join([exe, *argv]) for argv in argvs)
-    return " && ".join(shlex.join([python, *argv]) for argv in argvs)
+    return " && ".join(shlex.join([python or "python3", *argv]) for argv in argvs)
+
+
+def commands(facts: Facts, *argvs: list[str]) -> str:
+    """shell_commands for the machine the facts describe (its platform, its interpreter)."""
+    return shell_commands(list(argvs), facts.platform, facts.python)
 
 
 def requirement(facts: Facts, name: str) -> str:
