@@ -129,7 +129,7 @@ def posix_uses(node: ast.AST) -> list[str]:
 
 def platform_test(expr: ast.AST) -> bool:
     text = ast.unparse(expr)
-    return any(s in text for s in ("sys.platform", "os.name", "platform.system", "win32"))
+    return any(s in text for s in ("sys.platform", "os.name", "platform.system", "win32", "hasattr(", "_linux()"))
 
 
 def import_time(tree: ast.Module) -> tuple[list[ast.AST], list[ast.FunctionDef | ast.AsyncFunctionDef]]:
@@ -194,6 +194,18 @@ def test_test_modules_import_and_skip_on_windows() -> None:
                 unguarded[f"{rel}::{fn.name}"] = uses
     assert at_import == []
     assert set(unguarded) <= set(KNOWN), {k: v for k, v in unguarded.items() if k not in KNOWN}
+
+
+def test_the_package_imports_and_runs_on_windows() -> None:
+    """The kit's own modules: no POSIX-only name at import, and in functions only behind a platform test
+    (sys.platform, os.name, hasattr, procs._linux()). Catches: a POSIX-only call that would raise on Windows."""
+    found = {}
+    for path in sorted((ROOT / "phi3kit").rglob("*.py")):
+        run, functions = import_time(ast.parse(path.read_text(encoding="utf-8")))
+        uses = [u for n in run for u in posix_uses(n)] + [u for fn in functions for s in fn.body for u in posix_uses(s)]
+        if uses:
+            found[path.relative_to(ROOT).as_posix()] = uses
+    assert found == {}
 
 
 def test_the_guard_sees_what_broke_collection() -> None:
