@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 import psutil
 
 from . import backends
+from .devices import device_family
 
 # Every library a route may run on: the doctor's table and every benchmark's hardware record list them.
 LIBRARIES = ("phi3kit", "torch", "transformers", "openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel",
@@ -54,6 +56,19 @@ class Need:
     export_disk_gb: float
     basis: str
 
+
+# Windows without long paths refuses paths past MAX_PATH (260 characters with the terminating NUL). The longest
+# file a catalog download writes below the hub cache (Microsoft's Phi-3-mini-128k CPU ONNX weights) is this path:
+# 264 characters in all under C:\Users\<15 characters>\.cache\huggingface\hub.
+MAX_PATH = 259
+LONGEST_HUB_FILE = ("models--microsoft--Phi-3-mini-128k-instruct-onnx/snapshots/" + "0" * 40 +
+                    "/cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4/"
+                    "phi3-mini-128k-instruct-cpu-int4-rtn-block-32-acc-level-4.onnx.data")
+LONG_PATHS_KEY = r"SYSTEM\CurrentControlSet\Control\FileSystem"
+# Where the caches move when the user folder's name is not ASCII (native loaders fail below such paths).
+ASCII_HOME = r"C:\phi3kit"
+# Every ONNX Runtime (GenAI) distribution that one CUDA environment must not keep beside onnxruntime-gpu.
+ORT_OTHERS = ("onnxruntime-genai", "onnxruntime-genai-directml", "onnxruntime", "onnxruntime-directml")
 
 RECOMMENDED_MODEL = "phi-3-mini-4k"  # the catalog alias the recommendation's call names
 # Phi-3-mini-4k-instruct (3.8B parameters). Measured (docs/compatibility.md, full-size model on a 2-core
@@ -89,9 +104,23 @@ class Facts:
     ort_backend: str = ""  # the kit's ONNX Runtime GenAI backend name, when it has one
     nvidia_gpus: list[str] = field(default_factory=list)
     npu_library: str = ""
+    platform: str = ""  # sys.platform of that machine: "win32", "linux", "darwin"
+    python: str = ""  # the interpreter the advice's pip commands run
+    long_paths: bool | None = None  # Windows' LongPathsEnabled; None elsewhere or where unread
+    hub_cache: str = ""  # the Hugging Face hub cache (HF_HOME / HF_HUB_CACHE)
 
     def has(self, device: str) -> bool:
-        return any(d["device"].split(".")[0] == device for d in self.openvino_devices)
+        return any(device_family(d["device"]) == device for d in self.openvino_devices)
+
+    @property
+    def windows(self) -> bool:
+        return self.platform == "win32"
+
+    def gpu(self) -> str:
+        """The OpenVINO GPU to use: 'GPU' (OpenVINO's first), or the discrete one of an iGPU + Arc dGPU laptop."""
+        gpus = [d for d in self.openvino_devices if device_family(d["device"]) == "GPU"]
+        discrete = [d["device"] for d in gpus if d.get("type") == "discrete"]
+        return discrete[0] if len(gpus) > 1 and discrete else "GPU"
 
 
 @dataclass
@@ -142,6 +171,7 @@ def _route(facts: Facts) -> Recommendation:
         notes.append(f"Exporting Phi-3-mini to int4 peaks near {low[0].export_peak_ram_gb:g} GB of RAM; this machine "
                      f"has {facts.ram_total_gb:.1f} GB. Use the ready-made folder below (no export), or export on a "
                      "bigger machine and copy the folder over (`phi3kit pack`).")
+    notes += machine_notes(facts)
     if facts.has("NPU"):
         if not facts.npu_problem:
             return Recommendation(
@@ -150,21 +180,84 @@ def _route(facts: Facts) -> Recommendation:
                 "npu.ipynb", "An Intel NPU is present: sustained, low-power inference through OpenVINO GenAI.",
                 notes)
         notes.append(f"An NPU is present but not usable yet: {facts.npu_problem}")
+    dml = any(d.upper() == "DML" for d in facts.ort_devices)
     if facts.has("GPU"):
-        return Recommendation("openvino", "genai", "GPU", "int4", "int4 symmetric, group size 128, ratio 0.6",
-                              "openvino.ipynb", "An Intel GPU is visible to OpenVINO: the fastest local route here.",
+        gpu = facts.gpu()
+        which = "The discrete Intel GPU" if gpu != "GPU" else "An Intel GPU"
+        return Recommendation("openvino", "genai", gpu, "int4", "int4 symmetric, group size 128, ratio 0.6",
+                              "openvino.ipynb", f"{which} is visible to OpenVINO: the fastest local route here.",
                               notes)
     if facts.nvidia_gpus or any(d.upper() == "CUDA" for d in facts.ort_devices):
         if "cuda" not in facts.ort_flavour:
-            notes.append("Install the CUDA build of ONNX Runtime GenAI (onnxruntime-genai-cuda) instead of "
-                         f"{facts.ort_flavour or 'the CPU build'}: never two flavours in one environment.")
+            now = facts.ort_flavour or "the CPU build"
+            notes.append(f"Install the CUDA build of ONNX Runtime GenAI (onnxruntime-genai-cuda) in place of {now}: "
+                         "every flavour ships the "
+                         "same module, and onnxruntime-gpu must not share an environment "
+                         "with onnxruntime-directml or onnxruntime. Remove them all first, then install it: "
+                         + commands(facts, ["-m", "pip", "uninstall", "-y", *ORT_OTHERS],
+                                    ["-m", "pip", "install", "-r", requirement(facts, "cuda.txt")]))
+            if dml:
+                notes.append("Until then DirectML already runs here: device='DML'.")
         return Recommendation(facts.ort_backend or "ortgenai", "default", "CUDA", "int4", "model builder -e cuda",
                               "directml.ipynb", "An NVIDIA GPU is present: ONNX Runtime GenAI runs Phi-3 on CUDA.",
                               notes)
+    if dml:
+        return Recommendation(facts.ort_backend or "ortgenai", "genai", "DML", "int4", "model builder -e dml",
+                              "directml.ipynb", "DirectML opens a session on this machine's GPU (Windows, the DirectML "
+                              "build of ONNX Runtime GenAI): the GPU route OpenVINO does not offer here.", notes)
     return Recommendation("openvino", "genai", "CPU", "int4", "int4 symmetric, group size 128, ratio 0.6",
                           "openvino.ipynb", "No NPU or GPU the kit can use: OpenVINO GenAI int4 is the CPU default, "
                           "with the fastest prefill measured. For faster decode try precision='int4-cw' (check its "
                           "quality with `phi3kit bench`) and `phi3kit tune` (docs/benchmarks.md).", notes)
+
+
+def shell_commands(argvs: list[list[str]], platform_: str = sys.platform, python: str | None = None) -> str:
+    """Commands for that platform's shell, each running `python` (default: this interpreter) with its arguments:
+    PowerShell on Windows (`& "python.exe"`, joined by `;`: Windows PowerShell 5.1 has no `&&`), a POSIX shell
+    elsewhere (joined by `&&`)."""
+    python = sys.executable if python is None else python
+    if platform_ == "win32":
+        exe = f'& "{python}"' if python else "py"
+        return "; ".join(" ".join([exe, *argv]) for argv in argvs)
+    return " && ".join(shlex.join([python or "python3", *argv]) for argv in argvs)
+
+
+def commands(facts: Facts, *argvs: list[str]) -> str:
+    """shell_commands for the machine the facts describe (its platform, its interpreter)."""
+    return shell_commands(list(argvs), facts.platform, facts.python)
+
+
+def requirement(facts: Facts, name: str) -> str:
+    return f"requirements\\{name}" if facts.windows else f"requirements/{name}"
+
+
+def machine_notes(facts: Facts) -> list[str]:
+    """What this machine's paths will break, with the fix: non-ASCII folders, Windows' 260-character limit."""
+    notes = []
+    if not facts.windows:
+        return notes
+    odd = {label: path for label, path in (("the kit's cache (PHI3KIT_CACHE)", facts.cache_dir),
+                                           ("the NPU's compiled-model cache (CACHE_DIR)",
+                                            str(Path(facts.cache_dir) / "npu-blobs") if facts.cache_dir else ""),
+                                           ("the Hugging Face cache (HF_HOME)", facts.hub_cache))
+           if path and not path.isascii()}
+    if odd:
+        notes.append(
+            "Non-ASCII characters in " + "; ".join(f"{k}: {v}" for k, v in odd.items()) + ". Native loaders fail "
+            "below such folders (ONNX Runtime GenAI cannot open the model, onnxruntime-genai#1262; OpenVINO's "
+            "CACHE_DIR says \"Couldn't create directory\"). Move the caches to an ASCII folder, in PowerShell: "
+            f'$env:PHI3KIT_CACHE="{ASCII_HOME}\\cache"; $env:HF_HOME="{ASCII_HOME}\\hf" (this window), and '
+            f'[Environment]::SetEnvironmentVariable("PHI3KIT_CACHE", "{ASCII_HOME}\\cache", "User"); '
+            f'[Environment]::SetEnvironmentVariable("HF_HOME", "{ASCII_HOME}\\hf", "User") (new windows).')
+    if facts.long_paths is False:
+        longest = len(str(Path(facts.hub_cache or "~"))) + 1 + len(LONGEST_HUB_FILE)
+        notes.append(
+            f"Windows long paths are off (LongPathsEnabled=0): paths stop at {MAX_PATH} characters, and the longest "
+            f"ready-made file under this hub cache is {longest}. Turn them on (PowerShell as administrator): "
+            'New-ItemProperty -Path "HKLM:\\' + LONG_PATHS_KEY + '" -Name LongPathsEnabled -Value 1 '
+            f'-PropertyType DWORD -Force; or use short caches: $env:HF_HOME="{ASCII_HOME}\\hf"; '
+            f'$env:PHI3KIT_CACHE="{ASCII_HOME}\\cache".')
+    return notes
 
 
 # --- gathering facts ------------------------------------------------------------------------------
@@ -215,6 +308,57 @@ def cpu_info(core: Any = None, probe: Callable[[], dict[str, Any]] | None = None
     return name, isa, source
 
 
+def windows_release(release: str, version: str, build: int | None = None) -> str:
+    """'11' for Windows 11, which platform.release() calls '10' (Python < 3.12): its builds start at 22000."""
+    if build is None:
+        try:
+            build = int(version.split(".")[2])
+        except (IndexError, ValueError):
+            return release
+    return "11" if release == "10" and build >= 22000 else release
+
+
+def os_description(system: str | None = None, release: str | None = None, version: str | None = None,
+                   machine: str | None = None, build: int | None = None) -> str:
+    """'Windows 11 (build 22631, AMD64)', 'Linux 6.8.0 (x86_64)': this machine's unless given."""
+    system = platform.system() if system is None else system
+    release = platform.release() if release is None else release
+    machine = platform.machine() if machine is None else machine
+    if system != "Windows":
+        return f"{system} {release} ({machine})"
+    version = platform.version() if version is None else version
+    if build is None and sys.platform == "win32":
+        build = sys.getwindowsversion().build  # type: ignore[attr-defined]
+    name = windows_release(release, version, build)
+    shown = build if build is not None else version
+    return f"{system} {name} (build {shown}, {machine})"
+
+
+def long_paths_enabled(registry: Any = None, platform_: str = sys.platform) -> bool | None:
+    """Windows' LongPathsEnabled (HKLM\\SYSTEM\\CurrentControlSet\\Control\\FileSystem): off unless set to 1;
+    None off Windows or where the registry cannot be read. `registry` replaces winreg (tests)."""
+    if platform_ != "win32":
+        return None
+    if registry is None:
+        import winreg as registry  # type: ignore[no-redef]
+    try:
+        with registry.OpenKey(registry.HKEY_LOCAL_MACHINE, LONG_PATHS_KEY) as key:
+            value, _ = registry.QueryValueEx(key, "LongPathsEnabled")
+    except FileNotFoundError:
+        return False  # no value: the default, off
+    except OSError:
+        return None
+    return bool(value)
+
+
+def _hub_cache() -> str:
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return ""
+    return str(constants.HF_HUB_CACHE)
+
+
 def _version(pkg: str) -> str:
     try:
         return version(pkg)
@@ -234,7 +378,7 @@ def _nvidia_gpus() -> list[str]:
     if not smi:
         return []
     try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run([smi, "-L"], capture_output=True, encoding="utf-8", errors="replace", timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.split(" (UUID")[0] for line in out.splitlines() if line.startswith("GPU ")]
@@ -269,7 +413,7 @@ def _openvino(facts: Facts) -> Any:
     facts.openvino_devices = openvino_device_info()
     info = npu_info(core)
     if info is not None:
-        row = next(d for d in facts.openvino_devices if d["device"] == "NPU")
+        row = next(d for d in facts.openvino_devices if device_family(d["device"]) == "NPU")
         row.update(driver=str(info.driver_version), compiler=str(info.compiler_version))
         facts.npu_problem = npu_driver_problem(info) or ""
     return core
@@ -295,9 +439,9 @@ def gather() -> Facts:
 
     mem = psutil.virtual_memory()
     cache = default_cache_dir()
-    facts = Facts(os=f"{platform.system()} {platform.release()} ({platform.machine()})",
-                  ram_total_gb=mem.total / 1e9, ram_available_gb=mem.available / 1e9,
-                  cache_dir=str(cache), disk_free_gb=_free_gb(cache))
+    facts = Facts(os=os_description(), ram_total_gb=mem.total / 1e9, ram_available_gb=mem.available / 1e9,
+                  cache_dir=str(cache), disk_free_gb=_free_gb(cache), platform=sys.platform, python=sys.executable,
+                  long_paths=long_paths_enabled(), hub_cache=_hub_cache())
     core = _openvino(facts)
     facts.cpu, facts.isa, facts.isa_source = cpu_info(core)
     _ort(facts)
@@ -368,6 +512,11 @@ def report(facts: Facts) -> Report:
     r.add("system", "cores", f"{psutil.cpu_count(logical=False)} physical / {psutil.cpu_count()} logical")
     r.add("system", "RAM", f"{facts.ram_total_gb:.1f} GB total, {facts.ram_available_gb:.1f} GB available")
     r.add("system", "export cache", f"{facts.cache_dir} ({facts.disk_free_gb:.1f} GB free)")
+    if facts.hub_cache:
+        r.add("system", "hub cache", facts.hub_cache)
+    if facts.windows:
+        r.add("system", "long paths", {True: "enabled", False: "disabled (LongPathsEnabled=0: see the note below)",
+                                       None: "unknown (registry not readable)"}[facts.long_paths])
     for need in NEEDS:
         r.add("Phi-3-mini needs (estimates)", need.precision, fit(need, facts))
     for lib in LIBRARIES:

@@ -9,8 +9,14 @@ one beside it. Python has no such option, so the kit asks the operating system:
   included. The signal is tied to the thread that started the child: the kit starts children from
   threads that wait for them.
 * Windows: each child joins a job object that kills its processes when the last handle to it
-  closes, which the system does when this process ends, however it ends.
+  closes, which the system does when this process ends, however it ends. A child that cannot join
+  (the system refused) runs untied, and the kit says so with a warning naming its process id.
 * Elsewhere (macOS) children are killed when the kit sees an exception, not when it is killed.
+
+Output: a child's pipes are read as UTF-8 with undecodable bytes replaced, never with the system's
+code page (cp1252 and friends on Windows), which cannot decode what native libraries print (a path
+under C:\\Users\\Hélène, an Arabic file name) and used to end the export with UnicodeDecodeError.
+The kit's children are told to write UTF-8 (PYTHONIOENCODING=utf-8, PYTHONUTF8=1 for Python ones).
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 Log = Callable[[str], None]
@@ -57,48 +64,145 @@ def tied(cmd: Sequence[str]) -> list[str]:
     return [sys.executable, "-c", SUPERVISOR, str(os.getpid()), *cmd]
 
 
-_JOB: Any = None  # the Windows job object: kept open for this process's lifetime, closed by the system at exit
+# What the kit's children are told, whatever this process's own locale: the kit reads their pipes as UTF-8.
+CHILD_ENV = {"PYTHONIOENCODING": "utf-8", "PYTHONUTF8": "1"}
+PIPE_ENCODING = {"encoding": "utf-8", "errors": "replace"}
+
+
+class ChildNotTiedWarning(RuntimeWarning):
+    """A child process could not be tied to this one: it would outlive this process if this process is killed."""
+
+
+def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this process's environment) with the kit's children told to write UTF-8."""
+    return {**(os.environ if env is None else env), **CHILD_ENV}
+
+
+def pipe_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Popen arguments with text pipes decoded as UTF-8 (undecodable bytes replaced), not the system code page."""
+    out = dict(kwargs)
+    text = [out.pop("text", None), out.pop("universal_newlines", None)]
+    if any(text) or out.get("encoding") or out.get("errors"):
+        out.setdefault("encoding", PIPE_ENCODING["encoding"])
+        out.setdefault("errors", PIPE_ENCODING["errors"])
+    out["env"] = child_env(out.get("env"))
+    return out
+
+
+# --- Windows job objects (ctypes; cannot be exercised off Windows: tests drive a fake kernel32) --------
+JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE = 0x2000
+JOB_OBJECT_EXTENDED_LIMIT_INFORMATION = 9  # JOBOBJECTINFOCLASS value
+
+
+def _structures() -> Any:
+    import ctypes
+    from ctypes import wintypes
+
+    class Basic(ctypes.Structure):
+        _fields_ = [("PerProcessUserTimeLimit", ctypes.c_int64), ("PerJobUserTimeLimit", ctypes.c_int64),
+                    ("LimitFlags", wintypes.DWORD), ("MinimumWorkingSetSize", ctypes.c_size_t),
+                    ("MaximumWorkingSetSize", ctypes.c_size_t), ("ActiveProcessLimit", wintypes.DWORD),
+                    ("Affinity", ctypes.c_size_t), ("PriorityClass", wintypes.DWORD),
+                    ("SchedulingClass", wintypes.DWORD)]
+
+    class IoCounters(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_uint64) for name in ("ReadOperationCount", "WriteOperationCount",
+                                                         "OtherOperationCount", "ReadTransferCount",
+                                                         "WriteTransferCount", "OtherTransferCount")]
+
+    class Extended(ctypes.Structure):
+        _fields_ = [("BasicLimitInformation", Basic), ("IoInfo", IoCounters),
+                    ("ProcessMemoryLimit", ctypes.c_size_t), ("JobMemoryLimit", ctypes.c_size_t),
+                    ("PeakProcessMemoryUsed", ctypes.c_size_t), ("PeakJobMemoryUsed", ctypes.c_size_t)]
+
+    return Extended
+
+
+def _kernel32() -> Any:
+    import ctypes
+
+    return ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+
+
+def _last_error() -> int:
+    import ctypes
+
+    return int(ctypes.get_last_error())  # type: ignore[attr-defined]
+
+
+def declare(kernel32: Any) -> Any:
+    """kernel32's job-object functions with their C signatures: without them ctypes passes handles as C ints
+    (truncated on 64-bit Windows) and reads every result as an int."""
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32.CreateJobObjectW.argtypes = [ctypes.c_void_p, wintypes.LPCWSTR]
+    kernel32.CreateJobObjectW.restype = wintypes.HANDLE
+    kernel32.SetInformationJobObject.argtypes = [wintypes.HANDLE, ctypes.c_int, ctypes.c_void_p, wintypes.DWORD]
+    kernel32.SetInformationJobObject.restype = wintypes.BOOL
+    kernel32.AssignProcessToJobObject.argtypes = [wintypes.HANDLE, wintypes.HANDLE]
+    kernel32.AssignProcessToJobObject.restype = wintypes.BOOL
+    kernel32.CloseHandle.argtypes = [wintypes.HANDLE]
+    kernel32.CloseHandle.restype = wintypes.BOOL
+    return kernel32
+
+
+def make_job(kernel32: Any) -> Any:
+    """A job object whose processes die when its last handle closes; OSError (with the Windows error) if not."""
+    import ctypes
+
+    job = kernel32.CreateJobObjectW(None, None)
+    if not job:
+        raise OSError(f"CreateJobObjectW failed (Windows error {_last_error()})")
+    info = _structures()()
+    info.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
+    if not kernel32.SetInformationJobObject(job, JOB_OBJECT_EXTENDED_LIMIT_INFORMATION, ctypes.byref(info),
+                                            ctypes.sizeof(info)):
+        code = _last_error()
+        kernel32.CloseHandle(job)
+        raise OSError(f"SetInformationJobObject(KILL_ON_JOB_CLOSE) failed (Windows error {code})")
+    return job
+
+
+_JOB: Any = None  # (kernel32, job handle): kept open for this process's lifetime, closed by the system at exit
 
 
 def _windows_job() -> Any:
     global _JOB
     if _JOB is None:
-        import ctypes
-        from ctypes import wintypes
-
-        class Basic(ctypes.Structure):
-            _fields_ = [("PerProcessUserTimeLimit", ctypes.c_int64), ("PerJobUserTimeLimit", ctypes.c_int64),
-                        ("LimitFlags", wintypes.DWORD), ("MinimumWorkingSetSize", ctypes.c_size_t),
-                        ("MaximumWorkingSetSize", ctypes.c_size_t), ("ActiveProcessLimit", wintypes.DWORD),
-                        ("Affinity", ctypes.c_size_t), ("PriorityClass", wintypes.DWORD),
-                        ("SchedulingClass", wintypes.DWORD)]
-
-        class IoCounters(ctypes.Structure):
-            _fields_ = [(name, ctypes.c_uint64) for name in ("ReadOperationCount", "WriteOperationCount",
-                                                             "OtherOperationCount", "ReadTransferCount",
-                                                             "WriteTransferCount", "OtherTransferCount")]
-
-        class Extended(ctypes.Structure):
-            _fields_ = [("BasicLimitInformation", Basic), ("IoInfo", IoCounters),
-                        ("ProcessMemoryLimit", ctypes.c_size_t), ("JobMemoryLimit", ctypes.c_size_t),
-                        ("PeakProcessMemoryUsed", ctypes.c_size_t), ("PeakJobMemoryUsed", ctypes.c_size_t)]
-
-        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
-        kernel32.CreateJobObjectW.restype = wintypes.HANDLE
-        job = kernel32.CreateJobObjectW(None, None)
-        info = Extended()
-        info.BasicLimitInformation.LimitFlags = 0x2000  # JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE
-        kernel32.SetInformationJobObject(job, 9, ctypes.byref(info), ctypes.sizeof(info))  # 9: extended limits
-        _JOB = (kernel32, job)
+        kernel32 = declare(_kernel32())
+        _JOB = (kernel32, make_job(kernel32))
     return _JOB
 
 
-def popen(cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
-    """subprocess.Popen for a child that must not outlive this process (see the module docstring)."""
-    proc = subprocess.Popen(tied(cmd), **kwargs)
-    if sys.platform == "win32":
+def tie_to_job(proc: subprocess.Popen[Any]) -> bool:
+    """Put `proc` in this process's job object (Windows). False, with a ChildNotTiedWarning, if that failed."""
+    try:
         kernel32, job = _windows_job()
-        kernel32.AssignProcessToJobObject(job, int(proc._handle))  # type: ignore[attr-defined]
+        if not kernel32.AssignProcessToJobObject(job, int(proc._handle)):  # type: ignore[attr-defined]
+            raise OSError(f"AssignProcessToJobObject failed (Windows error {_last_error()})")
+    except OSError as exc:
+        warnings.warn(f"phi3kit: child process {proc.pid} ({_name(proc)}) is not tied to this process: {exc}. "
+                      "If this process is killed, end that process yourself (Task Manager, or "
+                      f"Stop-Process -Id {proc.pid}).", ChildNotTiedWarning, stacklevel=3)
+        return False
+    return True
+
+
+def _name(proc: subprocess.Popen[Any]) -> str:
+    args = proc.args
+    first = args if isinstance(args, (str, bytes, os.PathLike)) else (list(args) or [""])[0]
+    return os.fsdecode(first).replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def popen(cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+    """subprocess.Popen for a child that must not outlive this process (see the module docstring).
+
+    Text pipes are UTF-8 with undecodable bytes replaced, and the child is told to write UTF-8.
+    """
+    proc = subprocess.Popen(tied(cmd), **pipe_options(kwargs))
+    if sys.platform == "win32":
+        tie_to_job(proc)
     return proc
 
 
@@ -134,7 +238,7 @@ def run_logged(cmd: Sequence[str], log: Log, show: Callable[[str], bool] = bool)
     Returns (exit code, every line). Interrupting the caller stops the tool, so a stopped export
     leaves no process behind writing into a folder the cache is about to discard.
     """
-    proc = popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)  # UTF-8
     lines: list[str] = []
     assert proc.stdout is not None
     try:
@@ -149,5 +253,6 @@ def run_logged(cmd: Sequence[str], log: Log, show: Callable[[str], bool] = bool)
         raise
 
 
-__all__ = ["SUPERVISOR", "popen", "run", "run_logged", "stop", "tied"]
+__all__ = ["CHILD_ENV", "SUPERVISOR", "ChildNotTiedWarning", "child_env", "pipe_options", "popen", "run",
+           "run_logged", "stop", "tie_to_job", "tied"]
 

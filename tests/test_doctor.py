@@ -11,6 +11,7 @@ import pytest
 from phi3kit.backends.openvino_npu import decode_compiler_version, npu_driver_problem, npu_info
 from phi3kit.cli import main
 from phi3kit.diagnostics import (
+    MAX_PATH,
     NEEDS,
     Facts,
     capabilities_isa,
@@ -18,8 +19,11 @@ from phi3kit.diagnostics import (
     fit,
     gather,
     isa_features,
+    long_paths_enabled,
+    os_description,
     recommend,
     report,
+    windows_release,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +137,8 @@ def facts(**kw: object) -> Facts:
 CPU = {"device": "CPU", "name": "Intel(R) Core(TM) Ultra 7 155H"}
 GPU = {"device": "GPU", "name": "Intel(R) Arc(TM) Graphics (iGPU)", "driver": "32.0.101.6078"}
 NPU = {"device": "NPU", "name": "Intel(R) AI Boost", "driver": "4512", "compiler": "7.1"}
+IGPU = {"device": "GPU.0", "name": "Intel(R) Arc(TM) Graphics (iGPU)", "type": "integrated"}
+ARC = {"device": "GPU.1", "name": "Intel(R) Arc(TM) A570M Graphics (dGPU)", "type": "discrete"}
 
 
 @pytest.mark.parametrize(
@@ -151,6 +157,13 @@ NPU = {"device": "NPU", "name": "Intel(R) AI Boost", "driver": "4512", "compiler
          ("openvino", "GPU", "int4", "openvino.ipynb")),
         ({"openvino_devices": [CPU, NPU], "npu_problem": "The NPU driver is too old"},
          ("openvino", "CPU", "int4", "openvino.ipynb")),
+        # An iGPU and an Arc dGPU: OpenVINO lists GPU.0 and GPU.1; the discrete one is the one to use.
+        ({"openvino_devices": [CPU, IGPU, ARC]}, ("openvino", "GPU.1", "int4", "openvino.ipynb")),
+        ({"openvino_devices": [CPU, {**IGPU, "type": ""}, {**ARC, "type": ""}]},
+         ("openvino", "GPU", "int4", "openvino.ipynb")),
+        # DirectML opens a session (Windows, the DirectML build): it was never recommended.
+        ({"ort_devices": ["CPU", "DML"], "ort_flavour": "onnxruntime-genai-directml 0.13.1", "platform": "win32"},
+         ("ortgenai", "DML", "int4", "directml.ipynb")),
     ],
 )
 def test_recommendation_table(kw: dict[str, object], expected: tuple[str, str, str, str]) -> None:
@@ -306,3 +319,140 @@ def test_cli_doctor_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert {"rows", "facts", "recommendation"} <= set(data)
     assert any(row["section"] == "OpenVINO devices" and row["item"] == "CPU" for row in data["rows"])
     assert data["recommendation"]["backend"] in ("openvino", "ortgenai")
+
+
+# --- Windows: device families, DirectML, PowerShell advice, Windows 11, non-ASCII and long paths ------------
+IGPU_ARC_LAPTOP = {
+    "CPU": {"FULL_DEVICE_NAME": "Intel(R) Core(TM) Ultra 7 155H"},
+    "GPU.0": {"FULL_DEVICE_NAME": "Intel(R) Arc(TM) Graphics (iGPU)", "DEVICE_TYPE": "Type.INTEGRATED"},
+    "GPU.1": {"FULL_DEVICE_NAME": "Intel(R) Arc(TM) A570M Graphics (dGPU)", "DEVICE_TYPE": "Type.DISCRETE"},
+}
+
+
+def test_a_gpu_family_is_accepted_where_openvino_lists_gpu_0_and_gpu_1(monkeypatch: pytest.MonkeyPatch,
+                                                                        fake_openvino) -> None:  # type: ignore[no-untyped-def]
+    """An iGPU + Arc dGPU laptop lists GPU.0 and GPU.1; the exact match rejected device 'GPU', which the doctor
+    recommended and OpenVINO itself accepts (its first GPU). Catches: the device check, the bench's route
+    check or the doctor's device test going back to exact names; an index that is not there being accepted."""
+    import phi3kit as kit
+    from phi3kit import backends
+    from phi3kit.bench.routes import Route, problem
+    from phi3kit.devices import device_available, device_family, openvino_devices
+    from phi3kit.errors import DeviceNotFoundError
+
+    canned_machine(monkeypatch, fake_openvino, IGPU_ARC_LAPTOP)
+    assert openvino_devices() == ["CPU", "GPU", "GPU.0", "GPU.1", "AUTO"]
+    openvino = backends.get("openvino")
+    for device in ("GPU", "GPU.0", "GPU.1", "CPU", "AUTO"):
+        openvino.check(kit.LoadConfig("pocket", "openvino", "int4", device))
+    for device in ("GPU.2", "NPU"):
+        with pytest.raises(DeviceNotFoundError):
+            openvino.check(kit.LoadConfig("pocket", "openvino", "int4", device))
+    assert problem(Route("openvino", "int4", device="GPU")) is None
+    assert device_family("gpu.1") == "GPU" and device_family("AUTO:GPU.1,CPU") == "AUTO"
+    assert device_available("GPU", ["CPU", "GPU.0"]) and not device_available("NPU", ["CPU", "GPU.0"])
+
+    f = gather()
+    assert f.has("GPU") and [d.get("type") for d in f.openvino_devices] == [None, "integrated", "discrete"]
+    rec = report(f).recommendation
+    assert rec is not None and rec.device == "GPU.1"
+    openvino.check(kit.LoadConfig("pocket", "openvino", rec.precision, rec.device))  # the kit takes its own advice
+
+
+def win(**kw: object) -> Facts:
+    return facts(platform="win32", python="C:\\Users\\Ana\\phi3kit\\.venv\\Scripts\\python.exe", **kw)
+
+
+def test_cuda_advice_removes_the_directml_pair_in_powershell_form() -> None:
+    """The CUDA advice left onnxruntime-directml beside onnxruntime-gpu and joined commands with `&&`, a syntax
+    error in Windows PowerShell 5.1. Catches: a flavour or runtime left installed, `&&` or a bare `pip` on
+    Windows, a POSIX path to the requirements file there."""
+    nvidia = {"nvidia_gpus": ["GPU 0: NVIDIA GeForce RTX 4060 Laptop GPU"],
+              "ort_flavour": "onnxruntime-genai-directml 0.13.1", "ort_devices": ["CPU", "DML"]}
+    rec = recommend(win(**nvidia))
+    [note] = [n for n in rec.notes if "CUDA build" in n]
+    assert ('& "C:\\Users\\Ana\\phi3kit\\.venv\\Scripts\\python.exe" -m pip uninstall -y onnxruntime-genai '
+            "onnxruntime-genai-directml onnxruntime onnxruntime-directml; ") in note
+    assert note.endswith('-m pip install -r requirements\\cuda.txt') and "&&" not in note
+    assert "device='DML'" in " ".join(rec.notes)  # DirectML works meanwhile
+    linux = [n for n in recommend(facts(**nvidia, platform="linux", python="/venv/bin/python")).notes
+             if "CUDA build" in n]
+    assert linux[0].endswith("onnxruntime-directml && /venv/bin/python -m pip install -r requirements/cuda.txt")
+
+
+@pytest.mark.parametrize(("release", "version", "build", "want"), [
+    ("10", "10.0.22631", None, "11"), ("10", "10.0.26100", 26100, "11"), ("10", "10.0.19045", None, "10"),
+    ("11", "10.0.26100", 26100, "11"), ("10", "", None, "10")])
+def test_windows_11_is_named(release: str, version: str, build: int | None, want: str) -> None:
+    """platform.release() says "10" on Windows 11 (Python 3.11). Catches: the build number (>= 22000) ignored."""
+    assert windows_release(release, version, build) == want
+
+
+def test_os_description() -> None:
+    assert os_description("Windows", "10", "10.0.22631", "AMD64", 22631) == "Windows 11 (build 22631, AMD64)"
+    assert os_description("Windows", "10", "10.0.19045", "ARM64") == "Windows 10 (build 10.0.19045, ARM64)"
+    assert os_description("Linux", "6.8.0", "#1 SMP", "x86_64") == "Linux 6.8.0 (x86_64)"
+
+
+@pytest.mark.parametrize("user", ["Hélène", "张伟"])
+def test_non_ascii_user_folders_are_flagged_with_the_powershell_fix(user: str) -> None:
+    """Native loaders fail below C:\\Users\\Hélène (ONNX Runtime GenAI, OpenVINO's CACHE_DIR); the doctor said
+    nothing. Catches: a cache path left unchecked, advice in a POSIX shell's form, or the note on ASCII paths."""
+    home = f"C:\\Users\\{user}"
+    rec = recommend(win(cache_dir=f"{home}\\AppData\\Local\\phi3kit\\Cache",
+                        hub_cache=f"{home}\\.cache\\huggingface\\hub"))
+    [note] = [n for n in rec.notes if "Non-ASCII" in n]
+    for part in ("PHI3KIT_CACHE", "CACHE_DIR", "HF_HOME", f"{home}\\AppData", "onnxruntime-genai#1262",
+                 '$env:PHI3KIT_CACHE="C:\\phi3kit\\cache"; $env:HF_HOME="C:\\phi3kit\\hf"',
+                 '[Environment]::SetEnvironmentVariable("HF_HOME", "C:\\phi3kit\\hf", "User")'):
+        assert part in note
+    assert "export " not in note and "&&" not in note
+    only_hub = recommend(win(cache_dir="C:\\phi3kit\\cache", hub_cache=f"{home}\\.cache\\huggingface\\hub"))
+    assert any("Non-ASCII" in n and "HF_HOME" in n and "kit's cache (" not in n for n in only_hub.notes)
+    assert not any("Non-ASCII" in n for n in recommend(win(cache_dir="C:\\Users\\Ana\\cache")).notes)
+
+
+class FakeWinreg:
+    """winreg as a Windows machine answers it: LongPathsEnabled's value, its absence, or a refusal."""
+
+    HKEY_LOCAL_MACHINE = object()
+
+    def __init__(self, value: object) -> None:
+        self.value, self.opened = value, []
+
+    def OpenKey(self, root: object, path: str):  # type: ignore[no-untyped-def]  # noqa: N802 - winreg's name
+        import contextlib
+
+        assert root is self.HKEY_LOCAL_MACHINE
+        self.opened.append(path)
+        if isinstance(self.value, Exception):
+            raise self.value
+        return contextlib.nullcontext(path)
+
+    def QueryValueEx(self, key: str, name: str) -> tuple[object, int]:  # noqa: N802 - winreg's name
+        assert name == "LongPathsEnabled"
+        return self.value, 4  # REG_DWORD
+
+
+@pytest.mark.parametrize(("value", "want"), [(0, False), (1, True), (FileNotFoundError(2, "absent"), False),
+                                             (PermissionError(5, "denied"), None)])
+def test_long_paths_are_read_from_the_registry(value: object, want: bool | None) -> None:
+    """Catches: the wrong key or value name, a missing value (the default: off) read as on, and a registry
+    refusal read as off."""
+    reg = FakeWinreg(value)
+    assert long_paths_enabled(reg, "win32") is want
+    assert reg.opened == ["SYSTEM\\CurrentControlSet\\Control\\FileSystem"]
+    assert long_paths_enabled(FakeWinreg(0), "linux") is None
+
+
+def test_long_paths_off_is_a_note_with_the_fix() -> None:
+    """Microsoft's Phi-3 ONNX snapshot path outgrows MAX_PATH under a 15-character user name."""
+    hub = "C:\\Users\\Alexandra.Popesc\\.cache\\huggingface\\hub"
+    rec = recommend(win(long_paths=False, hub_cache=hub))
+    [note] = [n for n in rec.notes if "long paths are off" in n]
+    longest = int(note.split("under this hub cache is ")[1].split(".")[0])
+    assert longest > MAX_PATH
+    assert ('New-ItemProperty -Path "HKLM:\\SYSTEM\\CurrentControlSet\\Control\\FileSystem" -Name LongPathsEnabled '
+            "-Value 1 -PropertyType DWORD -Force") in note
+    assert not any("long paths" in n for n in recommend(win(long_paths=True, hub_cache=hub)).notes)
+    assert report(win(long_paths=False, hub_cache=hub)).get("long paths").startswith("disabled")

@@ -14,6 +14,7 @@ from typing import Any
 from ..cache import ExportCache
 from ..config import LoadConfig
 from ..context import Limits
+from ..devices import device_family
 from ..errors import DeviceNotFoundError, UnknownChoiceError, last_line
 
 # OpenVINO's "GenAI on NPU" guide: LLMs for the NPU must be exported with symmetric 4-bit weights and
@@ -39,7 +40,7 @@ NPU_DRIVER_URL = {
 
 
 def is_npu(device: str) -> bool:
-    return device.split(".")[0].split(":")[0].upper() == "NPU"
+    return device_family(device) == "NPU"
 
 
 def npu_blob_dir(cache_dir: str | None) -> Path:
@@ -117,13 +118,14 @@ def npu_info(core: Any = None) -> NPUInfo | None:
         import openvino as ov
 
         core = ov.Core()
-    if "NPU" not in core.available_devices:
+    npu = next((d for d in core.available_devices if is_npu(d)), None)
+    if npu is None:
         return None
     values: dict[str, Any] = {}
     errors: list[str] = []
     for prop in ("FULL_DEVICE_NAME", "NPU_DRIVER_VERSION", "NPU_COMPILER_VERSION"):
         try:
-            values[prop] = core.get_property("NPU", prop)
+            values[prop] = core.get_property(npu, prop)
         except RuntimeError as exc:
             errors.append(f"{prop}: {last_line(exc)}")
     compiler = values.get("NPU_COMPILER_VERSION")
