@@ -12,15 +12,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .devices import device_family
 from .errors import UnknownChoiceError
 
 CATALOG_FILE = Path(__file__).resolve().parent / "data" / "catalog.yaml"
 PREFER = ("ready-made", "export")
-
-
-def device_family(device: str) -> str:
-    """'GPU.1' -> 'GPU', 'npu' -> 'NPU': what a catalog row's devices name."""
-    return device.split(".")[0].split(":")[0].upper()
 
 
 @dataclass(frozen=True)

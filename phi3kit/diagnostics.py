@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shlex
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import psutil
 
 from . import backends
 from .devices import device_family
+from .procs import shell_commands
 
 # Every library a route may run on: the doctor's table and every benchmark's hardware record list them.
 LIBRARIES = ("phi3kit", "torch", "transformers", "openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel",
@@ -209,17 +209,6 @@ def _route(facts: Facts) -> Recommendation:
                           "openvino.ipynb", "No NPU or GPU the kit can use: OpenVINO GenAI int4 is the CPU default, "
                           "with the fastest prefill measured. For faster decode try precision='int4-cw' (check its "
                           "quality with `phi3kit bench`) and `phi3kit tune` (docs/benchmarks.md).", notes)
-
-
-def shell_commands(argvs: list[list[str]], platform_: str = sys.platform, python: str | None = None) -> str:
-    """Commands for that platform's shell, each running `python` (default: this interpreter) with its arguments:
-    PowerShell on Windows (`& "python.exe"`, joined by `;`: Windows PowerShell 5.1 has no `&&`), a POSIX shell
-    elsewhere (joined by `&&`)."""
-    python = sys.executable if python is None else python
-    if platform_ == "win32":
-        exe = f'& "{python}"' if python else "py"
-        return "; ".join(" ".join([exe, *argv]) for argv in argvs)
-    return " && ".join(shlex.join([python or "python3", *argv]) for argv in argvs)
 
 
 def commands(facts: Facts, *argvs: list[str]) -> str:

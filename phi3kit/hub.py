@@ -92,19 +92,7 @@ def download(repo_id: str, *, route: str, revision: str | None = None, subfolder
 
 def _offline(exc: BaseException) -> bool:
     """The hub could not be asked (offline mode, no network), as opposed to answering no."""
+    import httpx  # huggingface_hub 1.x speaks HTTP through it
     from huggingface_hub.errors import OfflineModeIsEnabled
 
-    kinds: list[type[BaseException]] = [OfflineModeIsEnabled]
-    try:
-        import httpx
-
-        kinds.append(httpx.TransportError)
-    except ImportError:
-        pass
-    try:
-        import requests
-
-        kinds += [requests.exceptions.ConnectionError, requests.exceptions.Timeout]
-    except ImportError:
-        pass
-    return isinstance(exc, tuple(kinds))
+    return isinstance(exc, (OfflineModeIsEnabled, httpx.TransportError))

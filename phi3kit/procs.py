@@ -22,6 +22,7 @@ The kit's children are told to write UTF-8 (PYTHONIOENCODING=utf-8, PYTHONUTF8=1
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 import warnings
@@ -256,3 +257,13 @@ def run_logged(cmd: Sequence[str], log: Log, show: Callable[[str], bool] = bool)
 __all__ = ["CHILD_ENV", "SUPERVISOR", "ChildNotTiedWarning", "child_env", "pipe_options", "popen", "run",
            "run_logged", "stop", "tie_to_job", "tied"]
 
+
+def shell_commands(argvs: list[list[str]], platform_: str = sys.platform, python: str | None = None) -> str:
+    """Commands for that platform's shell, each running `python` (default: this interpreter) with its arguments:
+    PowerShell on Windows (`& "python.exe"`, joined by `;`: Windows PowerShell 5.1 has no `&&`), a POSIX shell
+    elsewhere (joined by `&&`)."""
+    python = sys.executable if python is None else python
+    if platform_ == "win32":
+        exe = f'& "{python}"' if python else "py"
+        return "; ".join(" ".join([exe, *argv]) for argv in argvs)
+    return " && ".join(shlex.join([python or "python3", *argv]) for argv in argvs)

@@ -33,6 +33,8 @@ HANG_GUARD_S = 600  # waits end when their state arrives; the bound only keeps a
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.skipif(sys.platform == "win32",
+                       reason="the JupyterLab fixture runs a POSIX session (start_new_session, os.killpg)"),
     pytest.mark.skipif(not CHROMIUM.exists() or not CHROMEDRIVER.exists(),
                        reason="needs Debian's chromium and chromium-driver: run .ci/setup-browser "
                               "(apt-get install -y chromium chromium-driver)"),

@@ -99,7 +99,6 @@ POSIX_KEYWORDS = {"preexec_fn"}  # subprocess raises ValueError on Windows
 # Found by this test in modules other engineers are changing; each is skipped on Windows by other means today
 # (the browser test needs /usr/bin/chromium) or fails there (SIGINT by send_signal). Fix, then delete the line.
 KNOWN = {
-    "tests/test_browser.py::lab": "skipped on Windows by its chromium check; the fixture itself is POSIX-only",
     "tests/test_chat.py::test_cli_ctrl_c_stops_the_answer_not_the_chat": "preexec_fn and SIGINT: needs a skipif",
 }
 

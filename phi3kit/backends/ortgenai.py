@@ -25,7 +25,7 @@ from ..cache import Export, ExportCache
 from ..config import GenerationConfig, LoadConfig
 from ..context import Limits, model_limits
 from ..errors import DeviceNotFoundError, ExportError, MissingDependencyError, ModelSourceError, UnknownChoiceError
-from ..procs import run_logged
+from ..procs import run_logged, shell_commands
 from ..sources import ModelSource, check_phi3
 from .base import Backend, Log, Token, threaded_stream
 
@@ -353,10 +353,12 @@ def unavailable_message(device: str, reason: str) -> str:
     elif device == "DML" and sys.platform != "win32":
         fix = (f"DirectML is Windows-only: on Windows, pip install -r requirements/{requirements} installs "
                f"{package}. Here, use device='CUDA' on an NVIDIA GPU, or the CPU.")
-    else:
-        fix = (f"Install {package} ({needs}): pip uninstall -y {installed} onnxruntime && "
-               f"pip install -r requirements/{requirements} (one onnxruntime-genai flavour at a time: "
-               "they ship the same module).")
+    else:  # every flavour and its onnxruntime out first: they ship the same modules
+        others = [*DISTRIBUTIONS, "onnxruntime", "onnxruntime-directml", "onnxruntime-gpu"]
+        req = f"requirements\\{requirements}" if sys.platform == "win32" else f"requirements/{requirements}"
+        fix = (f"Install {package} ({needs}): "
+               + shell_commands([["-m", "pip", "uninstall", "-y", *others], ["-m", "pip", "install", "-r", req]])
+               + " (one onnxruntime-genai flavour at a time: they ship the same module).")
     reason = reason.rstrip(".") + "." if reason else "no session could be opened."
     return (f"Device {device!r} is not available to the ortgenai backend here (installed: {installed}). "
             f"ONNX Runtime GenAI said: {reason} {fix} To run on the CPU instead, pass device='CPU', "

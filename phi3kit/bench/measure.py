@@ -56,7 +56,7 @@ def export_seconds(export: Any) -> tuple[float, bool]:
         return export.seconds, False
     manifest = Path(export.path) / "phi3kit-manifest.json"
     if manifest.is_file():
-        return float(json.loads(manifest.read_text()).get("build_seconds", 0.0)), True
+        return float(json.loads(manifest.read_text(encoding="utf-8")).get("build_seconds", 0.0)), True
     return 0.0, True
 
 
@@ -156,22 +156,23 @@ def _measure(route: Route, model: str, s: Settings, r: RouteResult, log: Log) ->
 def worker_main(argv: Sequence[str] | None = None) -> None:
     """Entry point of a route's own process: read the job, measure, write the result as JSON."""
     job_path, out_path = argv if argv is not None else sys.argv[1:3]
-    job = json.loads(Path(job_path).read_text())
+    job = json.loads(Path(job_path).read_text(encoding="utf-8"))
     result = measure(Route(**job["route"]), job["model"], Settings(**job["settings"]),
                      log=lambda m: print(m, flush=True))
-    Path(out_path).write_text(json.dumps(asdict(result)))
+    Path(out_path).write_text(json.dumps(asdict(result)), encoding="utf-8")
 
 
 def measure_isolated(route: Route, model: str, settings: Settings, log: Log = print) -> RouteResult:
     """`measure` in a fresh Python process: its memory is returned afterwards and its peak RSS is its own."""
     with tempfile.TemporaryDirectory(prefix="phi3kit-bench-") as tmp:
         job, out = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        job.write_text(json.dumps({"route": asdict(route), "model": model, "settings": asdict(settings)}))
+        job.write_text(json.dumps({"route": asdict(route), "model": model, "settings": asdict(settings)}),
+                       encoding="utf-8")
         cmd = [sys.executable, "-c", "from phi3kit.bench.measure import worker_main; worker_main()", str(job), str(out)]
         rc, lines = run_logged(cmd, log)
         tail = lines[-20:]
         if out.is_file():
-            return RouteResult.from_dict(json.loads(out.read_text()))
+            return RouteResult.from_dict(json.loads(out.read_text(encoding="utf-8")))
         killed = " (killed: out of memory?)" if rc in (-9, 137) else ""
         note = f"its process exited with code {rc}{killed}: " + " | ".join(x for x in tail[-3:] if x)
         return RouteResult(route=route.label, backend=route.backend, runtime=route.resolved_runtime,
