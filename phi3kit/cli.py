@@ -97,13 +97,18 @@ def cmd_unpack(a: argparse.Namespace) -> int:
 
 def cmd_tune(a: argparse.Namespace) -> int:
     from .generate import Session
-    from .tuning import tune
+    from .tuning import require_storable, tune
 
+    if not a.dry_run:
+        require_storable(a.cache_dir)  # before the load (an export can take minutes) and the measuring
     session = Session.load(_config(a), log=lambda m: print(m, file=sys.stderr))
     result = tune(session, objective=a.objective, runs=a.runs, prompt_tokens=a.prompt_tokens,
                   new_tokens=a.new_tokens, only=a.only.split(",") if a.only else None, save=not a.dry_run,
                   log=lambda m: print(m, file=sys.stderr, flush=True))
     print(result)
+    if result.save_error:  # the table above is the measurement; it just could not be kept
+        print(f"phi3kit: error: the choice above was measured but not stored: {result.save_error}", file=sys.stderr)
+        return 1
     if result.saved:
         print(f"saved: {result.saved} (applied on the next load of this export on this device; tuned=False or "
               "--untuned runs the defaults)")
