@@ -9,6 +9,7 @@ real tmpfs mounts where this machine allows them (root on Linux), and an OSError
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import shutil
 import subprocess
@@ -70,7 +71,9 @@ def tmpfs(folder: Path, size: str) -> Iterator[Path]:
     try:
         yield folder
     finally:
-        subprocess.run(["umount", str(folder)], capture_output=True)
+        gc.collect()  # a closed session's memory-mapped weights
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)  # detached now, freed when unused
 
 
 def read_only(folder: Path) -> None:
