@@ -220,8 +220,8 @@ def _shape_problem(data: Any, cfg: Any) -> str:
         leaves = _leaves(props)
     except ValueError as exc:
         return str(exc)
-    if not leaves:
-        return "" if not props else "its 'properties' holds empty tables"
+    if not leaves:  # {}: the default was kept, which is a result too
+        return ""
     known = {path for c in get(cfg.backend).tune_candidates(cfg) for path in _leaves(c.properties)}
     if unknown := [".".join(path) for path in leaves if path not in known]:
         names = ", ".join(sorted({".".join(path) for path in known})) or "none: it keeps the runtime's defaults"
