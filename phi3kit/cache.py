@@ -13,6 +13,7 @@ the cache deletes only inside it (safefs.remove_tree).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -26,10 +27,29 @@ from typing import Any
 import filelock
 import platformdirs
 
-from .errors import CacheCorruptError
-from .safefs import atomic_write, is_inside, place_folder, remove_tree, temp_dir
+from .errors import CacheCorruptError, StorageError, last_line
+from .safefs import (
+    atomic_write,
+    free_bytes,
+    human_size,
+    is_inside,
+    place_folder,
+    remove_tree,
+    storage_error,
+    temp_dir,
+    writable_dir,
+)
 
 MANIFEST = "phi3kit-manifest.json"
+# What to do when the cache cannot be written: another folder, in each place a cache folder is given.
+CACHE_FIX = ("use a cache folder on a disk you can write to, with room: --cache-dir on the command line, cache_dir= "
+             "in Python, or PHI3KIT_CACHE for every run (PowerShell: $env:PHI3KIT_CACHE=\"D:\\phi3kit-cache\"; "
+             "bash: export PHI3KIT_CACHE=~/phi3kit-cache)")
+# Below this much free space after a failed build, the disk filling up is what stopped it: exporters rarely say so
+# (OpenVINO's serializer reports a full disk as "basic_ios::clear: iostream error").
+LOW_DISK_BYTES = 64 * 2**20
+# How a full disk reads in a child process's output (optimum-cli, the ONNX builder, llama.cpp), where no errno is left.
+_FULL_DISK_TEXT = ("no space left on device", "not enough space on the disk", "disk quota exceeded")
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+|\.{2,}")
 
 
@@ -67,6 +87,15 @@ class Export:
     recipe: str = ""
     precision: str = ""
     tokenizer_dir: Path | None = None
+
+
+@dataclass
+class Damaged:
+    """A cache entry that failed `verify_entries` (every byte checked), the problem, and whether it was deleted."""
+
+    path: Path
+    problem: str
+    removed: bool = False
 
 
 def sha256(path: Path) -> str:
@@ -168,8 +197,13 @@ class ExportCache:
         """Return a verified entry, building it with `build(tmp_dir)` if needed; `made_with` (the exporter's
         versions) goes into the manifest."""
         final = self.entry_dir(backend, label, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
+        try:  # a finished entry is only ever replaced by a rename: checking it needs no lock, nor a writable cache
+            self.verify(final)
+            return Export(final, True, time.perf_counter() - start)
+        except CacheCorruptError:
+            pass
+        self.require_writable(final.parent)  # a read-only or misplaced cache says so now, not mid-build
         with self.lock(final):
             if final.exists():
                 try:
@@ -193,10 +227,49 @@ class ExportCache:
                     "made_with": made_with or {},
                 })
                 place_folder(tmp, final, self.root)
-            except BaseException:
-                remove_tree(tmp, self.root)
+            except BaseException as exc:
+                full = disk_filled(exc, tmp, final) if isinstance(exc, Exception) else None  # before tmp's space
+                remove_tree(tmp, self.root)  # comes back
+                if full is not None:
+                    raise full from exc
                 raise
         return Export(final, False, time.perf_counter() - start)
+
+    def require_writable(self, folder: Path | None = None) -> Path:
+        """StorageError naming the folder and the fix unless `folder` (default: the root) can be written.
+
+        Called only where a write is needed: a read-only cache whose entries are all there (a workshop pack
+        used in place) loads without it.
+        """
+        return writable_dir(folder or self.root, CACHE_FIX)
+
+    def verify_entries(self, remove_damaged: bool = False) -> list[Damaged]:
+        """Every entry checked byte by byte (`phi3kit cache --verify`): the damaged ones, with the problem.
+
+        A load checks sizes only (seconds for gigabytes); a file whose bytes changed but not its size (a bad
+        sector, a broken copy) passes that and fails in the runtime. `remove_damaged` deletes the damaged
+        entries (only inside the cache) so the next load rebuilds them.
+        """
+        found = []
+        for entry in self._entry_dirs():
+            try:
+                self.verify(entry, hashes=True)
+            except CacheCorruptError as exc:
+                found.append(Damaged(entry, str(exc)))
+            except OSError as exc:  # a file that cannot be read back (an I/O error) is damage too
+                found.append(Damaged(entry, f"{entry.name} cannot be read ({exc})"))
+        for damaged in found if remove_damaged else []:
+            try:
+                with self.lock(damaged.path):
+                    remove_tree(damaged.path, self.root)
+            except OSError as exc:
+                raise storage_error(exc, damaged.path, CACHE_FIX) from exc
+            damaged.removed = True
+        return found
+
+    def _entry_dirs(self) -> list[Path]:
+        return [m.parent for m in sorted(self.root.glob(f"*/*/{MANIFEST}"))
+                if not m.parent.name.startswith((".tmp-", ".old-"))]
 
     @staticmethod
     def lock(final: Path) -> filelock.FileLock:
@@ -206,10 +279,8 @@ class ExportCache:
     def entries(self) -> list[dict[str, Any]]:
         """Every entry with its key and, if it fails verification, the problem (it will be rebuilt)."""
         out = []
-        for manifest in sorted(self.root.glob(f"*/*/{MANIFEST}")):
-            entry = manifest.parent
-            if entry.name.startswith(".tmp-"):
-                continue
+        for entry in self._entry_dirs():
+            manifest = entry / MANIFEST
             try:
                 self.verify(entry)
                 problem = ""
@@ -232,3 +303,37 @@ def write_manifest(folder: Path, fields: dict[str, Any]) -> None:
     manifest = {**fields, "files": {r: p.stat().st_size for r, p in paths.items()},
                 "sha256": {r: sha256(p) for r, p in paths.items()}}
     atomic_write(folder / MANIFEST, json.dumps(manifest, indent=2, default=str))
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    here: BaseException | None = exc
+    while here is not None and here not in seen:
+        seen.append(here)
+        here = here.__cause__ or here.__context__
+    return seen
+
+
+def disk_filled(exc: BaseException, tmp: Path, final: Path) -> StorageError | None:
+    """The kit's message when a failed build failed because the disk filled up, else None.
+
+    Exporters seldom say so: OpenVINO's serializer reports "basic_ios::clear: iostream error", a child process
+    leaves only its text. So: an ENOSPC anywhere in the chain, those words in a message, or a disk left with
+    under LOW_DISK_BYTES free (measured before the partial build is deleted) mean the disk was full.
+    """
+    chain = _chain(exc)
+    full_codes = (errno.ENOSPC, getattr(errno, "EDQUOT", -1))
+    said = any(isinstance(e, OSError) and e.errno in full_codes for e in chain) or any(
+        t in str(e).lower() for e in chain for t in _FULL_DISK_TEXT)
+    try:
+        free = free_bytes(tmp)
+    except OSError:
+        free = None
+    if not said and (free is None or free >= LOW_DISK_BYTES):
+        return None
+    left = f"; {human_size(free)} is free there now" if free is not None else ""
+    return StorageError(
+        f"The disk filled up while {final.name} was being written into the cache at {final.parent}{left} "
+        f"(what failed: {last_line(exc)}). The partial files were deleted; nothing half-written is kept. Fix: "
+        f"free some space, or {CACHE_FIX}. The pre-flight check measures the room before an export starts: do not "
+        "skip it (PHI3KIT_SKIP_PREFLIGHT / skip_preflight) on a disk this tight.", path=final.parent)

@@ -97,13 +97,18 @@ def cmd_unpack(a: argparse.Namespace) -> int:
 
 def cmd_tune(a: argparse.Namespace) -> int:
     from .generate import Session
-    from .tuning import tune
+    from .tuning import require_storable, tune
 
+    if not a.dry_run:
+        require_storable(a.cache_dir)  # before the load (an export can take minutes) and the measuring
     session = Session.load(_config(a), log=lambda m: print(m, file=sys.stderr))
     result = tune(session, objective=a.objective, runs=a.runs, prompt_tokens=a.prompt_tokens,
                   new_tokens=a.new_tokens, only=a.only.split(",") if a.only else None, save=not a.dry_run,
                   log=lambda m: print(m, file=sys.stderr, flush=True))
     print(result)
+    if result.save_error:  # the table above is the measurement; it just could not be kept
+        print(f"phi3kit: error: the choice above was measured but not stored: {result.save_error}", file=sys.stderr)
+        return 1
     if result.saved:
         print(f"saved: {result.saved} (applied on the next load of this export on this device; tuned=False or "
               "--untuned runs the defaults)")
@@ -123,15 +128,31 @@ def cmd_devices(a: argparse.Namespace) -> int:
 
 
 def cmd_cache(a: argparse.Namespace) -> int:
+    """List the entries; `--verify` checks every byte (exit 1 if any entry is damaged), `--remove-damaged` deletes
+    those so the next load rebuilds them."""
     from .cache import ExportCache
 
+    if a.remove_damaged and not a.verify:
+        raise Phi3kitError("--remove-damaged deletes what --verify finds damaged. Fix: phi3kit cache --verify "
+                           "--remove-damaged")
     cache = ExportCache(a.cache_dir)
     print(f"cache: {cache.root}")
     for e in cache.entries():
         what = f"{e.get('backend', '?'):12} {e.get('precision', '?'):5} {e['size_mb']:>8} MB"
         flag = f"  CORRUPT, rebuilt on next use: {e['problem']}" if e["problem"] else ""
         print(f"  {what}  {e.get('model', '?')}  {e['path']}{flag}")
-    return 0
+    if not a.verify:
+        return 0
+    print("checking every byte of every entry...", file=sys.stderr, flush=True)
+    damaged = cache.verify_entries(remove_damaged=a.remove_damaged)
+    for d in damaged:
+        print(f"DAMAGED: {d.path}: {d.problem}" + ("  (deleted: the next load rebuilds it)" if d.removed else ""))
+    if not damaged:
+        print("every entry is intact")
+    elif not a.remove_damaged:
+        print(f"{len(damaged)} damaged entr{'y' if len(damaged) == 1 else 'ies'}: phi3kit cache --verify "
+              "--remove-damaged deletes them so the next load rebuilds them")
+    return 1 if damaged else 0
 
 
 def cmd_doctor(a: argparse.Namespace) -> int:
@@ -359,8 +380,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the facts and the recommendation as JSON")
     p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser("cache", help="list cached exports")
+    p = sub.add_parser("cache", help="list cached exports; --verify checks every byte")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--verify", action="store_true",
+                   help="check every file of every entry against its manifest's SHA-256 (a load checks sizes only); "
+                        "exit 1 if any entry is damaged")
+    p.add_argument("--remove-damaged", action="store_true",
+                   help="with --verify: delete the damaged entries, so the next load rebuilds them")
     p.set_defaults(func=cmd_cache)
     return parser
 

@@ -71,6 +71,26 @@ class StorageError(Phi3kitError, OSError):
         self.path = path
 
 
+class CachedEntryError(Phi3kitError, RuntimeError):
+    """A runtime failed to load a folder from the kit's cache: its files may be damaged (the load checks sizes,
+    not bytes), so the message names the entry and how to check and rebuild it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, entry: object = None) -> None:
+        super().__init__(message)
+        self.entry = entry
+
+
+class TuningFileError(Phi3kitError, ValueError):
+    """A stored `phi3kit tune` result cannot be used (not UTF-8 JSON, the wrong shape, a setting the tuner
+    never chooses): the message names the file and how to replace it."""
+
+    def __init__(self, message: str, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 def last_line(exc: BaseException) -> str:
     """The last non-empty line of an exception's message: what a C++ runtime's long error actually says."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

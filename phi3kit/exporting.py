@@ -186,6 +186,8 @@ def _ready_made(p: Plan, cfg: LoadConfig, backend: type[Backend], cache: ExportC
         folder = cache.lookup(backend.name, label, key, log)  # a workshop pack's copy, or one adopted before
         kind = "hub"
         if folder is None:
+            if adopt:  # the copy goes into the cache: a read-only one says so before the download
+                cache.require_writable(cache.entry_dir(backend.name, label, key).parent)
             folder = download(str(p.repo), route=str(backend.ready_made_format), revision=cfg.revision,
                               subfolder=p.subfolder, catalog_row=row.describe(alias) if row else None,
                               fallback="prefer='export'" if entry else "")
@@ -231,6 +233,9 @@ def _export(p: Plan, cfg: LoadConfig, backend: type[Backend], cache: ExportCache
         ready = f"; its ready-made folders run here: {', '.join(choices)}" if choices else ""
         raise MissingDependencyError(package, f"Exporting {p.checkpoint!r} for {backend.name} at {cfg.precision} "
                                      f"(no ready-made folder for it{ready})", backend.requirements)
+    # The export goes into the cache: a read-only one (a pack used in place, a locked-down drive) says so before
+    # the pre-flight, the download and the conversion, with where to put the cache instead.
+    cache.require_writable(cache.entry_dir(backend.name, label, key).parent)
     if source is not None:
         job = Job(source.name, backend.name, str(cfg.precision), count_parameters(source.path))
     else:

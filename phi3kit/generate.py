@@ -15,16 +15,17 @@ from typing import Any
 
 from .backends import get
 from .backends.base import Backend, Log, Token
-from .cache import Export
+from .cache import Export, ExportCache
 from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
 from .context import Message, context_window, fit_history, kv_bytes_per_token, memory_window
 from .context import trim_notice as _trim_notice
-from .errors import Phi3kitError
+from .errors import CachedEntryError, Phi3kitError, last_line
 from .exporting import complete, prepare
 from .metrics import Metrics, PeakMemory
+from .safefs import is_inside
 from .sources import ModelSource
 from .tokenizer import Tokenizer
-from .tuning import describe, stored
+from .tuning import describe, stored, stored_path
 
 ROLES = ("system", "user", "assistant")
 END_TOKENS = ("<|end|>", "<|endoftext|>")
@@ -206,16 +207,22 @@ class Session:
     def load(cls, cfg: LoadConfig, log: Log = print) -> Session:
         source, export = prepare(cfg, log)  # validates choices first: bad input fails in milliseconds
         cfg = replace(cfg, precision=export.precision or complete(cfg).precision)  # a ready-made folder's own
+        given = cfg.runtime_config
         tuning = None
         if cfg.tuned and (tuning := stored(cfg, export)) is not None and tuning["properties"]:
             # What `phi3kit tune` measured fastest here; settings given explicitly win.
             cfg = replace(cfg, runtime_config={**tuning["properties"], **cfg.runtime_config})
-        with PeakMemory() as mem:
-            start = time.perf_counter()
-            backend = get(cfg.backend).open(export, cfg)
-            tokenizer = Tokenizer(export.path)
-            load_s = time.perf_counter() - start
-        session = cls(cfg, source, export, backend, tokenizer, load_s, mem.peak_mb)
+        try:
+            with PeakMemory() as mem:
+                start = time.perf_counter()
+                backend = get(cfg.backend).open(export, cfg)
+                tokenizer = Tokenizer(export.path)
+                load_s = time.perf_counter() - start
+            session = cls(cfg, source, export, backend, tokenizer, load_s, mem.peak_mb)  # reads generation_config
+        except Exception as exc:
+            if (failed := _cached_entry_error(exc, cfg, export, given, bool(tuning and tuning["properties"]))):
+                raise failed from exc
+            raise
         session.tuning = tuning if tuning and tuning["properties"] else None
         return session
 
@@ -293,6 +300,32 @@ class Session:
         return f"<Session {c.model} {c.backend}/{runtime} {c.precision} on {c.device} | {route} | {self.recipe}{tuned}>"
 
 
+def _cached_entry_error(exc: Exception, cfg: LoadConfig, export: Export, given: dict[str, Any],
+                        tuned: bool) -> CachedEntryError | None:
+    """The kit's message when a runtime fails to load a folder from the kit's cache, else None.
+
+    The load checked the entry's file sizes only (hashing gigabytes on every load would take minutes), so bytes
+    changed in place reach the runtime, which says only what it could not parse. One place for every backend.
+    """
+    if isinstance(exc, (Phi3kitError, MemoryError)):
+        return None
+    cache = ExportCache(cfg.cache_dir)
+    entry = next((p for p in (export.path, export.tokenizer_dir) if p is not None and is_inside(p, cache.root)), None)
+    if entry is None:
+        return None
+    settings = ""
+    if tuned:
+        settings += (f" It was loaded with the settings `phi3kit tune` stored in {stored_path(cfg, export)}: if it "
+                     "loads with --untuned (tuned=False), delete that file, or run `phi3kit tune` again.")
+    if given:
+        settings += f" It was loaded with runtime_config={given!r}: try it without those settings too."
+    return CachedEntryError(
+        f"Loading {entry} from the kit's cache failed: {last_line(exc)}. Its files may be damaged (a load checks "
+        f"their sizes, not their bytes). Fix: `phi3kit cache --verify --cache-dir \"{cache.root}\"` checks every "
+        "byte; add --remove-damaged to delete the damaged entries, so the next load rebuilds them (in Python: "
+        f"kit.ExportCache(cache_dir).verify_entries(remove_damaged=True)).{settings}", entry=entry)
+
+
 def stop_token_ids(tokenizer: Any, model_dir: Path) -> list[int]:
     """`<|end|>` first (the end of a chat turn), then every other end-of-sequence id."""
     import json
@@ -305,7 +338,7 @@ def stop_token_ids(tokenizer: Any, model_dir: Path) -> list[int]:
             ids.append(i)
     gc = model_dir / "generation_config.json"
     if gc.is_file():
-        eos = json.loads(gc.read_text()).get("eos_token_id")
+        eos = json.loads(gc.read_text(encoding="utf-8")).get("eos_token_id")
         ids += [e for e in ([eos] if isinstance(eos, int) else eos or []) if e not in ids]
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import Log
-from .cache import ExportCache
+from .cache import CACHE_FIX, ExportCache
 from .config import GenerationConfig
-from .errors import Phi3kitError, UnknownChoiceError, last_line
+from .errors import CachedEntryError, Phi3kitError, StorageError, TuningFileError, UnknownChoiceError, last_line
+from .safefs import atomic_write, writable_dir
 
 # What is minimized: the time to a whole answer (a 256-token prompt, a 128-token answer), decode alone, or TTFT.
 OBJECTIVES = ("answer", "decode", "ttft")
@@ -35,6 +36,9 @@ TUNED_DIR = "tuned"  # under the cache root: one JSON file per (export, device i
 # Properties whose value changes the arithmetic, so greedy ids may change: a tuned session says so.
 NUMERIC_KEYS = ("INFERENCE_PRECISION_HINT", "DYNAMIC_QUANTIZATION_GROUP_SIZE", "KV_CACHE_PRECISION",
                 "KEY_CACHE_PRECISION", "VALUE_CACHE_PRECISION")
+SCALARS = (bool, int, float, str)  # what a runtime property's value is; a nested table only where the runtime nests
+MAX_DEPTH = 8  # ONNX Runtime GenAI's overlay nests four deep; deeper is not a tuning file
+SAVE_FIX = f"{CACHE_FIX}; or measure without storing: --dry-run (save=False in Python)"
 
 
 class TuneError(Phi3kitError, ValueError):
@@ -148,15 +152,87 @@ def _store(cache_root: Path, ident: dict[str, Any]) -> Path:
     return Path(cache_root) / TUNED_DIR / f"{ident['backend']}-{digest}.json"
 
 
+def stored_path(cfg: Any, export: Any) -> Path:
+    """Where the choice for exactly this export, device and libraries is kept (whether or not it is there)."""
+    return _store(ExportCache(cfg.cache_dir).root, identity(cfg, export))
+
+
 def stored(cfg: Any, export: Any) -> dict[str, Any] | None:
-    """The choice measured for exactly this export, device and libraries, or None (then nothing is applied)."""
-    path = _store(ExportCache(cfg.cache_dir).root, identity(cfg, export))
+    """The choice measured for exactly this export, device and libraries, or None (then nothing is applied).
+
+    A file that is there is checked before anything of it reaches a runtime: a hand edit, a broken copy or
+    another tool's file must fail here naming the file, not as a TypeError or a runtime's message later.
+    """
+    path = stored_path(cfg, export)
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return None
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise _unusable(path, f"it cannot be read ({exc.strerror or exc})") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _unusable(path, f"it is not UTF-8 JSON ({type(exc).__name__}: {str(exc)[:120]})") from exc
+    if problem := _shape_problem(data, cfg):
+        raise _unusable(path, problem)
+    return data
+
+
+def _unusable(path: Path, problem: str) -> TuningFileError:
+    return TuningFileError(
+        f"The stored tuning result {path} cannot be used: {problem}. Fix: delete that file (PowerShell: "
+        f"Remove-Item \"{path}\"; bash: rm \"{path}\") and run `phi3kit tune` again, or load without it: "
+        "--untuned on the command line, tuned=False in Python.", path=path)
+
+
+def _leaves(props: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Each setting's path (("model", "decoder", ...) for nested overlays) and value; ValueError on any other shape."""
+    if len(prefix) >= MAX_DEPTH:
+        raise ValueError(f"settings nested deeper than {MAX_DEPTH} levels")
+    out: dict[tuple[str, ...], Any] = {}
+    for key, value in props.items():
+        here = (*prefix, str(key))
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, here))
+        elif isinstance(value, SCALARS):
+            out[here] = value
+        else:
+            raise ValueError(f"setting '{'.'.join(here)}' is {json.dumps(value)[:60]}, not a number, text or "
+                             "true/false")
+    return out
+
+
+def _shape_problem(data: Any, cfg: Any) -> str:
+    """What is wrong with a stored choice for `cfg`, or '' when it is what `save_choice` writes.
+
+    Setting names are checked against what the tuner itself tries for this backend and device (its candidates),
+    so a name the tuner never chooses is refused whatever the runtime would make of it.
+    """
+    from .backends import get
+
+    if not isinstance(data, dict):
+        return f"it holds a JSON {type(data).__name__} where a table with 'properties' belongs"
+    props = data.get("properties")
+    if not isinstance(props, dict):
+        return f"its 'properties' is {json.dumps(props)[:60]}, not a table of runtime settings"
+    if not isinstance(data.get("numerics", False), bool):
+        return f"its 'numerics' is {json.dumps(data.get('numerics'))[:60]}, not true or false"
+    try:
+        leaves = _leaves(props)
+    except ValueError as exc:
+        return str(exc)
+    if not leaves:  # {}: the default was kept, which is a result too
+        return ""
+    known = {path for c in get(cfg.backend).tune_candidates(cfg) for path in _leaves(c.properties)}
+    if unknown := [".".join(path) for path in leaves if path not in known]:
+        names = ", ".join(sorted({".".join(path) for path in known})) or "none: it keeps the runtime's defaults"
+        return (f"'{unknown[0]}' is not a setting the tuner chooses for {cfg.backend} on {cfg.device} (it tries: "
+                f"{names})")
+    return ""
+
+
+def require_storable(cache_dir: Any) -> Path:
+    """The folder tuning results go to, proven writable before minutes of measuring (StorageError otherwise)."""
+    return writable_dir(ExportCache(cache_dir).root / TUNED_DIR, SAVE_FIX)
 
 
 # --- measuring -------------------------------------------------------------------------------------
@@ -183,6 +259,7 @@ class TuneResult:
     identity: dict[str, Any]
     saved: Path | None = None
     command: str = ""
+    save_error: str = ""  # why the choice was measured but not stored (the table is still all here)
 
     @property
     def chosen(self) -> Candidate:
@@ -213,7 +290,8 @@ class TuneResult:
 
     def __str__(self) -> str:
         head = f"objective: {self.objective}; chosen: {self.choice.name} ({self.choice.reason})"
-        return head + "\n" + self.to_frame().to_string(index=False)
+        tail = f"\nNOT STORED: {self.save_error}" if self.save_error else ""
+        return head + "\n" + self.to_frame().to_string(index=False) + tail
 
     __repr__ = __str__
 
@@ -267,6 +345,8 @@ def tune(session: Any, *, objective: str = "answer", runs: int = 3, prompt_token
         if unknown:
             raise UnknownChoiceError("candidate", unknown[0], [c.name for c in pool])
         pool = [c for c in pool if c.name in {"default", *only}]
+    if save:
+        require_storable(session.config.cache_dir)  # a read-only or full cache says so now, not after measuring
     base = replace(session.config, tuned=False)
     prompts = Prompts(session.tokenizer)
     gen = GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True)
@@ -281,7 +361,8 @@ def tune(session: Any, *, objective: str = "answer", runs: int = 3, prompt_token
             props = {**base.runtime_config, **cand.properties}
             s = Session.load(replace(base, runtime_config=props), log=lambda _: None)
         except Exception as exc:  # noqa: BLE001 - a property the device refuses: that candidate fails, not the tune
-            m.error = f"{type(exc).__name__}: {last_line(exc)}"
+            cause = exc.__cause__ if isinstance(exc, CachedEntryError) and exc.__cause__ else exc  # the runtime's own
+            m.error = f"{type(cause).__name__}: {last_line(cause)}"
             log(f"{cand.name} failed to load: {m.error}")
             continue
         try:
@@ -308,20 +389,20 @@ def tune(session: Any, *, objective: str = "answer", runs: int = 3, prompt_token
     agree = {n: agreement(ref, m.greedy).identical for n, m in results.items() if m.greedy and ref}
     result = TuneResult(objective, list(results.values()), choice, agree, identity(session.config, session.export))
     if save:
-        result.saved = save_choice(session, result)
+        try:
+            result.saved = save_choice(session, result)
+        except StorageError as exc:  # the disk filled (or went read-only) while measuring: keep the measurements
+            result.save_error = str(exc)
+            log(f"The choice was measured but not stored: {exc}")
     return result
 
 
 def save_choice(session: Any, result: TuneResult) -> Path:
     """Store the choice (the default too: a tuned-and-kept default is a result) for later loads."""
     path = _store(ExportCache(session.config.cache_dir).root, result.identity)  # the identity measured
-    path.parent.mkdir(parents=True, exist_ok=True)
     chosen = result.chosen
     data = {"candidate": chosen.name, "properties": chosen.properties, "numerics": chosen.numerics,
             "objective": result.objective, "reason": result.choice.reason,
             "agreement": result.agreement.get(chosen.name), "identity": result.identity,
             "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "table": result.rows()}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, json.dumps(data, indent=1, default=str), SAVE_FIX)
