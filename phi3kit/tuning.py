@@ -129,10 +129,11 @@ def identity(cfg: Any, export: Any) -> dict[str, Any]:
 
     device = {"device": cfg.device}
     if cfg.backend == "openvino":
-        from .devices import core
+        from .devices import core, device_available
 
-        device["name"] = str(core().get_property(cfg.device.split(".")[0], "FULL_DEVICE_NAME")) \
-            if cfg.device.split(".")[0] in core().available_devices else cfg.device
+        # The device itself: GPU.1 (an Arc dGPU) is not GPU.0 (the iGPU), and their tunings differ.
+        device["name"] = str(core().get_property(cfg.device, "FULL_DEVICE_NAME")) \
+            if device_available(cfg.device, core().available_devices) else cfg.device
     hw = hardware()
     device.update(cpu=hw["cpu"], isa=hw["isa"], cores=hw["cores_physical"], threads=hw["cores_logical"])
     libs = {}

@@ -315,10 +315,11 @@ def unpack(pack_dir: str | Path, cache_dir: str | Path | None = None, log: Log =
     """
     pack_dir = Path(pack_dir).expanduser()
     index = read_index(pack_dir)
+    cache = ExportCache(cache_dir)
+    cache.require_writable()  # a read-only cache is named with its fix before gigabytes are hashed
     if problems := _problems(pack_dir, index, hashes=True):
         raise PackDamagedError(f"The pack in {pack_dir} is damaged: " + "; ".join(problems)
                                + ". Fix: copy the pack again from the instructor's copy (nothing was unpacked).")
-    cache = ExportCache(cache_dir)
     todo = []
     present = []
     for entry in index.entries:

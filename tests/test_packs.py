@@ -263,6 +263,25 @@ def test_unpack_never_writes_through_a_link_in_the_cache(home: Path, tmp_path: P
     assert snapshot(home / "victim") == before
 
 
+def test_a_read_only_cache_is_named_before_the_pack_is_hashed(home: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    pack = make_pack(tmp_path)
+    hashed: list[Path] = []
+    monkeypatch.setattr("phi3kit.workshop.sha256", lambda p: hashed.append(p) or "0" * 64)
+
+    real_write = Path.write_bytes
+
+    def read_only(self: Path, data: bytes) -> int:  # the cache's disk, as a read-only mount answers
+        if cache_of(home) in self.parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    with pytest.raises(Phi3kitError, match=r"Cannot write .+phi3kit: the location is read-only .+ Fix: .+cache"):
+        unpack(pack, cache_of(home), log=quiet)
+    assert hashed == []
+
+
 UNPACK_CHILD = """
 import sys
 from phi3kit.workshop import unpack
