@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from .errors import ContextWindowError, Phi3kitError
 
 Message = dict[str, str]
+ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
@@ -165,3 +166,19 @@ def trim_notice(dropped_turns: int, window: int, why: str = "") -> str:
     because = f" ({why})" if why else ""
     return (f"The conversation is longer than the {window}-token context window{because}: {dropped} left out of "
             "this answer (the system prompt is kept).")
+
+
+def to_messages(prompt: str | Sequence[Message], system: str | None = None) -> list[Message]:
+    """A plain string becomes one user turn; a message list is checked, not rewritten."""
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
+    else:
+        messages = [dict(m) for m in prompt]
+        for m in messages:
+            if m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise Phi3kitError(f"Each message needs a role in {ROLES} and a string content; got {m!r}.")
+    if not messages or messages[-1]["role"] != "user":
+        raise Phi3kitError("The last message must be the user's turn.")
+    if system and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
+    return messages

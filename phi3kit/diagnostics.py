@@ -11,10 +11,7 @@ import platform
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +19,13 @@ import psutil
 
 from . import backends
 from .devices import device_family
+from .machine import ISA_FLAGS, LIBRARIES, capabilities_isa, cpu_info, isa_features, library_version  # noqa: F401
 from .procs import shell_commands
 
 # Every library a route may run on: the doctor's table and every benchmark's hardware record list them.
-LIBRARIES = ("phi3kit", "torch", "transformers", "openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel",
-             "nncf", "onnxruntime-genai", "onnxruntime-genai-directml", "onnxruntime-genai-cuda",
-             "intel-npu-acceleration-library")
 ORT_BACKEND = "ortgenai"  # the registry name of the ONNX Runtime GenAI route
 ORT_FLAVOURS = ("onnxruntime-genai-cuda", "onnxruntime-genai-directml", "onnxruntime-genai")
 
-# py-cpuinfo flag (Linux spells them as /proc/cpuinfo does, its CPUID table on Windows without the
-# underscore) -> what LLM inference gets from it.
-ISA_FLAGS = {
-    "avx2": "AVX2",
-    "avx_vnni": "AVX-VNNI",
-    "avxvnni": "AVX-VNNI",
-    "avx512f": "AVX-512",
-    "avx512_vnni": "AVX-512 VNNI",
-    "avx512vnni": "AVX-512 VNNI",
-    "avx512_bf16": "AVX-512 BF16",
-    "amx_tile": "AMX",
-    "amx_int8": "AMX-INT8",
-    "amx_bf16": "AMX-BF16",
-}
 
 
 @dataclass
@@ -250,53 +231,6 @@ def machine_notes(facts: Facts) -> list[str]:
 
 
 # --- gathering facts ------------------------------------------------------------------------------
-def isa_features(flags: set[str]) -> list[str]:
-    """The instruction sets that matter for LLM inference, in a stable order."""
-    return list(dict.fromkeys(name for flag, name in ISA_FLAGS.items() if flag in flags))
-
-
-def capabilities_isa(caps: list[str]) -> list[str]:
-    """What OpenVINO's CPU OPTIMIZATION_CAPABILITIES imply, where no flag list is available."""
-    out = []
-    if "BF16" in caps:
-        out.append("BF16 compute (AVX-512 BF16 or AMX)")
-    if "FP16" in caps:
-        out.append("FP16 compute (AMX-FP16 or AVX512-FP16)")
-    if "INT8" in caps:
-        out.append("INT8")
-    return out
-
-
-@lru_cache(maxsize=1)
-def _pycpuinfo() -> dict[str, Any]:
-    import cpuinfo  # py-cpuinfo: /proc/cpuinfo on Linux, CPUID on Windows and elsewhere; about a second
-
-    return dict(cpuinfo.get_cpu_info())
-
-
-def cpu_info(core: Any = None, probe: Callable[[], dict[str, Any]] | None = None) -> tuple[str, list[str], str]:
-    """The CPU's name, the instruction sets that matter, and where they were read from.
-
-    py-cpuinfo reads the flags on every OS. Where it sees no AVX-512 BF16 or AMX (its CPUID table on
-    Windows stops short of those), OpenVINO's OPTIMIZATION_CAPABILITIES say whether the CPU computes bf16.
-    `probe` replaces py-cpuinfo (tests drive any machine's answer through it).
-    """
-    info = (probe or _pycpuinfo)()
-    name = str(info.get("brand_raw") or platform.processor() or platform.machine())
-    isa = isa_features({str(f).lower() for f in info.get("flags", [])})
-    source = "py-cpuinfo"
-    if core is not None and not any(x in isa for x in ("AVX-512 BF16", "AMX-BF16")):
-        try:
-            extra = [x for x in capabilities_isa(list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
-                     if x.startswith("BF16")]
-        except RuntimeError:
-            extra = []
-        if extra:
-            isa += extra
-            source += " + OpenVINO OPTIMIZATION_CAPABILITIES"
-    return name, isa, source
-
-
 def windows_release(release: str, version: str, build: int | None = None) -> str:
     """'11' for Windows 11, which platform.release() calls '10' (Python < 3.12): its builds start at 22000."""
     if build is None:
@@ -348,13 +282,6 @@ def _hub_cache() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def _version(pkg: str) -> str:
-    try:
-        return version(pkg)
-    except PackageNotFoundError:
-        return "not installed"
-
-
 def _free_gb(path: Path) -> float:
     p = path
     while not p.exists() and p.parent != p:
@@ -374,7 +301,7 @@ def _nvidia_gpus() -> list[str]:
 
 
 def _ort(facts: Facts) -> None:
-    facts.ort_flavour = next((f"{p} {v}" for p in ORT_FLAVOURS if (v := _version(p)) != "not installed"), "")
+    facts.ort_flavour = next((f"{p} {v}" for p in ORT_FLAVOURS if (v := library_version(p)) != "not installed"), "")
     try:
         backend = backends.get(ORT_BACKEND)
     except Exception as exc:  # noqa: BLE001 - a report row, not a crash
@@ -509,7 +436,7 @@ def report(facts: Facts) -> Report:
     for need in NEEDS:
         r.add("Phi-3-mini needs (estimates)", need.precision, fit(need, facts))
     for lib in LIBRARIES:
-        r.add("libraries", lib, _version(lib))
+        r.add("libraries", lib, library_version(lib))
     if facts.openvino_error:
         r.add("OpenVINO devices", "-", facts.openvino_error)
     for d in facts.openvino_devices:

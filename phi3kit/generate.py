@@ -17,7 +17,7 @@ from .backends import get
 from .backends.base import Backend, Log, Token
 from .cache import Export, ExportCache
 from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
-from .context import Message, context_window, fit_history, kv_bytes_per_token, memory_window
+from .context import ROLES, Message, context_window, fit_history, kv_bytes_per_token, memory_window, to_messages  # noqa: F401
 from .context import trim_notice as _trim_notice
 from .errors import CachedEntryError, Phi3kitError, last_line
 from .exporting import complete, prepare
@@ -25,26 +25,9 @@ from .metrics import Metrics, PeakMemory
 from .safefs import is_inside
 from .sources import ModelSource
 from .tokenizer import Tokenizer
-from .tuning import describe, stored, stored_path
+from .tuned import describe, stored, stored_path
 
-ROLES = ("system", "user", "assistant")
 END_TOKENS = ("<|end|>", "<|endoftext|>")
-
-
-def to_messages(prompt: str | Sequence[Message], system: str | None = None) -> list[Message]:
-    """A plain string becomes one user turn; a message list is checked, not rewritten."""
-    if isinstance(prompt, str):
-        messages = [{"role": "user", "content": prompt}]
-    else:
-        messages = [dict(m) for m in prompt]
-        for m in messages:
-            if m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                raise Phi3kitError(f"Each message needs a role in {ROLES} and a string content; got {m!r}.")
-    if not messages or messages[-1]["role"] != "user":
-        raise Phi3kitError("The last message must be the user's turn.")
-    if system and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": system})
-    return messages
 
 
 class IncrementalDecoder:

@@ -230,9 +230,9 @@ def pack(model: str, routes: str | Sequence[str], out: str | Path, *, revision: 
 
 
 def _kit_version() -> str:
-    from . import __version__
+    from .machine import library_version  # the installed package's own record: no import of phi3kit itself
 
-    return __version__
+    return library_version("phi3kit")
 
 
 def read_index(pack_dir: Path) -> PackIndex:

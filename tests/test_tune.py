@@ -111,24 +111,22 @@ def test_the_choice_applies_on_the_next_load_and_only_where_measured(tuned_cache
     other_export = kit.load("pocket", "openvino", "int4-cw", cache_dir=str(cache), log=quiet)
     assert other_export.tuning is None  # never applied where it was not measured
     assert stored(s.config, s.export) is not None
-    from phi3kit.bench import machine
+    import phi3kit.tuned as tuned  # where the stored choice is looked up
 
-    real = machine.hardware
+    real = tuned.hardware
 
     def another_cpu() -> dict:
         return {**real(), "cpu": "another CPU"}
 
-    monkeypatch.setattr(machine, "hardware", another_cpu)
+    monkeypatch.setattr(tuned, "hardware", another_cpu)
     assert stored(s.config, s.export) is None  # a changed CPU invalidates it
     monkeypatch.undo()
-    import phi3kit.tuning as tuning
-
-    versions = tuning.version
+    versions = tuned.library_version
 
     def newer(lib: str) -> str:
         return "2099.1" if lib == "openvino" else versions(lib)
 
-    monkeypatch.setattr(tuning, "version", newer)
+    monkeypatch.setattr(tuned, "library_version", newer)
     assert stored(s.config, s.export) is None  # so does another library version
 
 

@@ -7,6 +7,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,6 +19,34 @@ from ..sources import ModelSource
 
 Log = Callable[[str], None]
 Token = tuple[int, float]
+
+
+# Properties whose value changes the arithmetic, so greedy ids may change: a tuned session says so.
+NUMERIC_KEYS = ("INFERENCE_PRECISION_HINT", "DYNAMIC_QUANTIZATION_GROUP_SIZE", "KV_CACHE_PRECISION",
+                "KEY_CACHE_PRECISION", "VALUE_CACHE_PRECISION")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One set of runtime properties to try, merged over the session's own."""
+
+    name: str
+    properties: dict[str, Any]
+    why: str = ""
+
+    @property
+    def numerics(self) -> bool:
+        return any(k in NUMERIC_KEYS for k in flat_properties(self.properties))
+
+
+def flat_properties(props: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in props.items():
+        if isinstance(v, dict):
+            out.update(flat_properties(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}" if prefix else k] = v
+    return out
 
 
 class Backend(abc.ABC):
@@ -81,8 +110,13 @@ class Backend(abc.ABC):
 
     # --- exports and ready-made folders ---------------------------------------------------------
     @classmethod
+    def device_name(cls, cfg: LoadConfig) -> str | None:
+        """The device as its runtime names it (a GPU's model, not "GPU.1"), where the runtime can say; else None."""
+        return None
+
+    @classmethod
     def tune_candidates(cls, cfg: LoadConfig) -> list[Any]:
-        """Runtime settings worth timing against the defaults for this device (phi3kit.tuning.Candidate each)."""
+        """Runtime settings worth timing against the defaults for this device (a Candidate each)."""
         return []
 
     @classmethod
@@ -106,15 +140,9 @@ class Backend(abc.ABC):
 
     @classmethod
     def exporter_versions(cls) -> dict[str, str]:
-        from importlib.metadata import PackageNotFoundError, version
+        from ..machine import library_version
 
-        out = {}
-        for lib in cls.exporter:
-            try:
-                out[lib] = version(lib)
-            except PackageNotFoundError:
-                out[lib] = "not installed"
-        return out
+        return {lib: library_version(lib) for lib in cls.exporter}
 
     @classmethod
     def missing_exporter(cls) -> str | None:

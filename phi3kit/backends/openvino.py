@@ -19,7 +19,7 @@ from ..devices import missing_device_message, openvino_devices
 from ..errors import ExportError, MissingDependencyError, ModelSourceError, UnknownChoiceError
 from ..procs import run_logged
 from ..sources import ModelSource, check_phi3
-from .base import Backend, Log, Token, hf_stream, threaded_stream
+from .base import Backend, Candidate, Log, Token, hf_stream, threaded_stream
 from .longrope import longrope_window, patch_optimum_cache_position
 from .openvino_npu import (
     NPUDriverError,
@@ -171,10 +171,16 @@ class OpenVINOBackend(Backend):
                 raise NPUDriverError(problem)
 
     @classmethod
+    def device_name(cls, cfg: LoadConfig) -> str | None:
+        from ..devices import core, device_available
+
+        ov = core()
+        return str(ov.get_property(cfg.device, "FULL_DEVICE_NAME")) \
+            if device_available(cfg.device, ov.available_devices) else None
+
+    @classmethod
     def tune_candidates(cls, cfg: LoadConfig) -> list[Any]:
         """OpenVINO's documented performance properties for the device (docs/compatibility.md)."""
-        from ..tuning import Candidate
-
         family = cfg.device.split(".")[0].upper()
         if family == "NPU":
             return [Candidate("best-perf", {"GENERATE_HINT": "BEST_PERF"}, "the NPU's faster-decode compile"),

@@ -27,7 +27,7 @@ from ..context import Limits, model_limits
 from ..errors import DeviceNotFoundError, ExportError, MissingDependencyError, ModelSourceError, UnknownChoiceError
 from ..procs import run_logged, shell_commands
 from ..sources import ModelSource, check_phi3
-from .base import Backend, Log, Token, threaded_stream
+from .base import Backend, Candidate, Log, Token, threaded_stream
 
 # Device (as users spell it, like the other backends) -> ONNX Runtime GenAI provider name.
 PROVIDERS = {"CPU": "cpu", "DML": "dml", "CUDA": "cuda"}
@@ -414,8 +414,6 @@ class OrtGenAIBackend(Backend):
         """Session threads (a genai_config overlay). The accuracy level is a build option: changing it means a
         new build (prefer='export', accuracy_level=1..4), so the tuner does not try it; docs/benchmarks.md has it."""
         import psutil
-
-        from ..tuning import Candidate
 
         physical, logical = psutil.cpu_count(logical=False) or 1, psutil.cpu_count() or 1
         options = {n for n in (physical, logical, max(physical - 1, 1)) if n}

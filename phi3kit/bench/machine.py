@@ -1,35 +1,14 @@
-"""The machine the numbers belong to: CPU, ISA, memory, libraries, and the read bandwidth that bounds decode."""
+"""The read bandwidth that bounds decode; the machine the numbers belong to is phi3kit.machine.hardware."""
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import sys
-from importlib.metadata import PackageNotFoundError, version
-from typing import Any
 
 import psutil
 
-from ..diagnostics import LIBRARIES, cpu_info
+from ..machine import hardware  # noqa: F401 - measurements record the machine they ran on
 from ..procs import popen
-
-
-def hardware() -> dict[str, Any]:
-    """The machine the numbers belong to."""
-    name, isa, _ = cpu_info()  # AVX2 only or AVX-512/VNNI/AMX decides int4 speed as much as bandwidth does
-    cpu = name or platform.machine()
-    vm = psutil.virtual_memory()
-    libs = {}
-    for lib in LIBRARIES:
-        try:
-            libs[lib] = version(lib)
-        except PackageNotFoundError:
-            libs[lib] = "not installed"
-    return {"cpu": cpu, "isa": isa, "cores_physical": psutil.cpu_count(logical=False),
-            "cores_logical": psutil.cpu_count(),
-            "ram_total_gb": round(vm.total / 1e9, 1), "ram_available_gb": round(vm.available / 1e9, 1),
-            "os": platform.platform(), "python": platform.python_version(), "libraries": libs}
-
 
 _READER = """
 import sys, time

@@ -127,7 +127,7 @@ def agreement_prompts(model: str, session: Any, n: int) -> list[list[int]]:
         return []
     if model == "pocket":
         from .. import pocket
-        from ..generate import to_messages
+        from ..context import to_messages
 
         return [session.encode(to_messages(qa["question"])) for qa in pocket.load_qa()[:n]]
     prompts = Prompts(session.tokenizer)
