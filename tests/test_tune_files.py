@@ -25,7 +25,7 @@ import phi3kit as kit
 from phi3kit import pocket
 from phi3kit.cli import main
 from phi3kit.errors import Phi3kitError, StorageError, TuningFileError
-from phi3kit.tuning import TUNED_DIR, _shape_problem, stored_path
+from phi3kit.tuned import TUNED_DIR, _shape_problem, stored_path
 
 SMALL = {"runs": 2, "prompt_tokens": 32, "new_tokens": 4, "agreement_prompts": 1, "agreement_tokens": 2}
 
