@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ContextWindowError, Phi3kitError
 
@@ -182,3 +183,11 @@ def to_messages(prompt: str | Sequence[Message], system: str | None = None) -> l
     if system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system})
     return messages
+
+
+def sliding_window_of(model_config: dict[str, Any]) -> int | None:
+    """The checkpoint's attention window when it binds inside the context, else None (LongRoPE variants)."""
+    window, context = model_config.get("sliding_window"), int(model_config.get("max_position_embeddings") or 0)
+    if window is None or int(window) <= 0 or (context and int(window) >= context):
+        return None
+    return int(window)

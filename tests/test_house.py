@@ -386,7 +386,6 @@ KNOWN_CROSSINGS = {
     ("phi3kit.widgets", "phi3kit.runner"): "widgets reads runner.HEADLESS_ENV",
     ("phi3kit.diagnostics", "phi3kit.backends.openvino"): "the doctor reads the NPU driver through the backend",
     ("phi3kit.diagnostics", "phi3kit.backends.npu_library"): "the doctor probes the seed library's NPU",
-    ("phi3kit.backends.llamacpp", "phi3kit.backends.ortgenai"): "llama.cpp reuses ortgenai.sliding_window_of",
     ("phi3kit.pocket", "phi3kit"): "pocket/ready.py, a build script, runs the kit's exports",
 }
 

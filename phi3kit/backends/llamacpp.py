@@ -33,13 +33,12 @@ from typing import Any, ClassVar
 
 from ..cache import ExportCache
 from ..config import GenerationConfig, LoadConfig
-from ..context import Limits, kv_bytes_per_token, memory_window, model_limits
+from ..context import Limits, kv_bytes_per_token, memory_window, model_limits, sliding_window_of
 from ..errors import ExportError, MissingDependencyError, Phi3kitError, UnknownChoiceError
 from ..procs import run_logged
 from ..sources import ModelSource
 from .base import Backend, Log, Token, threaded_stream
 from .longrope import longrope_window
-from .ortgenai import sliding_window_of
 
 PACKAGE = "llama-cpp-python"
 REQUIREMENTS = "llamacpp.txt"

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from ..cache import Export, ExportCache
 from ..config import GenerationConfig, LoadConfig
-from ..context import Limits, model_limits
+from ..context import Limits, model_limits, sliding_window_of
 from ..errors import DeviceNotFoundError, ExportError, MissingDependencyError, ModelSourceError, UnknownChoiceError
 from ..procs import run_logged, shell_commands
 from ..sources import ModelSource, check_phi3
@@ -173,14 +173,6 @@ def builder_traps(model_config: dict[str, Any], precision: str, target: str) -> 
 # local_window_size=W with sliding_window_cache=1 and `layers` [0..L-1]: the kernel evicts, the cache stays
 # W + 16 positions, and the ids equal PyTorch's over the whole context.
 ATTENTION_FIX = 1  # bump to rebuild exports when this recipe changes
-
-
-def sliding_window_of(model_config: dict[str, Any]) -> int | None:
-    """The checkpoint's attention window when it binds inside the context, else None (LongRoPE variants)."""
-    window, context = model_config.get("sliding_window"), int(model_config.get("max_position_embeddings") or 0)
-    if window is None or int(window) <= 0 or (context and int(window) >= context):
-        return None
-    return int(window)
 
 
 def needs_layer_types(model_config: dict[str, Any]) -> bool:
