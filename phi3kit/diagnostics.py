@@ -319,34 +319,18 @@ def _ort(facts: Facts) -> None:
 
 def _openvino(facts: Facts) -> Any:
     try:
-        from .backends.openvino import npu_driver_problem, npu_info
-        from .devices import core as openvino_core
-        from .devices import openvino_device_info
-    except ImportError as exc:
-        facts.openvino_error = f"openvino is not installed ({exc.name})"
+        facts.openvino_devices = backends.get("openvino").device_rows()
+    except ImportError as exc:  # MissingDependencyError is one
+        facts.openvino_error = f"openvino is not installed ({getattr(exc, 'name', None) or exc})"
         return None
-    core = openvino_core()
-    facts.openvino_devices = openvino_device_info()
-    info = npu_info(core)
-    if info is not None:
-        row = next(d for d in facts.openvino_devices if device_family(d["device"]) == "NPU")
-        row.update(driver=str(info.driver_version), compiler=str(info.compiler_version))
-        facts.npu_problem = npu_driver_problem(info) or ""
-    return core
+    facts.npu_problem = next((d.pop("problem") for d in facts.openvino_devices if "problem" in d), "")
+    from .devices import core
+
+    return core()
 
 
 def _npu_library() -> str:
-    from .backends.npu_library import PACKAGE, NPULibraryUnavailableError, import_library
-
-    try:
-        lib = import_library()
-    except NPULibraryUnavailableError as exc:
-        return f"not importable: {exc}"
-    except Exception as exc:  # noqa: BLE001 - a broken install is a report row too
-        return f"import failed: {exc!r}"
-    from intel_npu_acceleration_library.backend import npu_available
-
-    return f"{PACKAGE} {lib.__version__} importable; NPU {'found' if npu_available() else 'not found (CPU fallback)'}"
+    return backends.get("npu-library").status() or ""
 
 
 def gather() -> Facts:

@@ -384,8 +384,6 @@ COMMANDS = {m for m, floor in FLOORS.items() if floor == 5}
 KNOWN_CROSSINGS = {
     ("phi3kit.bench", "phi3kit.runner"): "bench.report numbers result files with runner.free_path",
     ("phi3kit.widgets", "phi3kit.runner"): "widgets reads runner.HEADLESS_ENV",
-    ("phi3kit.diagnostics", "phi3kit.backends.openvino"): "the doctor reads the NPU driver through the backend",
-    ("phi3kit.diagnostics", "phi3kit.backends.npu_library"): "the doctor probes the seed library's NPU",
     ("phi3kit.pocket", "phi3kit"): "pocket/ready.py, a build script, runs the kit's exports",
 }
 

@@ -110,6 +110,17 @@ class Backend(abc.ABC):
 
     # --- exports and ready-made folders ---------------------------------------------------------
     @classmethod
+    def device_rows(cls) -> list[dict[str, str]]:
+        """This machine's devices as the doctor lists them (device, name, driver...); a row whose driver is known
+        not to run LLMs carries a `problem` with its fix. ImportError where the runtime is not installed."""
+        return [{"device": d} for d in cls.devices(cls.default_runtime())]
+
+    @classmethod
+    def status(cls) -> str | None:
+        """One line for the doctor about what this backend finds here beyond its devices, or None."""
+        return None
+
+    @classmethod
     def device_name(cls, cfg: LoadConfig) -> str | None:
         """The device as its runtime names it (a GPU's model, not "GPU.1"), where the runtime can say; else None."""
         return None

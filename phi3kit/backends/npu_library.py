@@ -93,6 +93,19 @@ class NPULibraryBackend(Backend):
         return ["NPU"] if npu_available() else ["CPU"]
 
     @classmethod
+    def status(cls) -> str:
+        try:
+            lib = import_library()
+        except NPULibraryUnavailableError as exc:
+            return f"not importable: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a broken install is a report row too
+            return f"import failed: {exc!r}"
+        from intel_npu_acceleration_library.backend import npu_available
+
+        found = "found" if npu_available() else "not found (CPU fallback)"
+        return f"{PACKAGE} {lib.__version__} importable; NPU {found}"
+
+    @classmethod
     def device_help(cls, device: str, available: list[str]) -> str:
         if available == ["CPU"]:
             return (f"{PACKAGE} finds no NPU on this machine. Without one it falls back to the CPU (slower than "

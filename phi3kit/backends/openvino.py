@@ -171,6 +171,20 @@ class OpenVINOBackend(Backend):
                 raise NPUDriverError(problem)
 
     @classmethod
+    def device_rows(cls) -> list[dict[str, str]]:
+        """OpenVINO's devices with their names, drivers and types; the NPU's compiler, and its driver's problem."""
+        from ..devices import core, device_family, openvino_device_info
+
+        rows = openvino_device_info()
+        info = npu_info(core())
+        if info is not None:
+            row = next(d for d in rows if device_family(d["device"]) == "NPU")
+            row.update(driver=str(info.driver_version), compiler=str(info.compiler_version))
+            if problem := npu_driver_problem(info):
+                row["problem"] = problem
+        return rows
+
+    @classmethod
     def device_name(cls, cfg: LoadConfig) -> str | None:
         from ..devices import core, device_available
 
