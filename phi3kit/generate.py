@@ -16,6 +16,7 @@ from typing import Any
 from .backends import get
 from .backends.base import Backend, Log, Token
 from .cache import Export
+from .catalog import for_origin
 from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
 from .context import Message, context_window, fit_history, kv_bytes_per_token, memory_window
 from .context import trim_notice as _trim_notice
@@ -290,7 +291,10 @@ class Session:
         runtime = c.runtime or get(c.backend).default_runtime()
         route = f"{self.export.route}: {self.origin}" if self.origin else self.export.route
         tuned = f" | {self.tuned}" if self.tuned else ""
-        return f"<Session {c.model} {c.backend}/{runtime} {c.precision} on {c.device} | {route} | {self.recipe}{tuned}>"
+        known = for_origin(self.origin) if self.export.route == "ready-made" else None
+        about = f" | {known[1].about}" if known else ""  # the weights' release, an unverified id: from the catalog
+        return (f"<Session {c.model} {c.backend}/{runtime} {c.precision} on {c.device} | {route} | {self.recipe}"
+                f"{about}{tuned}>")
 
 
 def stop_token_ids(tokenizer: Any, model_dir: Path) -> list[int]:
