@@ -138,7 +138,8 @@ def hub_cache(home: Path, repo: str, files_from: Path, *, subfolder: str | None 
     """Lay `files_from` out in HF_HOME `home` as huggingface_hub stores a download of `repo` at `commit`.
 
     Each file's content is one blob (named by its sha256 when large, as LFS files are, else by its git blob
-    hash); the snapshot holds relative symlinks into blobs/ and refs/main names the commit. The snapshot folder.
+    hash); the snapshot holds relative symlinks into blobs/ (copies where the system allows no symlinks, as
+    huggingface_hub does) and refs/main names the commit. Returns the snapshot folder.
     """
     storage = home / "hub" / f"models--{repo.replace('/', '--')}"
     snapshot = storage / "snapshots" / commit
@@ -151,7 +152,10 @@ def hub_cache(home: Path, repo: str, files_from: Path, *, subfolder: str | None 
         rel = f.relative_to(files_from)
         link = snapshot / subfolder / rel if subfolder else snapshot / rel
         link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.relpath(blobs / name, link.parent), link)
+        try:
+            os.symlink(os.path.relpath(blobs / name, link.parent), link)
+        except OSError:  # Windows without developer mode: huggingface_hub then copies the file into the snapshot
+            shutil.copyfile(blobs / name, link)
     (storage / "refs").mkdir(exist_ok=True)
     (storage / "refs" / "main").write_text(commit, encoding="utf-8")
     return snapshot
