@@ -240,3 +240,8 @@ def test_each_ready_made_row_records_its_weights_and_unverified_ids_say_so(capsy
     out = capsys.readouterr().out
     marked = [line for line in out.splitlines() if "(unverified id)" in line]
     assert len(marked) == len(UNVERIFIED) and all(any(f"{r} (unverified id)" in m for m in marked) for r in UNVERIFIED)
+    from phi3kit.diagnostics import Facts, recommend  # phi3kit doctor's NPU advice names the unverified id as such
+
+    npu = recommend(Facts(ram_total_gb=16, openvino_devices=[{"device": "CPU", "name": "x"},
+                                                             {"device": "NPU", "name": "AI Boost"}]))
+    assert any(n.startswith(f"{npu.ready_made}: this repo id was not found") for n in npu.notes)
