@@ -16,7 +16,6 @@ from typing import Any
 from .backends import get
 from .backends.base import Backend, Log, Token
 from .cache import Export
-from .catalog import for_origin
 from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
 from .context import Message, context_window, fit_history, kv_bytes_per_token, memory_window
 from .context import trim_notice as _trim_notice
@@ -291,6 +290,8 @@ class Session:
         runtime = c.runtime or get(c.backend).default_runtime()
         route = f"{self.export.route}: {self.origin}" if self.origin else self.export.route
         tuned = f" | {self.tuned}" if self.tuned else ""
+        from .catalog import for_origin  # here, not at the top: keeps this edit local
+
         known = for_origin(self.origin) if self.export.route == "ready-made" else None
         about = f" | {known[1].about}" if known else ""  # the weights' release, an unverified id: from the catalog
         return (f"<Session {c.model} {c.backend}/{runtime} {c.precision} on {c.device} | {route} | {self.recipe}"
