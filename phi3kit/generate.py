@@ -290,7 +290,7 @@ class Session:
         runtime = c.runtime or get(c.backend).default_runtime()
         route = f"{self.export.route}: {self.origin}" if self.origin else self.export.route
         tuned = f" | {self.tuned}" if self.tuned else ""
-        from .catalog import for_origin  # here, not at the top: keeps this edit local
+        from .catalog import for_origin
 
         known = for_origin(self.origin) if self.export.route == "ready-made" else None
         about = f" | {known[1].about}" if known else ""  # the weights' release, an unverified id: from the catalog
