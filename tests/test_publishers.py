@@ -18,6 +18,7 @@ import pytest
 from publishers import (
     APRIL_2024_TEMPLATE,
     ONNX_BUILD,
+    config_2024,
     hub_cache,
     microsoft_onnx,
     openvino_ir,
@@ -142,6 +143,19 @@ def test_a_pack_of_symlinked_hub_snapshots_holds_real_files(published: Path, tmp
     blob = (snapshot_of(published, ONNX_REPO) / ONNX_CPU / data.name).resolve()
     assert data.read_bytes() == blob.read_bytes() and (blob.parent.name == "blobs" or not LINKS)
     assert check(out) == []
+
+
+def test_a_2024_long_context_config_is_read_as_longrope() -> None:
+    """Phi-3-mini-128k's config.json of April 2024 (transformers 4.4x) spells LongRoPE rope_scaling {"type": "su"},
+    renamed "longrope" by the July 2024 update; transformers 5 writes rope_parameters {"rope_type": ...}. Catches a
+    reader that knows only one spelling: OpenVINO GenAI's route would lose its limit at the original window."""
+    from phi3kit.backends.longrope import longrope_window
+
+    for kind in ("su", "longrope"):
+        config = {**config_2024(None), "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+                  "rope_scaling": {"type": kind, "long_factor": [1.0] * 32, "short_factor": [1.0] * 32}}
+        assert longrope_window(config) == 4096, kind
+    assert longrope_window(config_2024(None)) is None  # Phi-3-mini-4k: rope_scaling null
 
 
 # --- a template that drops the system message ---------------------------------------------------------
