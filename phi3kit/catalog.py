@@ -31,6 +31,19 @@ class ReadyMade:
     repo: str | None = None
     subfolder: str | None = None
     shipped: str | None = None  # a folder of phi3kit/pocket/ready/
+    weights: str = ""  # which release of the model's weights the folder holds ('' when its publisher does not say)
+    weights_date: str = ""  # YYYY-MM of that release
+    verified: bool = True  # False: the repo id was not found on any public page (`note` says so)
+    note: str = ""
+    not_for: str = ""  # a device the folder does not serve, and why
+
+    @property
+    def about(self) -> str:
+        """What a user comparing routes should know beyond the recipe: the weights' release, an unverified id."""
+        parts = [f"weights: {self.weights}" if self.weights else "weights: release not stated by its publisher"]
+        if not self.verified:
+            parts.append(f"unverified id: {self.note}" if self.note else "unverified id")
+        return "; ".join(parts)
 
     @property
     def where(self) -> str:
@@ -52,6 +65,8 @@ class CatalogModel:
     download_gb: float
     source: str
     ready_made: tuple[ReadyMade, ...]
+    sliding_window: int | None = None  # the checkpoint's attention window, where it binds inside the context
+    sliding_window_source: str = ""
 
     def ready_made_for(self, backend: str, precision: str, device: str) -> ReadyMade | None:
         """The row for this backend, precision and device, or None when nobody publishes one."""
@@ -66,7 +81,9 @@ class CatalogModel:
 def _row(data: dict[str, Any]) -> ReadyMade:
     return ReadyMade(backend=data["backend"], precision=data["precision"], devices=tuple(data["devices"]),
                      recipe=data.get("recipe", ""), source=data.get("source", ""), repo=data.get("repo"),
-                     subfolder=data.get("subfolder"), shipped=data.get("shipped"))
+                     subfolder=data.get("subfolder"), shipped=data.get("shipped"), weights=data.get("weights", ""),
+                     weights_date=str(data.get("weights_date", "")), verified=bool(data.get("verified", True)),
+                     note=data.get("note", ""), not_for=data.get("not_for", ""))
 
 
 @lru_cache(maxsize=1)
@@ -77,7 +94,9 @@ def catalog() -> dict[str, CatalogModel]:
     data = yaml.safe_load(CATALOG_FILE.read_text(encoding="utf-8"))
     return {alias: CatalogModel(alias=alias, checkpoint=m["checkpoint"], context_length=int(m["context_length"]),
                                 parameters=float(m["parameters"]), download_gb=float(m["download_gb"]),
-                                source=m["source"], ready_made=tuple(_row(r) for r in m.get("ready_made", [])))
+                                source=m["source"], ready_made=tuple(_row(r) for r in m.get("ready_made", [])),
+                                sliding_window=int(m["sliding_window"]) if m.get("sliding_window") else None,
+                                sliding_window_source=m.get("sliding_window_source", ""))
             for alias, m in data["models"].items()}
 
 
@@ -105,6 +124,13 @@ def for_repo(repo: str, subfolder: str | None = None) -> tuple[CatalogModel, Rea
     return None
 
 
+def for_origin(origin: str) -> tuple[CatalogModel, ReadyMade] | None:
+    """The catalog row a loaded ready-made folder came from, by its origin ('repo' or 'repo/subfolder'), or None."""
+    from .hub import split_hub_id
+
+    return for_repo(*split_hub_id(origin)) if origin else None
+
+
 def for_checkpoint(repo: str) -> CatalogModel | None:
     return next((m for m in catalog().values() if m.checkpoint == repo), None)
 
@@ -116,11 +142,16 @@ def models() -> Any:
     rows = []
     for m in catalog().values():
         for r in m.ready_made:
+            # `phi3kit models` prints ready_made: an id nobody has seen on a public page says so there.
+            where = r.where if r.verified else f"{r.where} (unverified id)"
             rows.append({"alias": m.alias, "backend": r.backend, "precision": r.precision,
-                         "devices": ", ".join(r.devices), "ready_made": r.where, "recipe": r.recipe,
-                         "context": m.context_length, "checkpoint": m.checkpoint, "source": r.source})
+                         "devices": ", ".join(r.devices), "ready_made": where, "recipe": r.recipe,
+                         "context": m.context_length, "checkpoint": m.checkpoint, "source": r.source,
+                         "weights": r.weights or "not stated", "weights_date": r.weights_date or "-",
+                         "verified": r.verified, "note": r.note, "not_for": r.not_for})
         rows.append({"alias": m.alias, "backend": "any", "precision": "any", "devices": "any",
                      "ready_made": "- (export from the checkpoint: prefer='export')",
                      "recipe": "the kit's: the seed's int4, or the precision asked for", "context": m.context_length,
-                     "checkpoint": m.checkpoint, "source": m.source})
+                     "checkpoint": m.checkpoint, "source": m.source, "weights": "the checkpoint's current ones",
+                     "weights_date": "-", "verified": True, "note": "", "not_for": ""})
     return pd.DataFrame(rows)

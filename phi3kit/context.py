@@ -24,13 +24,16 @@ class Limits:
     """The tokens a loaded route can serve: `window` for prompt + answer, `max_prompt` for the prompt alone.
 
     `why` names what sets them (the model's context, an NPU's compiled shapes, a runtime's cap) and `fix`
-    what would raise them; both go into every error and trim notice.
+    what would raise them; both go into every error and trim notice. `note` is what the route serves
+    differently from the model inside those limits ('' when nothing): e.g. a build without the model's
+    sliding window, whose answers past the window differ from the model's.
     """
 
     window: int
     max_prompt: int
     why: str
     fix: str = ""
+    note: str = ""
 
     def check(self, n_prompt: int, max_new_tokens: int) -> None:
         """Raise ContextWindowError, naming the limit and the fix, when the request does not fit."""

@@ -137,6 +137,9 @@ def with_ready_made(rec: Recommendation) -> Recommendation:
         rec.settings = f"ready-made: {row.recipe} (prefer='export' for the kit's own: {rec.settings})"
         rec.notes.append(f"Ready-made for this route: {row.where} ({row.recipe}). kit.load uses it as it is: no "
                          "11 GB export, no PyTorch (requirements/lean.txt is enough).")
+        if not row.verified:  # the NPU's int4-cw ids among them: say so before the learner relies on it
+            rec.notes.append(f"{row.where}: {row.note or 'an unverified repo id'}; if it does, prefer='export' "
+                             "builds the same precision from the checkpoint.")
     return rec
 
 

@@ -280,7 +280,12 @@ class Session:
         runtime = c.runtime or get(c.backend).default_runtime()
         route = f"{self.export.route}: {self.origin}" if self.origin else self.export.route
         tuned = f" | {self.tuned}" if self.tuned else ""
-        return f"<Session {c.model} {c.backend}/{runtime} {c.precision} on {c.device} | {route} | {self.recipe}{tuned}>"
+        from .catalog import for_origin
+
+        known = for_origin(self.origin) if self.export.route == "ready-made" else None
+        about = f" | {known[1].about}" if known else ""  # the weights' release, an unverified id: from the catalog
+        return (f"<Session {c.model} {c.backend}/{runtime} {c.precision} on {c.device} | {route} | {self.recipe}"
+                f"{about}{tuned}>")
 
 
 def _cached_entry_error(exc: Exception, cfg: LoadConfig, export: Export, given: dict[str, Any],

@@ -10,6 +10,7 @@ non-ASCII). tests/test_tokenizer.py checks that ids, text and templates equal tr
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from datetime import datetime
 from functools import cached_property
@@ -22,6 +23,13 @@ SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 # transformers' clean_up_tokenization: only applied when tokenizer_config.json asks for it.
 _CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+class SystemMessageIgnored(UserWarning):
+    """The model's chat template wrote no system message: the model never reads it."""
+
+
+_WARNED_SYSTEM: set[Path] = set()  # folders already warned about, once each per process
 
 
 def _token_text(value: Any) -> str | None:
@@ -89,7 +97,24 @@ class Tokenizer:
         """The messages as the model's template writes them (text, or its ids with `tokenize`)."""
         text = self._template.render(messages=list(messages), tools=None, documents=None,
                                      add_generation_prompt=add_generation_prompt, **self.special_tokens)
+        self._check_system(messages, text)
         return self.encode(text) if tokenize else text
+
+    def _check_system(self, messages: Sequence[dict[str, str]], text: str) -> None:
+        """Warn (once per folder) when the template left a system message out of the prompt it wrote.
+
+        Phi-3's April 2024 template writes user and assistant turns only: a system prompt given to such a
+        folder is silently dropped, and the answer reads as if it had been followed.
+        """
+        system = [m.get("content") or "" for m in messages if m.get("role") == "system"]
+        if not any(s.strip() and s.strip() not in text for s in system) or self.folder in _WARNED_SYSTEM:
+            return
+        _WARNED_SYSTEM.add(self.folder)
+        warnings.warn(
+            f"{self.folder}: the system message is ignored by this model's chat template (it writes only user and "
+            "assistant turns, as Phi-3's April 2024 template does), so the model never reads it. Fix: put the "
+            "instruction in the first user turn, or use a folder with the July 2024 template (one that writes "
+            "<|system|> turns).", SystemMessageIgnored, stacklevel=5)
 
     def encode(self, text: str) -> list[int]:
         """Ids of `text` as it stands: no BOS or EOS added (the chat template writes what the model needs)."""

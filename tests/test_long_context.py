@@ -121,6 +121,34 @@ def test_the_onnx_build_has_the_window_built_in(models: Callable[[str], Path]) -
 
 
 @pytest.mark.slow
+def test_a_2024_build_without_the_window_says_its_answers_differ_past_it(models: Callable[[str], Path],
+                                                                        tmp_path: Path) -> None:
+    """Microsoft's 2024 Phi-3 ONNX folders: no sliding_window in genai_config.json, none in the graph, a config.json
+    that declares it. Such a build attends to the whole context: the model's answers up to the window, others past
+    it, and no failure. The kit's limits keep the whole context and say so in their note (before: nothing said)."""
+    import shutil
+    import subprocess
+    import sys
+
+    model = models("window")
+    out = tmp_path / "as-in-2024"
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model), "-o", str(out), "-p", "fp32",
+           "-e", "cpu", "-c", str(tmp_path / "c")]
+    subprocess.run(cmd, check=True, capture_output=True)
+    genai = json.loads((out / "genai_config.json").read_text(encoding="utf-8"))
+    del genai["model"]["decoder"]["sliding_window"]  # the 2024 builders wrote none
+    (out / "genai_config.json").write_text(json.dumps(genai, indent=2), encoding="utf-8")
+    shutil.copy2(model / "config.json", out / "config.json")
+    s = kit.load(str(out), "ortgenai", log=quiet)
+    assert s.limits.window == CONTEXT and f"sliding_window={WINDOW}" in s.limits.note
+    assert f"pass {WINDOW + 1} tokens differ from the model's" in s.limits.note
+    ids = prompt_ids(40)
+    assert greedy(s, ids, WINDOW + 1 - 40) == reference(model, ids, WINDOW + 1 - 40)  # inside the window: the model's
+    ids = prompt_ids(300)
+    assert greedy(s, ids, 20) != reference(model, ids, 20)  # past it: what the note says
+
+
+@pytest.mark.slow
 def test_a_build_that_ignores_the_window_is_capped_before_it_fails(models: Callable[[str], Path],
                                                                    tmp_path: Path) -> None:
     """A folder built by the builder as it is (a ready-made folder from elsewhere): the kit serves what it answers

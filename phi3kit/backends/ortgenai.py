@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -234,6 +234,42 @@ def window_limits(model_dir: Path) -> tuple[int, int | None]:
     if got["local_window_size"] == [-1] and not section.get("layers"):
         return 0, window + 1
     return 0, None
+
+
+def known_window(model_dir: Path, model: str) -> tuple[int, str] | None:
+    """(the model's sliding window, where that is known from) for a build: its folder's config.json when it has
+    one (Microsoft's ONNX folders do), else the catalog's row for `model` (an alias or a hub id); None: no window."""
+    config_file = model_dir / "config.json"
+    if config_file.is_file():
+        window = sliding_window_of(json.loads(config_file.read_text(encoding="utf-8")))
+        return (window, f"its config.json says sliding_window={window}") if window else None
+    from .. import catalog
+    from ..hub import split_hub_id
+
+    entry = catalog.catalog().get(model) or (found[0] if (found := catalog.for_repo(*split_hub_id(model))) else None)
+    if entry is None or not entry.sliding_window:
+        return None
+    return entry.sliding_window, f"the catalog's {entry.alias} row ({entry.sliding_window_source})"
+
+
+def missing_window_note(model_dir: Path, model: str) -> str:
+    """What to tell a user whose build lacks the model's sliding window ('' when it has it, or the model has none).
+
+    ONNX Runtime GenAI's builders of 2024 (0.3-0.5) wrote no sliding_window into genai_config.json and no window
+    into the attention nodes, so Microsoft's 2024 Phi-3-mini-4k folders attend to the whole context where the
+    model attends to its last 2047 tokens: identical up to the window, different past it (no failure, no warning).
+    """
+    known = known_window(model_dir, model)
+    if known is None:
+        return ""
+    got = built_window(model_dir)
+    if got["section"] or any(int(w) > 0 for w in got["local_window_size"]):
+        return ""  # the window is built in (or the runtime keeps only it): window_limits covers the rest
+    window, where = known
+    return (f"this build has no sliding window, while the model attends to only its last {window} tokens ({where}): "
+            f"genai_config.json has no sliding_window and the graph's attention has no window, so answers whose prompt "
+            f"plus answer pass {window + 1} tokens differ from the model's. For the model's answers keep prompt + "
+            "max_new_tokens within that, or export it with this phi3kit (prefer='export'), which builds the window in.")
 
 
 # transformers 5 names every tokenizer.json-backed tokenizer "TokenizersBackend" in tokenizer_config.json.
@@ -516,6 +552,8 @@ class OrtGenAIBackend(Backend):
                 f"The ready-made ONNX model in {folder} holds {precision} weights ({recipe}), not {cfg.precision}. "
                 f"Fix: precision={precision!r}, or a folder with {cfg.precision} weights, or prefer='export' to "
                 f"build {cfg.precision} from the checkpoint.")
+        if note := missing_window_note(folder, cfg.model):
+            log(f"Note: {note}")
         return Export(folder, True, 0.0, route="ready-made", recipe=recipe, precision=precision)
 
     def __init__(self, model_dir: Path, cfg: LoadConfig) -> None:
@@ -533,6 +571,7 @@ class OrtGenAIBackend(Backend):
             config.overlay(json.dumps(cfg.runtime_config))  # merged into genai_config.json
         self.model = og.Model(config)
         self.window_floor, self.window_cap = window_limits(model_dir)
+        self.window_note = missing_window_note(model_dir, cfg.model)
         genai = json.loads((model_dir / "genai_config.json").read_text(encoding="utf-8"))
         self.context = int(genai["model"].get("context_length") or 0)
         # The CPU keeps the KV cache in fp32 for int4, int8 and fp32 builds (fp16 builds: fp16).
@@ -546,7 +585,7 @@ class OrtGenAIBackend(Backend):
 
     def limits(self, context_length: int) -> Limits:
         if self.window_cap is None:
-            return model_limits(context_length)
+            return replace(model_limits(context_length), note=self.window_note)
         window = min(context_length, self.window_cap)
         return Limits(window, window - 1,
                       f"this ONNX Runtime GenAI build, which ignores the model's sliding window: it answers correctly "
