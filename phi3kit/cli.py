@@ -4,12 +4,57 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
-from . import backends, bench
+from . import __version__, backends, bench
 from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
-from .errors import Phi3kitError
+from .errors import ParameterError, Phi3kitError
+
+DEBUG_ENV = "PHI3KIT_DEBUG"  # set to 1 (like --debug): errors the kit refuses keep their traceback
+EOF_KEYS = "Ctrl-Z then Enter" if os.name == "nt" else "Ctrl-D"
+
+
+def undecodable(text: str) -> bool:
+    """True when `text` holds bytes that were not UTF-8 (Python keeps them as lone surrogates)."""
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+def replace_undecodable(text: str) -> str:
+    """`text` with each byte that was not UTF-8 (a lone surrogate) replaced by U+FFFD."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def utf8_text(text: str | None, what: str) -> str | None:
+    """A command-line text, or ParameterError when the terminal passed bytes that are not UTF-8."""
+    if text is not None and undecodable(text):
+        raise ParameterError(
+            f"{what} holds bytes that are not UTF-8 text ({replace_undecodable(text)!r}, the bad bytes shown as "
+            "\ufffd). Fix: type it again, or save the text as UTF-8 and pass that; in PowerShell run "
+            "[Console]::InputEncoding = [Text.Encoding]::UTF8 first.")
+    return text
+
+
+def safe_output() -> None:
+    """Output that cannot fail on a character: a redirected stream in a legacy code page (cp1252...) is
+    written as UTF-8 instead (Chinese or Persian answers would raise UnicodeEncodeError); a console that
+    cannot show a character shows '?' instead of crashing."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding in ("utf8", "utf8sig") or not hasattr(stream, "reconfigure"):
+            continue
+        try:
+            if stream.isatty():
+                stream.reconfigure(errors="replace")
+            else:
+                stream.reconfigure(encoding="utf-8", errors="replace")
+        except (OSError, ValueError):  # a closed or detached stream: nothing to change
+            pass
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -31,7 +76,20 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--untuned", action="store_true", help="ignore what `phi3kit tune` stored: the runtime defaults")
 
 
+def folder_arg(path: str | None, option: str) -> str | None:
+    """A folder given on the command line: a file in its place is refused before anything runs."""
+    if path is not None and os.path.exists(path) and not os.path.isdir(path):
+        import errno
+
+        from .safefs import storage_error
+
+        raise storage_error(NotADirectoryError(errno.ENOTDIR, "not a folder", path), path,
+                            f"{option} must name a folder (new or existing), not a file")
+    return path
+
+
 def _config(a: argparse.Namespace) -> LoadConfig:
+    folder_arg(a.cache_dir, "--cache-dir")
     return LoadConfig(model=a.model, backend=a.backend, precision=a.precision, device=a.device, runtime=a.runtime,
                       cache_dir=a.cache_dir, group_size=a.group_size, ratio=a.ratio, prefer=a.prefer,
                       trust_remote_code=a.trust_remote_code, tuned=not a.untuned)
@@ -49,8 +107,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from .generate import Session
 
     gen = _generation_config(a)  # checked before anything loads
+    prompt, system = utf8_text(a.prompt, "The prompt"), utf8_text(a.system, "--system")
     session = Session.load(_config(a), log=lambda m: print(m, file=sys.stderr))
-    response = session.generate(a.prompt, system=a.system, config=gen)
+    response = session.generate(prompt, system=system, config=gen)
     for chunk in response:
         print(chunk, end="", flush=True)
     print()
@@ -66,6 +125,9 @@ def cmd_models(a: argparse.Namespace) -> int:
 
     frame = models()
     if a.model:
+        from .catalog import lookup
+
+        lookup(a.model)  # a name that is no alias: the error lists the aliases (an empty table said nothing)
         frame = frame[frame["alias"] == a.model]
     columns = ["alias", "backend", "precision", "devices", "ready_made", "context"] + (["recipe", "source"] if a.all
                                                                                        else [])
@@ -143,11 +205,12 @@ def cmd_doctor(a: argparse.Namespace) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from .runner import coerce, localized, run_notebook
+    from .runner import coerce, find_notebook, localized, run_notebook
 
     target = a.notebook
     if target.endswith((".yaml", ".yml")) or a.grid:
         return _run_grid(a)
+    find_notebook(target)
     if a.lang:
         target = str(localized(target, a.lang))
     raw = dict(a.parameter or [])
@@ -161,13 +224,13 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 def _run_grid(a: argparse.Namespace) -> int:
     """`phi3kit run grid.yaml` or `phi3kit run NOTEBOOK -g NAME V1,V2`: every combination, then one results table."""
-    from .runner import Grid, coerce, load_grid, localized, run_grid
+    from .runner import Grid, coerce, find_notebook, load_grid, localized, run_grid
 
     if a.notebook.endswith((".yaml", ".yml")):
         base = load_grid(a.notebook)
         notebook, grid, fixed = base.notebook, dict(base.grid), dict(base.fixed)
     else:
-        notebook, grid, fixed = a.notebook, {}, {}
+        notebook, grid, fixed = find_notebook(a.notebook), {}, {}
     if a.lang:
         notebook = localized(notebook, a.lang)
     for name, value in a.parameter or []:  # the command line wins over the file
@@ -204,10 +267,16 @@ def cmd_chat(a: argparse.Namespace) -> int:
     from .generate import Session
 
     gen = _generation_config(a)  # checked before anything loads
+    system = utf8_text(a.system, "--system")
     session = Session.load(_config(a), log=lambda m: print(m, file=sys.stderr))
-    conv = Conversation(session, a.system, config=gen, context_length=a.context_length)
+    conv = Conversation(session, system, config=gen, context_length=a.context_length)
     print(f"Chatting with {session} (context window {conv.window} tokens). Ctrl-C stops an answer, "
-          "/reset clears the history, /exit or Ctrl-D quits.", file=sys.stderr)
+          f"/reset clears the history, /exit or {EOF_KEYS} quits.", file=sys.stderr)
+    if hasattr(sys.stdin, "reconfigure"):
+        try:  # bytes that are not UTF-8 arrive as lone surrogates (replaced below), never as an exception
+            sys.stdin.reconfigure(errors="surrogateescape")
+        except (OSError, ValueError):
+            pass
     while True:
         try:
             line = input("you> ")
@@ -215,8 +284,14 @@ def cmd_chat(a: argparse.Namespace) -> int:
             print()
             return 0
         except KeyboardInterrupt:
-            print("\n(Ctrl-C stops an answer; /exit or Ctrl-D quits.)", file=sys.stderr)
+            print(f"\n(Ctrl-C stops an answer; /exit or {EOF_KEYS} quits.)", file=sys.stderr)
             continue
+        except UnicodeDecodeError:  # a stream that cannot take surrogateescape: the line is lost, the chat is not
+            print("(that message was not UTF-8 text and could not be read; please type it again)", file=sys.stderr)
+            continue
+        if undecodable(line):
+            line = replace_undecodable(line)
+            print("(your message held bytes that are not UTF-8; they are shown as \ufffd)", file=sys.stderr)
         if not line.strip():
             continue
         if line.strip() in ("/exit", "/quit"):
@@ -258,7 +333,13 @@ def _generation_config(a: argparse.Namespace) -> GenerationConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="phi3kit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="phi3kit", description=__doc__,
+                                     epilog=f"Exit codes: 0 done; 1 a run that was tried and failed (or a pack "
+                                            f"check that found damage); 2 input refused before anything ran. "
+                                            f"--debug (or {DEBUG_ENV}=1) shows the traceback behind an error.")
+    parser.add_argument("--version", action="version", version=f"phi3kit {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback behind an error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("export", help="export a model for a backend into the cache")
@@ -365,13 +446,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def debugging(args: argparse.Namespace | None = None) -> bool:
+    """--debug, or PHI3KIT_DEBUG set to anything but '', 0, false or no."""
+    flag = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return flag or bool(getattr(args, "debug", False))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a kit error is one paragraph on stderr and its exit code (2 refused, 1 failed)."""
+    safe_output()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except Phi3kitError as exc:
+        if debugging(args):
+            traceback.print_exc()
         print(f"phi3kit: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
 
 
 if __name__ == "__main__":
