@@ -75,6 +75,10 @@ class ParameterError(Phi3kitError, ValueError):
     """A value given on the command line (a notebook parameter, a prompt) cannot be used as written."""
 
 
+class ExportSettingError(Phi3kitError, ValueError):
+    """An export setting (int4 group size, ratio) is out of range: refused before any export starts."""
+
+
 class NotebookRunError(Phi3kitError, RuntimeError):
     """A notebook ran and stopped at an error: the executed notebook, error included, is kept and named."""
 

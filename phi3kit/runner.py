@@ -188,6 +188,14 @@ def check_values(notebook: str | Path, parameters: dict[str, Any]) -> None:
     values = {**_defaults(notebook_parameters(notebook)), **parameters}
     if "max_new_tokens" in parameters or "do_sample" in parameters:
         GenerationConfig(max_new_tokens=values.get("max_new_tokens", 128), do_sample=bool(values.get("do_sample")))
+    if "group_size" in parameters:  # the NPU notebook's: LoadConfig's own range check
+        LoadConfig(group_size=values["group_size"])
+    if "routes" in parameters or "prompt_lengths" in parameters:  # the compare notebook's benchmark
+        from .bench.routes import parse_lengths, parse_routes, refuse_unknown
+
+        for route in parse_routes(str(values.get("routes", ""))):
+            refuse_unknown(route)
+        parse_lengths(str(values.get("prompt_lengths", "")))
     backend = NOTEBOOK_BACKENDS.get(notebook.stem)
     if backend is None or not set(parameters) & {"model", "precision", "device", "runtime", "prefer",
                                                  "fallback_to_cpu", "build_target", "block_size"}:
