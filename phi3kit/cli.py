@@ -14,7 +14,11 @@ from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
 from .errors import ParameterError, Phi3kitError
 
 DEBUG_ENV = "PHI3KIT_DEBUG"  # set to 1 (like --debug): errors the kit refuses keep their traceback
-EOF_KEYS = "Ctrl-Z then Enter" if os.name == "nt" else "Ctrl-D"
+
+
+def eof_keys() -> str:
+    """The keys that end input in this terminal (what quits `phi3kit chat`)."""
+    return "Ctrl-Z then Enter" if os.name == "nt" else "Ctrl-D"
 
 
 def undecodable(text: str) -> bool:
@@ -271,7 +275,7 @@ def cmd_chat(a: argparse.Namespace) -> int:
     session = Session.load(_config(a), log=lambda m: print(m, file=sys.stderr))
     conv = Conversation(session, system, config=gen, context_length=a.context_length)
     print(f"Chatting with {session} (context window {conv.window} tokens). Ctrl-C stops an answer, "
-          f"/reset clears the history, /exit or {EOF_KEYS} quits.", file=sys.stderr)
+          f"/reset clears the history, /exit or {eof_keys()} quits.", file=sys.stderr)
     if hasattr(sys.stdin, "reconfigure"):
         try:  # bytes that are not UTF-8 arrive as lone surrogates (replaced below), never as an exception
             sys.stdin.reconfigure(errors="surrogateescape")
@@ -284,7 +288,7 @@ def cmd_chat(a: argparse.Namespace) -> int:
             print()
             return 0
         except KeyboardInterrupt:
-            print(f"\n(Ctrl-C stops an answer; /exit or {EOF_KEYS} quits.)", file=sys.stderr)
+            print(f"\n(Ctrl-C stops an answer; /exit or {eof_keys()} quits.)", file=sys.stderr)
             continue
         except UnicodeDecodeError:  # a stream that cannot take surrogateescape: the line is lost, the chat is not
             print("(that message was not UTF-8 text and could not be read; please type it again)", file=sys.stderr)

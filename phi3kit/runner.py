@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import functools
 import itertools
 import math
 import os
@@ -85,9 +86,16 @@ def find_notebook(notebook: str | Path) -> Path:
 
 def notebook_parameters(notebook: str | Path) -> dict[str, dict[str, Any]]:
     """Name -> {type, default, help} from the notebook's `parameters` cell."""
+    path = find_notebook(notebook)
+    return {k: dict(v) for k, v in _inspect(str(path), path.stat().st_mtime_ns).items()}
+
+
+@functools.lru_cache(maxsize=32)
+def _inspect(path: str, _mtime_ns: int) -> dict[str, Any]:
+    """papermill's reading of a parameters cell, once per version of the file (every check asks for it)."""
     import papermill
 
-    return {k: dict(v) for k, v in papermill.inspect_notebook(str(find_notebook(notebook))).items()}
+    return dict(papermill.inspect_notebook(path))
 
 
 def check_parameters(notebook: str | Path, parameters: dict[str, Any]) -> None:
