@@ -176,6 +176,42 @@ def test_ctrl_c_during_overwrite_keeps_the_previous_results(tmp_path: Path) -> N
     assert sorted(p.name for p in out.iterdir()) == ["tiny.html", "tiny.ipynb"]
 
 
+def test_a_run_puts_its_files_in_place_and_overwrite_replaces_them_on_success(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The success path through the temporary files: notebook and handout in place, no temporary left.
+
+    Catches: a result left under its temporary name, or a handout rendered from the wrong (old) notebook.
+    """
+    nb = tiny_notebook(tmp_path, "print('answer', n)")
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "tiny.ipynb").write_text("OLD", encoding="utf-8")
+    (out / "tiny.html").write_text("OLD", encoding="utf-8")
+    assert main(["run", str(nb), "-p", "n", "7", "-o", str(out), "--overwrite"]) == 0
+    assert f"executed notebook: {out / 'tiny.ipynb'}" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["tiny.html", "tiny.ipynb"]
+    assert "answer 7" in (out / "tiny.html").read_text(encoding="utf-8")
+    assert "answer 7" in (out / "tiny.ipynb").read_text(encoding="utf-8")
+
+
+def test_a_grid_keeps_failed_runs_and_writes_its_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two runs, one failing, in their own processes (-j 2): exit 1, both notebooks kept, the table says which failed.
+
+    Catches: the temporary-file path losing a failed run's notebook (it shows the error) or its table row.
+    """
+    import csv
+
+    nb = tiny_notebook(tmp_path, "assert n == 1, f'n is {n}'\nprint('ok', n)")
+    out = tmp_path / "out"
+    assert main(["run", str(nb), "-g", "n", "1,2", "-j", "2", "-o", str(out)]) == 1
+    assert "1 of 2 runs succeeded" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "results.csv").open(encoding="utf-8")))
+    assert [(r["n"], r["status"]) for r in rows] == [("1", "ok"), ("2", "failed")]
+    assert "AssertionError: n is 2" in rows[1]["error"]
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "tiny-n-1.html", "tiny-n-1.ipynb", "tiny-n-2.html",
+                                                     "tiny-n-2.ipynb"]
+
+
 def test_a_full_disk_keeps_the_previous_handout_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ENOSPC when the new file is put in place: StorageError naming the path, the old file whole, no temp left.
 
