@@ -447,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="list cached exports")
     p.add_argument("--cache-dir", default=None)
     p.set_defaults(func=cmd_cache)
+    for command in sub.choices.values():  # `phi3kit run nb.ipynb --debug` works as well as `phi3kit --debug run ...`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=f"show the full traceback behind an error (also: {DEBUG_ENV}=1)")
     return parser
 
 

@@ -53,6 +53,8 @@ def test_debug_flag_and_env_show_the_traceback_plain_runs_do_not(monkeypatch: py
     debug = capsys.readouterr().err
     assert "Traceback (most recent call last)" in debug and "UnknownChoiceError" in debug
     assert debug.rstrip().splitlines()[-1].startswith("phi3kit: error: Unknown model alias")  # the message stays last
+    assert main(["models", "phi-3-mini-4kk", "--debug"]) == 2  # after the command too
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
     monkeypatch.setenv("PHI3KIT_DEBUG", "1")
     assert main(["models", "phi-3-mini-4kk"]) == 2
     assert "Traceback (most recent call last)" in capsys.readouterr().err
@@ -430,3 +432,48 @@ def test_grid_file_that_is_not_utf8_or_missing_is_the_kit_error(tmp_path: Path) 
         load_grid(tmp_path / "missing.yaml")
     with pytest.raises(ParameterError):
         coerce(OPENVINO, {"max_new_tokens": "twelve"})
+
+
+# --- 9. the OpenVINO notebook's conversation window -----------------------------------------------
+
+FOLLOW_UP_ZH = "OpenVINO GenAI 和 optimum-intel 在英特尔 NPU 上运行 Phi-3 时有什么区别？"
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_the_conv_cell_takes_an_ordinary_follow_up_and_still_trims(lang: str,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The cell as built, run on the pocket model: a 57-character Chinese follow-up fits at the default
+    max_new_tokens and at a lower one, and the first turn is still left out to show a trim.
+
+    Catches: the window `max_new_tokens + 40`, which stopped this follow-up with ContextWindowError, and shrank
+    with max_new_tokens so that the error's own fix (lower max_new_tokens) failed again.
+    """
+    from phi3kit.runner import notebook_parameters
+
+    notebook = ROOT / "notebooks" / (f"{lang}/openvino.ipynb" if lang != "en" else "openvino.ipynb")
+    cell = next(c for c in nbformat.read(str(notebook), as_version=4).cells if c.get("id") == "conv")
+    session = kit.load("pocket", "transformers", "fp32", log=lambda m: None)
+    chat_prompt = notebook_parameters(notebook)["chat_prompt"]["default"].strip("\"'")
+    for max_new_tokens in (128, 32):
+        scope = {"kit": kit, "session": session, "system": "", "chat_prompt": chat_prompt, "follow_up": FOLLOW_UP_ZH,
+                 "max_new_tokens": max_new_tokens}
+        exec(compile(cell.source, f"{notebook.name}:conv", "exec"), scope)  # noqa: S102 - the notebook's own cell
+        printed = capsys.readouterr().out
+        assert "the oldest turn was left out" in printed, printed
+        assert printed.rstrip().endswith("4 messages in conv.history")
+
+
+def test_the_context_window_errors_fix_works_when_followed() -> None:
+    """With a fixed window, the max_new_tokens the error names makes the same message fit.
+
+    Catches: a suggested fix that fails again (the number off by the template, or counted with dropped turns).
+    """
+    import re
+
+    session = kit.load("pocket", "transformers", "fp32", log=lambda m: None)
+    conv = kit.Conversation(session, max_new_tokens=100, context_length=120)
+    with pytest.raises(kit.ContextWindowError, match=r"Fix: set max_new_tokens <= \d+") as refused:
+        conv.say(FOLLOW_UP_ZH)
+    fixed = int(re.search(r"max_new_tokens <= (\d+)", str(refused.value)).group(1))  # type: ignore[union-attr]
+    conv = kit.Conversation(session, max_new_tokens=fixed, context_length=120)
+    assert conv.say(FOLLOW_UP_ZH).consume().text
