@@ -393,13 +393,21 @@ def run_notebook(notebook: str | Path, output_dir: str | Path, parameters: dict[
     with atomic_path(out, fix="free some space, or choose another output folder (-o FOLDER)") as tmp:
         try:
             execute(notebook, tmp, parameters, timeout_s)
-        except OSError:  # the notebook could not be written: StorageError naming it (atomic_path)
-            raise
         except Exception as exc:  # noqa: BLE001 - a cell's error, a dead kernel, a timeout: keep what ran, say why
+            if isinstance(exc, OSError) and exc.errno is not None:  # the notebook could not be written: atomic_path
+                raise  # makes it a StorageError naming it (a cell timeout is an OSError too, without an errno)
             raise _failed_run(exc, tmp, out) from exc
         tidy(tmp)
+        handout_error = None
         if page is not None:
-            atomic_write(page, render_html(tmp))
+            try:
+                body = render_html(tmp)
+            except Exception as exc:  # noqa: BLE001 - the executed notebook is kept all the same, then this is raised
+                handout_error = exc
+            else:
+                atomic_write(page, body)
+    if handout_error is not None:
+        raise handout_error
     return NotebookRun(out, page, parameters)
 
 

@@ -144,6 +144,20 @@ def test_a_notebook_that_fails_is_kept_under_a_clear_name_and_its_error_leads(
     assert any(o.get("ename") == "ContextWindowError" for o in outputs)
 
 
+def test_a_cell_that_times_out_is_a_failed_run_not_a_storage_error(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """nbclient's CellTimeoutError is an OSError (TimeoutError) without an errno: exit 1 and the notebook kept.
+
+    Catches: a timeout reported as 'Cannot write ...' (exit 2) and the executed notebook thrown away.
+    """
+    nb = tiny_notebook(tmp_path, "import time\ntime.sleep(30)")
+    out = tmp_path / "out"
+    assert main(["run", str(nb), "--timeout", "2", "-o", str(out), "--no-html"]) == 1
+    err = capsys.readouterr().err
+    assert "CellTimeoutError" in err and "Cannot write" not in err and str(out / "tiny-failed.ipynb") in err
+    assert sorted(p.name for p in out.iterdir()) == ["tiny-failed.ipynb"]
+
+
 # --- 4. outputs that cannot be lost ----------------------------------------------------------------
 
 
