@@ -255,6 +255,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         if a.verbose or message.startswith("--- "):
             print(message, file=sys.stderr, flush=True)
 
+    folder_arg(a.cache_dir, "--cache-dir")
+    folder_arg(a.output_dir, "-o/--output-dir")
     report = bench.run(a.model, a.routes, a.prompt_lengths, a.max_new_tokens, a.runs, warmup=a.warmup,
                        quality=not a.no_quality, reference=a.reference, quality_tokens=a.quality_tokens,
                        agreement_prompts=a.agreement_prompts, agreement_tokens=a.agreement_tokens,

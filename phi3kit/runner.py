@@ -450,6 +450,10 @@ class Grid:
 
     def __post_init__(self) -> None:
         self.notebook = Path(self.notebook)
+        for name in (*self.grid, *self.fixed):
+            if not isinstance(name, str):
+                raise GridError(f"parameter names are text; got {name!r} ({type(name).__name__}). Fix: write the "
+                                "notebook's parameter name, e.g. precision: [int4, int8].")
         for name, values in self.grid.items():
             if not isinstance(values, list) or not values:
                 raise GridError(f"grid.{name} must be a non-empty list of values, got {values!r}. "

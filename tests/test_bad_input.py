@@ -376,8 +376,9 @@ def test_bench_refuses_unknown_routes_before_anything_runs(routes: str, message:
 # --- 10. fuzz: the validation either passes or says the kit's own error ------------------------------
 
 
-def test_fuzz_run_parameters_give_the_kit_error_or_a_value(fake_openvino) -> None:  # type: ignore[no-untyped-def]
-    """Arbitrary text for any parameter of the OpenVINO notebook: a checked value or a Phi3kitError, nothing else.
+@pytest.mark.parametrize("name", ["openvino", "directml", "npu", "compare"])
+def test_fuzz_run_parameters_give_the_kit_error_or_a_value(name: str, fake_openvino) -> None:  # type: ignore[no-untyped-def]
+    """Arbitrary text for any parameter of a kit notebook: a checked value or a Phi3kitError, nothing else.
 
     Catches: a ValueError, TypeError, UnicodeError... escaping coerce/validate (what a user then sees as a traceback).
     """
@@ -387,16 +388,18 @@ def test_fuzz_run_parameters_give_the_kit_error_or_a_value(fake_openvino) -> Non
     from phi3kit.runner import notebook_parameters
 
     fake_openvino(["CPU"])
-    names = sorted(notebook_parameters(OPENVINO))
-    text = st.one_of(st.text(max_size=30), st.sampled_from(["int4", "int8", "NPU", "CPU", "pocket", "0", "-1", "1e9",
-                                                            "true", "nan", "phi-3-mini-4k", "a/b", "\x00", "\udcff",
-                                                            "optimum", "export", "ready-made", " 12 "]))
+    notebook = ROOT / "notebooks" / f"{name}.ipynb"
+    names = st.sampled_from([*sorted(notebook_parameters(notebook)), "max_tokens", "précision", ""])  # some unknown
+    text = st.one_of(st.text(max_size=30), st.sampled_from([
+        "int4", "int8", "NPU", "CPU", "DML", "pocket", "0", "-1", "1e9", "true", "nan", "phi-3-mini-4k", "a/b", "\x00",
+        "\udcff", "optimum", "export", "ready-made", " 12 ", "openvino:int3", "ortgenai:int4@CPU,transformers:fp32",
+        "openvino:int4{group_size=0}", "16,48", "0,-3", "openvino-genai", "npu-library"]))
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.dictionaries(st.sampled_from(names), text, max_size=3))
+    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.dictionaries(names, text, max_size=3))
     def check(raw: dict[str, str]) -> None:
         try:
-            values = validate(OPENVINO, coerce(OPENVINO, raw))
+            values = validate(notebook, coerce(notebook, raw))
         except Phi3kitError:
             return
         assert set(values) == set(raw)
@@ -410,7 +413,7 @@ def test_fuzz_grid_files_give_the_kit_error_or_a_grid(tmp_path_factory: pytest.T
     Catches: TypeError from an odd YAML shape (a list notebook, a number key), UnicodeDecodeError from bytes.
     """
     import yaml
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, example, given, settings
     from hypothesis import strategies as st
 
     folder = tmp_path_factory.mktemp("grids")
@@ -419,12 +422,20 @@ def test_fuzz_grid_files_give_the_kit_error_or_a_grid(tmp_path_factory: pytest.T
     values = st.one_of(scalars, st.lists(scalars, max_size=3))
     names = st.one_of(st.sampled_from(["precision", "max_new_tokens", "do_sample", "model", "cache_dir", "nope"]),
                       st.integers(0, 3))
-    body = st.one_of(st.dictionaries(names, values, max_size=3), scalars, st.lists(scalars, max_size=2))
-    document = st.fixed_dictionaries({}, optional={"notebook": st.one_of(st.just(str(OPENVINO)), scalars),
-                                                   "grid": body, "fixed": body, "extra": scalars})
+    body = st.one_of(st.dictionaries(names, st.lists(scalars, min_size=1, max_size=3), max_size=3),
+                     st.dictionaries(names, values, max_size=3), scalars)
+    kinds = {"grid": st.fixed_dictionaries({"notebook": st.just(str(OPENVINO))},
+                                           optional={"grid": body, "fixed": body}),
+             "odd notebook": st.fixed_dictionaries({"notebook": scalars}, optional={"grid": body})}
+
+    def document(kind: str) -> st.SearchStrategy[bytes]:
+        return st.binary(max_size=40) if kind == "bytes" else kinds[kind].map(lambda d: yaml.safe_dump(d).encode())
+
+    documents = st.sampled_from(["grid"] * 7 + ["odd notebook", "bytes"]).flatmap(document)  # mostly reach Grid()
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.one_of(document.map(lambda d: yaml.safe_dump(d).encode()), st.binary(max_size=40)))
+    @given(documents)
+    @example(f"notebook: {OPENVINO}\ngrid: {{0: [null]}}\nfixed: {{0: null}}\n".encode())  # found: a TypeError
     def check(data: bytes) -> None:
         path = folder / "grid.yaml"
         path.write_bytes(data)
