@@ -472,6 +472,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"phi3kit: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C: what was written before stays (outputs go through safefs), no traceback
+        if debugging(args):
+            raise
+        print("\nphi3kit: interrupted (Ctrl-C); earlier results are as they were.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
