@@ -266,6 +266,28 @@ def test_an_output_folder_that_is_a_file_is_refused_before_the_kernel(tmp_path: 
     assert f"Cannot write {blocker}" in err and "Fix:" in err and "Traceback" not in err
 
 
+def test_a_read_only_output_folder_is_refused_before_the_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """EROFS at the OS boundary (root writes anywhere, so it is faked): exit 2 naming the folder, no kernel started.
+
+    Catches: the output folder first tried when papermill writes, after the kernel started.
+    """
+    real = Path.write_bytes
+
+    def read_only(self: Path, data: bytes) -> int:
+        if self.name.startswith(".phi3kit-probe"):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    started = []
+    monkeypatch.setattr("phi3kit.runner.execute", lambda *a, **k: started.append(a))
+    assert main(["run", str(OPENVINO), "-p", "model", "pocket", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"Cannot write {tmp_path / 'out'}: the location is read-only" in err and "Fix:" in err
+    assert started == []
+
+
 # --- 5. bytes and encodings ------------------------------------------------------------------------
 
 
