@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 from . import __version__, backends, bench
 from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
-from .errors import ParameterError, Phi3kitError
+from .errors import Phi3kitError
+from .text import replace_undecodable, undecodable, utf8_text
 
 DEBUG_ENV = "PHI3KIT_DEBUG"  # set to 1 (like --debug): errors the kit refuses keep their traceback
 
@@ -19,29 +20,6 @@ DEBUG_ENV = "PHI3KIT_DEBUG"  # set to 1 (like --debug): errors the kit refuses k
 def eof_keys() -> str:
     """The keys that end input in this terminal (what quits `phi3kit chat`)."""
     return "Ctrl-Z then Enter" if os.name == "nt" else "Ctrl-D"
-
-
-def undecodable(text: str) -> bool:
-    """True when `text` holds bytes that were not UTF-8 (Python keeps them as lone surrogates)."""
-    return any("\ud800" <= ch <= "\udfff" for ch in text)
-
-
-def replace_undecodable(text: str) -> str:
-    """`text` with each byte that was not UTF-8 (a lone surrogate) replaced by U+FFFD."""
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:  # a surrogate that is no escaped byte
-        return text.encode("utf-8", "replace").decode("utf-8")
-
-
-def utf8_text(text: str | None, what: str) -> str | None:
-    """A command-line text, or ParameterError when the terminal passed bytes that are not UTF-8."""
-    if text is not None and undecodable(text):
-        raise ParameterError(
-            f"{what} holds bytes that are not UTF-8 text ({replace_undecodable(text)!r}, the bad bytes shown as "
-            "\ufffd). Fix: type it again, or save the text as UTF-8 and pass that; in PowerShell run "
-            "[Console]::InputEncoding = [Text.Encoding]::UTF8 first.")
-    return text
 
 
 def safe_output() -> None:
@@ -111,7 +89,8 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from .generate import Session
 
     gen = _generation_config(a)  # checked before anything loads
-    prompt, system = utf8_text(a.prompt, "The prompt"), utf8_text(a.system, "--system")
+    prompt = utf8_text(a.prompt, "The prompt")
+    system = None if a.system is None else utf8_text(a.system, "--system")
     session = Session.load(_config(a), log=lambda m: print(m, file=sys.stderr))
     response = session.generate(prompt, system=system, config=gen)
     for chunk in response:
@@ -273,7 +252,7 @@ def cmd_chat(a: argparse.Namespace) -> int:
     from .generate import Session
 
     gen = _generation_config(a)  # checked before anything loads
-    system = utf8_text(a.system, "--system")
+    system = None if a.system is None else utf8_text(a.system, "--system")
     session = Session.load(_config(a), log=lambda m: print(m, file=sys.stderr))
     conv = Conversation(session, system, config=gen, context_length=a.context_length)
     print(f"Chatting with {session} (context window {conv.window} tokens). Ctrl-C stops an answer, "

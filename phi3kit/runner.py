@@ -22,6 +22,7 @@ from typing import Any
 
 from .errors import NotebookRunError, ParameterError, Phi3kitError, UnknownChoiceError
 from .safefs import atomic_path, atomic_write, storage_error, writable_dir
+from .text import utf8_text
 
 # The kernel `phi3kit run` starts is this interpreter, whatever kernelspecs are installed: a `python3`
 # kernelspec from another installation on the Jupyter path would otherwise win ("No module named phi3kit").
@@ -135,12 +136,7 @@ def coerce(notebook: str | Path, raw: dict[str, str]) -> dict[str, Any]:
 
 
 def _coerce_one(notebook: str, name: str, kind: str, value: str, default: str) -> Any:
-    if any("\ud800" <= ch <= "\udfff" for ch in value):
-        shown = value.encode("utf-8", "surrogateescape" if _escapes_only(value) else "replace").decode(
-            "utf-8", "replace")
-        raise ParameterError(f"parameter {name} holds bytes that are not UTF-8 text ({shown!r}, the bad bytes shown "
-                             "as \ufffd). Fix: type it again, or save the text as UTF-8; in PowerShell run "
-                             "[Console]::InputEncoding = [Text.Encoding]::UTF8 first.")
+    utf8_text(value, f"parameter {name}")
     bad = f"parameter {name} of {notebook} is {kind}"
     if kind == "int":
         try:
@@ -162,11 +158,6 @@ def _coerce_one(notebook: str, name: str, kind: str, value: str, default: str) -
             raise ParameterError(f"{bad}; got {value!r}. Fix: -p {name} true, or -p {name} false.")
         return value.strip().lower() in _TRUE
     return value
-
-
-def _escapes_only(text: str) -> bool:
-    """Every surrogate in `text` is one of surrogateescape's (a byte 0x80-0xff that was not UTF-8)."""
-    return all(not "\ud800" <= ch <= "\udfff" or "\udc80" <= ch <= "\udcff" for ch in text)
 
 
 # Notebook -> the backend its `model`, `precision`, `device`... parameters load with (the notebook's own call).
