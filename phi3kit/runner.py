@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import errno
 import functools
 import itertools
 import math
@@ -228,10 +229,10 @@ def absolute_paths(parameters: dict[str, Any], cwd: str | Path | None = None) ->
         if name.endswith("_dir"):
             full = path if path.is_absolute() else base / path
             if full.exists() and not full.is_dir():
-                raise storage_error(NotADirectoryError(20, "not a folder", str(full)), full,
+                raise storage_error(NotADirectoryError(errno.ENOTDIR, "not a folder", str(full)), full,
                                     f"parameter {name} must name a folder (new or existing), not a file")
             out[name] = str(full)
-        elif name == "model" and not path.is_absolute() and (base / path).is_dir():
+        elif name == "model" and value != "pocket" and not path.is_absolute() and (base / path).is_dir():
             out[name] = str(base / path)
     return out
 
