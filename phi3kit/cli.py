@@ -4,12 +4,39 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
-from . import backends, bench
+from . import __version__, backends, bench
 from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
 from .errors import Phi3kitError
+from .text import replace_undecodable, undecodable, utf8_text
+
+DEBUG_ENV = "PHI3KIT_DEBUG"  # set to 1 (like --debug): errors the kit refuses keep their traceback
+
+
+def eof_keys() -> str:
+    """The keys that end input in this terminal (what quits `phi3kit chat`)."""
+    return "Ctrl-Z then Enter" if os.name == "nt" else "Ctrl-D"
+
+
+def safe_output() -> None:
+    """Output that cannot fail on a character: a redirected stream in a legacy code page (cp1252...) is
+    written as UTF-8 instead (Chinese or Persian answers would raise UnicodeEncodeError); a console that
+    cannot show a character shows '?' instead of crashing."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        if encoding in ("utf8", "utf8sig") or not hasattr(stream, "reconfigure"):
+            continue
+        try:
+            if stream.isatty():
+                stream.reconfigure(errors="replace")
+            else:
+                stream.reconfigure(encoding="utf-8", errors="replace")
+        except (OSError, ValueError):  # a closed or detached stream: nothing to change
+            pass
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -31,7 +58,20 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--untuned", action="store_true", help="ignore what `phi3kit tune` stored: the runtime defaults")
 
 
+def folder_arg(path: str | None, option: str) -> str | None:
+    """A folder given on the command line: a file in its place is refused before anything runs."""
+    if path is not None and os.path.exists(path) and not os.path.isdir(path):
+        import errno
+
+        from .safefs import storage_error
+
+        raise storage_error(NotADirectoryError(errno.ENOTDIR, "not a folder", path), path,
+                            f"{option} must name a folder (new or existing), not a file")
+    return path
+
+
 def _config(a: argparse.Namespace) -> LoadConfig:
+    folder_arg(a.cache_dir, "--cache-dir")
     return LoadConfig(model=a.model, backend=a.backend, precision=a.precision, device=a.device, runtime=a.runtime,
                       cache_dir=a.cache_dir, group_size=a.group_size, ratio=a.ratio, prefer=a.prefer,
                       trust_remote_code=a.trust_remote_code, tuned=not a.untuned)
@@ -49,8 +89,10 @@ def cmd_generate(a: argparse.Namespace) -> int:
     from .generate import Session
 
     gen = _generation_config(a)  # checked before anything loads
+    prompt = utf8_text(a.prompt, "The prompt")
+    system = None if a.system is None else utf8_text(a.system, "--system")
     session = Session.load(_config(a), log=lambda m: print(m, file=sys.stderr))
-    response = session.generate(a.prompt, system=a.system, config=gen)
+    response = session.generate(prompt, system=system, config=gen)
     for chunk in response:
         print(chunk, end="", flush=True)
     print()
@@ -66,6 +108,9 @@ def cmd_models(a: argparse.Namespace) -> int:
 
     frame = models()
     if a.model:
+        from .catalog import lookup
+
+        lookup(a.model)  # a name that is no alias: the error lists the aliases (an empty table said nothing)
         frame = frame[frame["alias"] == a.model]
     columns = ["alias", "backend", "precision", "devices", "ready_made", "context"] + (["recipe", "source"] if a.all
                                                                                        else [])
@@ -164,11 +209,12 @@ def cmd_doctor(a: argparse.Namespace) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from .runner import coerce, localized, run_notebook
+    from .runner import coerce, find_notebook, localized, run_notebook
 
     target = a.notebook
     if target.endswith((".yaml", ".yml")) or a.grid:
         return _run_grid(a)
+    find_notebook(target)
     if a.lang:
         target = str(localized(target, a.lang))
     raw = dict(a.parameter or [])
@@ -182,13 +228,13 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 def _run_grid(a: argparse.Namespace) -> int:
     """`phi3kit run grid.yaml` or `phi3kit run NOTEBOOK -g NAME V1,V2`: every combination, then one results table."""
-    from .runner import Grid, coerce, load_grid, localized, run_grid
+    from .runner import Grid, coerce, find_notebook, load_grid, localized, run_grid
 
     if a.notebook.endswith((".yaml", ".yml")):
         base = load_grid(a.notebook)
         notebook, grid, fixed = base.notebook, dict(base.grid), dict(base.fixed)
     else:
-        notebook, grid, fixed = a.notebook, {}, {}
+        notebook, grid, fixed = find_notebook(a.notebook), {}, {}
     if a.lang:
         notebook = localized(notebook, a.lang)
     for name, value in a.parameter or []:  # the command line wins over the file
@@ -209,6 +255,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         if a.verbose or message.startswith("--- "):
             print(message, file=sys.stderr, flush=True)
 
+    folder_arg(a.cache_dir, "--cache-dir")
+    folder_arg(a.output_dir, "-o/--output-dir")
     report = bench.run(a.model, a.routes, a.prompt_lengths, a.max_new_tokens, a.runs, warmup=a.warmup,
                        quality=not a.no_quality, reference=a.reference, quality_tokens=a.quality_tokens,
                        agreement_prompts=a.agreement_prompts, agreement_tokens=a.agreement_tokens,
@@ -225,10 +273,16 @@ def cmd_chat(a: argparse.Namespace) -> int:
     from .generate import Session
 
     gen = _generation_config(a)  # checked before anything loads
+    system = None if a.system is None else utf8_text(a.system, "--system")
     session = Session.load(_config(a), log=lambda m: print(m, file=sys.stderr))
-    conv = Conversation(session, a.system, config=gen, context_length=a.context_length)
+    conv = Conversation(session, system, config=gen, context_length=a.context_length)
     print(f"Chatting with {session} (context window {conv.window} tokens). Ctrl-C stops an answer, "
-          "/reset clears the history, /exit or Ctrl-D quits.", file=sys.stderr)
+          f"/reset clears the history, /exit or {eof_keys()} quits.", file=sys.stderr)
+    if hasattr(sys.stdin, "reconfigure"):
+        try:  # bytes that are not UTF-8 arrive as lone surrogates (replaced below), never as an exception
+            sys.stdin.reconfigure(errors="surrogateescape")
+        except (OSError, ValueError):
+            pass
     while True:
         try:
             line = input("you> ")
@@ -236,8 +290,14 @@ def cmd_chat(a: argparse.Namespace) -> int:
             print()
             return 0
         except KeyboardInterrupt:
-            print("\n(Ctrl-C stops an answer; /exit or Ctrl-D quits.)", file=sys.stderr)
+            print(f"\n(Ctrl-C stops an answer; /exit or {eof_keys()} quits.)", file=sys.stderr)
             continue
+        except UnicodeDecodeError:  # a stream that cannot take surrogateescape: the line is lost, the chat is not
+            print("(that message was not UTF-8 text and could not be read; please type it again)", file=sys.stderr)
+            continue
+        if undecodable(line):
+            line = replace_undecodable(line)
+            print("(your message held bytes that are not UTF-8; they are shown as \ufffd)", file=sys.stderr)
         if not line.strip():
             continue
         if line.strip() in ("/exit", "/quit"):
@@ -279,7 +339,13 @@ def _generation_config(a: argparse.Namespace) -> GenerationConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="phi3kit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="phi3kit", description=__doc__,
+                                     epilog=f"Exit codes: 0 done; 1 a run that was tried and failed (or a pack "
+                                            f"check that found damage); 2 input refused before anything ran. "
+                                            f"--debug (or {DEBUG_ENV}=1) shows the traceback behind an error.")
+    parser.add_argument("--version", action="version", version=f"phi3kit {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback behind an error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("export", help="export a model for a backend into the cache")
@@ -388,16 +454,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remove-damaged", action="store_true",
                    help="with --verify: delete the damaged entries, so the next load rebuilds them")
     p.set_defaults(func=cmd_cache)
+    for command in sub.choices.values():  # `phi3kit run nb.ipynb --debug` works as well as `phi3kit --debug run ...`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help=f"show the full traceback behind an error (also: {DEBUG_ENV}=1)")
     return parser
 
 
+def debugging(args: argparse.Namespace | None = None) -> bool:
+    """--debug, or PHI3KIT_DEBUG set to anything but '', 0, false or no."""
+    flag = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return flag or bool(getattr(args, "debug", False))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a kit error is one paragraph on stderr and its exit code (2 refused, 1 failed)."""
+    safe_output()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except Phi3kitError as exc:
+        if debugging(args):
+            traceback.print_exc()
         print(f"phi3kit: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C: what was written before stays (outputs go through safefs), no traceback
+        if debugging(args):
+            raise
+        print("\nphi3kit: interrupted (Ctrl-C); earlier results are as they were.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import Phi3kitError
+from .errors import ExportSettingError, Phi3kitError
 
 # One default model for every entry point (kit.load, kit.export, LoadConfig, the CLI): the pocket model runs
 # offline in seconds. Real checkpoints are named explicitly (a hub id, a folder).
@@ -55,6 +55,21 @@ class LoadConfig:
     accuracy_level: int | None = None
     prefer: str | None = None
     tuned: bool = True
+
+    def __post_init__(self) -> None:
+        # Out of range, these started a 20-40 s export that failed inside optimum-cli (or, for 0, silently
+        # exported with the default 128): refused here, so the command line and the API fail in milliseconds.
+        g = self.group_size
+        if g is not None and (not isinstance(g, int) or isinstance(g, bool) or not (g == -1 or g > 0)):
+            raise ExportSettingError(
+                f"group_size must be a positive number of weights per scale, or -1 for channel-wise (one scale per "
+                f"output channel), got {g!r}. Fix: e.g. group_size=128 (--group-size 128), 64, or -1; leave it unset "
+                "for the backend's default.")
+        r = self.ratio
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int | float) or not 0 <= r <= 1):
+            raise ExportSettingError(  # `not 0 <= r <= 1` also refuses nan
+                f"ratio must be the share of layers compressed to int4, a number from 0 to 1, got {r!r}. Fix: e.g. "
+                "ratio=0.6 (--ratio 0.6, the seed's), or 1.0 for every layer; leave it unset for the default.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

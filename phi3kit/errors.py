@@ -91,6 +91,24 @@ class TuningFileError(Phi3kitError, ValueError):
         self.path = path
 
 
+class ParameterError(Phi3kitError, ValueError):
+    """A value given on the command line (a notebook parameter, a prompt) cannot be used as written."""
+
+
+class ExportSettingError(Phi3kitError, ValueError):
+    """An export setting (int4 group size, ratio) is out of range: refused before any export starts."""
+
+
+class NotebookRunError(Phi3kitError, RuntimeError):
+    """A notebook ran and stopped at an error: the executed notebook, error included, is kept and named."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, notebook: object = None) -> None:
+        super().__init__(message)
+        self.notebook = notebook
+
+
 def last_line(exc: BaseException) -> str:
     """The last non-empty line of an exception's message: what a C++ runtime's long error actually says."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

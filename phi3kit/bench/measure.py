@@ -24,7 +24,7 @@ from .machine import hardware, memory_bandwidth_gbs
 from .prompts import Prompts
 from .quality import agreement_prompts, fill_agreement, perplexity, quality_segments
 from .report import BenchReport, RouteResult, Run, Settings
-from .routes import DEFAULT_ROUTES, REFERENCE, BenchError, Route, parse_lengths, parse_routes, problem
+from .routes import DEFAULT_ROUTES, REFERENCE, BenchError, Route, parse_lengths, parse_routes, problem, refuse_unknown
 
 # Files that hold weights in an export folder (tokenizer models are not counted).
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".data", ".onnx_data", ".gguf")
@@ -195,6 +195,8 @@ def run(model: str = "pocket", routes: str | Sequence[str | Route] = DEFAULT_ROU
                         agreement_prompts=agreement_prompts, agreement_tokens=agreement_tokens,
                         cache_dir=cache_dir or None)
     GenerationConfig(max_new_tokens=max_new_tokens)  # validates before anything loads
+    for route in [*route_list, *([Route.parse(reference)] if quality else [])]:
+        refuse_unknown(route)  # a mistyped route is an error, not a skip beside a 37 s reference run
     if runs < 1:
         raise BenchError(f"runs must be at least 1, got {runs}.")
     one = measure_isolated if isolate else measure

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .. import backends
 from ..config import LoadConfig
-from ..errors import Phi3kitError
+from ..errors import Phi3kitError, UnknownChoiceError
 
 DEFAULT_ROUTES = "transformers:fp32,openvino:int4,openvino:int8,ortgenai:int4"
 REFERENCE = "transformers:fp32"
@@ -133,6 +133,24 @@ def problem(route: Route) -> str | None:
     if route.device not in devices and route.device.upper() not in devices:
         return f"device {route.device} is not available to {route.backend} here (available: {', '.join(devices)})"
     return None
+
+
+def refuse_unknown(route: Route) -> None:
+    """Raise UnknownChoiceError for a backend, runtime or precision that exists nowhere (a typo such as
+    openvino:int3): such a route would be skipped, and the benchmark would run the rest (or only its reference)
+    and exit 0. A missing device or package stays a skip: it is this machine's, not the route's."""
+    try:
+        backend = backends.get(route.backend)
+    except ImportError:  # the backend's module needs a package this environment lacks: problem() says so
+        return
+    runtime = route.runtime or backend.default_runtime()
+    if runtime not in backend.runtimes:
+        raise UnknownChoiceError(f"runtime for backend '{route.backend}' in route {route.label}", runtime,
+                                 backend.runtimes, hint=f"Routes are written {ROUTE_FORMAT}.")
+    if route.precision not in backend.precisions:
+        raise UnknownChoiceError(f"precision for backend '{route.backend}' in route {route.label}", route.precision,
+                                 backend.precisions, hint=f"Routes are written {ROUTE_FORMAT}.")
+    route.config("pocket")  # its load options in range (LoadConfig's own checks: group_size, ratio)
 
 
 def available(routes: str | Sequence[str | Route]) -> list[tuple[Route, str | None]]:

@@ -245,8 +245,10 @@ here is the pocket model's, with the test values.
 """),
 code("conv", """
 # NBVAL_CHECK_OUTPUT
+head = [{"role": "system", "content": system}] if system else []
+longest = max(len(session.encode(head + [{"role": "user", "content": q}])) for q in [chat_prompt, follow_up])
 conv = kit.Conversation(session, system=system or None, max_new_tokens=max_new_tokens,
-                        context_length=max_new_tokens + 40)  # tiny on purpose: room for a question, not a turn
+                        context_length=max_new_tokens + longest + 40)  # tiny on purpose: room for a question, not a turn
 for question in [chat_prompt, follow_up]:
     print("You:  ", question)
     response = conv.say(question)
