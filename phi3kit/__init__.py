@@ -14,14 +14,22 @@ from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
 from .conversation import Conversation
 from .diagnostics import doctor
 from .errors import (
+    CacheCorruptError,
+    CachedEntryError,
     ContextWindowError,
     DeviceNotFoundError,
     ExportError,
+    ExportSettingError,
     MissingDependencyError,
     ModelSourceError,
+    NotebookRunError,
+    ParameterError,
     Phi3kitError,
     ResourceError,
+    StorageError,
+    TuningFileError,
     UnknownChoiceError,
+    UnsafePathError,
 )
 from .exporting import checkpoint, export
 from .generate import Response, Session, load
@@ -34,6 +42,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",
+    "CacheCorruptError",
+    "CachedEntryError",
+    "ExportSettingError",
+    "NotebookRunError",
+    "ParameterError",
+    "StorageError",
+    "TuningFileError",
+    "UnsafePathError",
+
     "ContextWindowError",
     "Conversation",
     "DeviceNotFoundError",

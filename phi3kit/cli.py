@@ -112,9 +112,11 @@ def cmd_models(a: argparse.Namespace) -> int:
 
         lookup(a.model)  # a name that is no alias: the error lists the aliases (an empty table said nothing)
         frame = frame[frame["alias"] == a.model]
-    columns = ["alias", "backend", "precision", "devices", "ready_made", "context"] + (["recipe", "source"] if a.all
-                                                                                       else [])
+    columns = ["alias", "backend", "precision", "devices", "ready_made", "context"] + (
+        ["weights", "weights_date", "recipe", "source"] if a.all else [])
     print(frame[columns].to_string(index=False))
+    if a.all and frame["note"].astype(bool).any():
+        print("\n" + "\n".join(f"{w}: {n}" for w, n in zip(frame["ready_made"], frame["note"], strict=True) if n))
     print("\nRepo names come from the publishers' pages and were not checked against the hub when the catalog was "
           "written: a wrong one fails with 'not found on the hub'; prefer='export' builds it from the checkpoint.")
     return 0

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import HEADLESS_ENV
 from .errors import NotebookRunError, ParameterError, Phi3kitError, UnknownChoiceError
-from .safefs import atomic_path, atomic_write, storage_error, writable_dir
+from .safefs import atomic_path, atomic_write, free_path, storage_error, writable_dir
 from .text import utf8_text
 
 # The kernel `phi3kit run` starts is this interpreter, whatever kernelspecs are installed: a `python3`
 # kernelspec from another installation on the Jupyter path would otherwise win ("No module named phi3kit").
 KERNEL_NAME = "phi3kit-own-python"
-HEADLESS_ENV = "PHI3KIT_HEADLESS"  # set in the kernels the kit runs headless: no one can click a panel there
 
 
 def kernel_manager_class() -> type:
@@ -107,16 +107,6 @@ def check_parameters(notebook: str | Path, parameters: dict[str, Any]) -> None:
         if name not in known:
             raise UnknownChoiceError(f"parameter of {Path(notebook).name}", name, known,
                                      hint="(papermill would silently run with the default value.)")
-
-
-def free_path(path: Path, overwrite: bool) -> Path:
-    """`path`, or `name-1.ext`, `name-2.ext`... so an earlier result is never overwritten."""
-    if overwrite or not path.exists():
-        return path
-    n = 1
-    while (candidate := path.with_name(f"{path.stem}-{n}{path.suffix}")).exists():
-        n += 1
-    return candidate
 
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")

@@ -254,3 +254,13 @@ def require_free_space(folder: Path, need: int, what: str, fix: str = "") -> Non
         raise ResourceError(
             f"{what} needs about {human_size(need)} of disk at {folder}, and {human_size(free)} is free. Fix: "
             + (fix or "free some space, or point the cache at a bigger disk (--cache-dir or PHI3KIT_CACHE)") + ".")
+
+
+def free_path(path: Path, overwrite: bool) -> Path:
+    """`path`, or `name-1.ext`, `name-2.ext`... so an earlier result is never overwritten."""
+    if overwrite or not path.exists():
+        return path
+    n = 1
+    while (candidate := path.with_name(f"{path.stem}-{n}{path.suffix}")).exists():
+        n += 1
+    return candidate

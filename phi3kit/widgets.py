@@ -41,7 +41,7 @@ def has_widget_frontend() -> bool:
     The kernels `phi3kit run` starts (and the tests') carry PHI3KIT_HEADLESS; a kernel has an IPython
     shell with a `kernel` (a terminal IPython has none).
     """
-    from .runner import HEADLESS_ENV
+    from .config import HEADLESS_ENV
 
     if os.environ.get(HEADLESS_ENV):
         return False

@@ -98,9 +98,7 @@ POSIX_MODULES = {"fcntl", "resource", "pwd", "grp", "termios", "pty", "tty", "po
 POSIX_KEYWORDS = {"preexec_fn"}  # subprocess raises ValueError on Windows
 # Found by this test in modules other engineers are changing; each is skipped on Windows by other means today
 # (the browser test needs /usr/bin/chromium) or fails there (SIGINT by send_signal). Fix, then delete the line.
-KNOWN = {
-    "tests/test_chat.py::test_cli_ctrl_c_stops_the_answer_not_the_chat": "preexec_fn and SIGINT: needs a skipif",
-}
+KNOWN: dict[str, str] = {}  # a POSIX-only use still unguarded -> why (empty: none left)
 
 
 def _hits(node: ast.AST) -> list[tuple[str, ast.AST]]:

@@ -181,8 +181,7 @@ class BenchReport:
 
     def save(self, out_dir: str | Path, stem: str = "bench", overwrite: bool = False) -> tuple[Path, Path]:
         """Write `stem.csv` (the rows) and `stem.json` (everything, per-token latencies included)."""
-        from ..runner import free_path
-        from ..safefs import atomic_path, atomic_write, writable_dir
+        from ..safefs import atomic_path, atomic_write, free_path, writable_dir
 
         out = writable_dir(out_dir, "choose another output folder (-o)")
         csv_path = free_path(out / f"{stem}.csv", overwrite)
