@@ -16,10 +16,16 @@ scales, group size or tokenizer) that garbles answers does not.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import phi3kit as kit
 from phi3kit import pocket
@@ -155,3 +161,19 @@ def wire_parrot(folder: Path, froms: Sequence[int], nexts: Sequence[int]) -> Non
             emb[a, k] = 1.0
             head[b, k] = 10.0
     model.save_pretrained(folder)
+
+
+def cp1252_env(tmp_path: Path) -> dict[str, str]:
+    """An environment whose locale is Windows-1252 (Python 3.11 treats LC_ALL=C as UTF-8, so a real
+    CP1252 locale is compiled into tmp_path); skips where the system cannot build one."""
+    if shutil.which("localedef") is None or sys.platform == "win32":
+        pytest.skip("needs localedef to compile a CP1252 locale (Linux); Windows runs this in its own code page")
+    loc = tmp_path / "locale"
+    loc.mkdir()
+    made = subprocess.run(["localedef", "-i", "en_US", "-f", "CP1252", str(loc / "en_US.CP1252")],
+                          capture_output=True, encoding="utf-8", errors="replace")
+    if not (loc / "en_US.CP1252").exists():
+        pytest.skip(f"localedef could not build en_US.CP1252 here: {made.stderr[-200:]}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "PYTHONIOENCODING", "PYTHONUTF8"))}
+    return {**env, "LOCPATH": str(loc), "LC_ALL": "en_US.CP1252", "LANG": "en_US.CP1252", "PYTHONUTF8": "0",
+            "PYTHONIOENCODING": "cp1252", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

@@ -6,8 +6,6 @@ The Windows job object cannot run here: its tests drive a fake kernel32 that ans
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import warnings
@@ -16,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from kit_checks import cp1252_env
 
 from phi3kit import procs
 
@@ -35,22 +34,6 @@ code, lines = run_logged([sys.executable, "-c", sys.argv[1]], lambda line: None)
 done = run([sys.executable, "-c", sys.argv[1]], stdout=-1, stderr=-1, text=True)
 print(ascii([code, lines, done.returncode, done.stdout.splitlines(), done.stderr[-300:]]))
 """
-
-
-def cp1252_env(tmp_path: Path) -> dict[str, str]:
-    """An environment whose locale is Windows-1252 (Python 3.11 treats LC_ALL=C as UTF-8, so a real
-    CP1252 locale is compiled into tmp_path); skips where the system cannot build one."""
-    if shutil.which("localedef") is None or sys.platform == "win32":
-        pytest.skip("needs localedef to compile a CP1252 locale (Linux); Windows runs this in its own code page")
-    loc = tmp_path / "locale"
-    loc.mkdir()
-    made = subprocess.run(["localedef", "-i", "en_US", "-f", "CP1252", str(loc / "en_US.CP1252")],
-                          capture_output=True, encoding="utf-8", errors="replace")
-    if not (loc / "en_US.CP1252").exists():
-        pytest.skip(f"localedef could not build en_US.CP1252 here: {made.stderr[-200:]}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "PYTHONIOENCODING", "PYTHONUTF8"))}
-    return {**env, "LOCPATH": str(loc), "LC_ALL": "en_US.CP1252", "LANG": "en_US.CP1252", "PYTHONUTF8": "0",
-            "PYTHONIOENCODING": "cp1252", "PYTHONPATH": str(ROOT)}
 
 
 @pytest.mark.parametrize("child", sorted(CHILDREN))
