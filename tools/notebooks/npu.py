@@ -163,13 +163,14 @@ CPU and GPU plugins reject `MAX_PROMPT_LEN`, `MIN_RESPONSE_LEN` and `GENERATE_HI
 device the pipeline gets none of them (which is what happens when this notebook is tested on a CPU).
 """),
 code("genai", """
-import openvino_genai as ov_genai
+if route == "openvino-genai":  # the seed library's Windows environment has no openvino_genai
+    import openvino_genai as ov_genai
 
-properties = {"MAX_PROMPT_LEN": max_prompt_len, "MIN_RESPONSE_LEN": min_response_len,
-              "GENERATE_HINT": generate_hint, "CACHE_DIR": str(kit.ExportCache(cache_dir or None).root / "npu-blobs")}
-if device.split(".")[0] != "NPU":
-    properties = {}  # NPU-only options
-if route == "openvino-genai":
+    properties = {"MAX_PROMPT_LEN": max_prompt_len, "MIN_RESPONSE_LEN": min_response_len,
+                  "GENERATE_HINT": generate_hint,
+                  "CACHE_DIR": str(kit.ExportCache(cache_dir or None).root / "npu-blobs")}
+    if device.split(".")[0] != "NPU":
+        properties = {}  # NPU-only options
     assert properties == session.config.runtime_config  # exactly what the preset passed
     pipe = ov_genai.LLMPipeline(str(export.path), device, **properties)
     config_genai = pipe.get_generation_config()
@@ -209,7 +210,8 @@ else:
 
     checkpoint = kit.checkpoint(model)
     npu_model = npu_lib.NPUModelForCausalLM.from_pretrained(
-        checkpoint, use_cache=True, config=CompilerConfig(dtype=npu_lib.int4), attn_implementation="sdpa")
+        checkpoint, use_cache=True, config=CompilerConfig(dtype=npu_lib.int4), attn_implementation="sdpa",
+        export=False)  # no pickle under ./cache/models: the next run's torch.load would refuse it
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     inputs = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                            return_tensors="pt", return_dict=True)
