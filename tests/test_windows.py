@@ -250,3 +250,21 @@ def test_windows_ci_runs_the_readme_commands() -> None:
     commands = readme_windows_test_commands()
     assert commands[0] == "py -3.11 -m venv .venv" and runs[1].splitlines()[0] == commands[0]
     assert runs[2:] == commands[1:]
+
+
+@pytest.mark.parametrize("lang", ["", "fr", "zh", "fa", "id", "ro"])
+def test_the_notebooks_optimum_cli_is_found_where_conda_keeps_it_and_read_as_utf8(lang: str) -> None:
+    """Conda on Windows keeps console scripts in <env>\\Scripts, not beside python.exe: the cell looked beside
+    the interpreter and said optimum-intel was missing. Its output, decoded in the code page, died on a UTF-8
+    path. Catches: the lookup beside sys.executable again, or a text=True pipe."""
+    import ast
+
+    import nbformat
+
+    notebook = ROOT / "notebooks" / lang / "openvino.ipynb"
+    cell = next(c.source for c in nbformat.read(str(notebook), as_version=4).cells if c.get("id") == "cli-run")
+    calls = {ast.unparse(n.func): n for n in ast.walk(ast.parse(cell)) if isinstance(n, ast.Call)}
+    which = calls["shutil.which"]
+    assert [ast.unparse(k.value) for k in which.keywords if k.arg == "path"] == ["sysconfig.get_path('scripts')"]
+    run = {k.arg: ast.unparse(k.value) for k in calls["subprocess.run"].keywords}
+    assert run.get("encoding") == "'utf-8'" and run.get("errors") == "'replace'" and "text" not in run

@@ -144,13 +144,16 @@ assert command[1:] == kit_command[3:]  # the kit starts the same program as `pyt
 print("the kit runs exactly this command")
 """),
 code("cli-run", """
-optimum_cli = shutil.which("optimum-cli", path=str(Path(sys.executable).parent))  # the one of this environment
+import sysconfig
+
+optimum_cli = shutil.which("optimum-cli", path=sysconfig.get_path("scripts"))  # the one of this environment
 if importlib.util.find_spec("optimum") is None or optimum_cli is None:
     print("optimum-intel is not installed here (the lean environment): exporting needs requirements/openvino.txt")
 elif (by_hand / "openvino_model.xml").is_file():
     print(f"{by_hand} already holds this export: delete the folder to run the command again")
 else:
-    done = subprocess.run([optimum_cli, *command[1:]], capture_output=True, text=True)
+    done = subprocess.run([optimum_cli, *command[1:]], capture_output=True, encoding="utf-8",
+                          errors="replace")
     print(done.stdout[-2000:] if done.returncode == 0 else done.stderr[-2000:])
     done.check_returncode()
     print(sorted(p.name for p in by_hand.iterdir()))
