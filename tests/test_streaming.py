@@ -141,3 +141,32 @@ def test_stream_is_exact_and_never_broken(parrot: Parrot, backend: str, precisio
         assert "".join(conv.say("Again.")) == TEXT and conv.history[-1]["content"] == TEXT
     finally:
         session.close()
+
+
+def test_ctrl_c_while_waiting_for_a_token_stops_the_runtime() -> None:
+    """Ctrl-C while the runtime computes (no token yet) reaches the consumer, and the runtime is told to stop at
+    its next callback. The consumer waits in slices (WAIT_SLICE_S): on Windows an unbounded wait ignores Ctrl-C
+    before Python 3.14, which only Windows can show (unverified here). Catches: an interrupt that leaves the
+    runtime generating, or that never reaches the consumer."""
+    import _thread
+    import threading
+    import time
+
+    from phi3kit.backends.base import threaded_stream
+
+    told_to_stop = []
+
+    def run(emit) -> None:  # type: ignore[no-untyped-def]
+        assert emit(1)
+        for _ in range(3000):  # a long prefill whose callbacks say nothing yet; bounded so a failure cannot hang
+            time.sleep(0.01)
+            if not emit([]):
+                told_to_stop.append(True)
+                return
+
+    stream = threaded_stream(run)
+    assert next(stream)[0] == 1
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        next(stream)
+    assert told_to_stop == [True]  # the generator's cleanup ran: the runtime was told at its next callback

@@ -263,13 +263,27 @@ def threaded_stream(run: Callable[[Callable[[int | list[int]], bool]], Any]) -> 
     thread = threading.Thread(target=target, name="phi3kit-generate", daemon=True)
     thread.start()
     try:
-        while (item := q.get()) is not _DONE:
+        while (item := _interruptible_get(q)) is not _DONE:
             if isinstance(item, _Raised):
                 raise item.exc
             yield item
     finally:
         stopped.set()
-        thread.join()
+        while thread.is_alive():  # the runtime stops at its next callback (a long prefill ends first)
+            thread.join(WAIT_SLICE_S)
+
+
+# Waits are cut in slices: on Windows an unbounded lock wait (queue.get(), thread.join()) cannot be interrupted
+# before Python 3.14, so Ctrl-C would wait for the next token; a bounded one returns to Python between slices.
+WAIT_SLICE_S = 0.2
+
+
+def _interruptible_get(q: queue.SimpleQueue[Any]) -> Any:
+    while True:
+        try:
+            return q.get(timeout=WAIT_SLICE_S)
+        except queue.Empty:
+            continue
 
 
 def cancel_criterion() -> type:
