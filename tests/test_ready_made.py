@@ -388,6 +388,7 @@ def test_a_pinned_revision_loads_from_the_hub_cache_without_the_hub(hub: Path, m
 
 def test_the_optimum_runtime_without_optimum_is_the_kits_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """The lean environment has no optimum-intel: runtime='optimum' raised a raw ModuleNotFoundError at load."""
-    monkeypatch.setitem(sys.modules, "optimum", None)  # how Python marks a module unimportable
+    for name in ("optimum", "optimum.intel"):  # how Python marks a module unimportable (even if imported before)
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(kit.MissingDependencyError, match="optimum-intel.*requirements/openvino.txt"):
         kit.load("pocket", "openvino", "int4", runtime="optimum", log=quiet)
