@@ -177,3 +177,17 @@ def cp1252_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "PYTHONIOENCODING", "PYTHONUTF8"))}
     return {**env, "LOCPATH": str(loc), "LC_ALL": "en_US.CP1252", "LANG": "en_US.CP1252", "PYTHONUTF8": "0",
             "PYTHONIOENCODING": "cp1252", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def read_only_below(monkeypatch: Any, folder: Path) -> None:
+    """os.mkdir answers as a read-only mount would for anything below `folder` (root ignores file modes)."""
+    import errno
+
+    real_mkdir = os.mkdir
+
+    def mkdir(path: object, *args: object, **kw: object) -> None:
+        if str(path).startswith(str(folder)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        real_mkdir(path, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "mkdir", mkdir)

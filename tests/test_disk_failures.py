@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import gc
-import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from kit_checks import read_only_below
 
 import phi3kit as kit
 import phi3kit.cache as cache_mod
@@ -154,14 +154,7 @@ def test_a_read_only_cache_says_so_before_the_export_starts(tmp_path: Path, monk
     # Catches: "OSError: [Errno 30] Read-only file system" from deep inside the build (or the lock), after the
     # pre-flight and the conversion started, with no word on where to put the cache instead.
     root = tmp_path / "cache"
-    real_mkdir = os.mkdir
-
-    def mkdir(path: object, *args: object, **kw: object) -> None:
-        if str(path).startswith(str(root)):
-            raise OSError(errno.EROFS, "Read-only file system", str(path))
-        real_mkdir(path, *args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "mkdir", mkdir)
+    read_only_below(monkeypatch, root)
     logs: list[str] = []
     cfg = kit.LoadConfig(model="pocket", backend="openvino", precision="int8", cache_dir=str(root))
     with pytest.raises(StorageError) as err:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kit_checks import read_only_below
 
 import phi3kit as kit
 from phi3kit import pocket
@@ -72,14 +73,7 @@ def test_tune_proves_it_can_store_before_measuring(clean: Tunable, monkeypatch: 
     # Catches: a read-only cache found only when the result is written, after minutes of measuring (a traceback
     # from Path.mkdir then); on the command line, found only after the model was loaded (an export can take minutes).
     tuned = clean.root / TUNED_DIR
-    real_mkdir = os.mkdir
-
-    def mkdir(path: object, *args: object, **kw: object) -> None:
-        if str(path).startswith(str(tuned)):
-            raise OSError(errno.EROFS, "Read-only file system", str(path))
-        real_mkdir(path, *args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "mkdir", mkdir)
+    read_only_below(monkeypatch, tuned)
     shutil.rmtree(tuned, ignore_errors=True)  # (inside this module's cache) so the check has a folder to make
     logs: list[str] = []
     with kit.load("pocket", "openvino", "int8", cache_dir=str(clean.root), log=quiet) as s:
