@@ -123,10 +123,12 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 
 def cmd_pack(a: argparse.Namespace) -> int:
+    from .procs import env_command
     from .workshop import pack
 
     out = pack(a.model, a.routes, a.output_dir, revision=a.revision, log=lambda m: print(m, file=sys.stderr))
-    print(f"pack: {out} (learners: PHI3KIT_CACHE={out} phi3kit ..., or phi3kit unpack {out})")
+    print(f"pack: {out} (learners use it in place: {env_command('PHI3KIT_CACHE', str(out))}, then phi3kit ...; or "
+          f"copy it into their cache: phi3kit unpack {out})")
     return 0
 
 

@@ -68,8 +68,8 @@ def download(repo_id: str, *, route: str, revision: str | None = None, subfolder
     except LocalEntryNotFoundError as exc:
         raise ModelSourceError(
             f"Cannot download {what!r}: the hub is unreachable (or HF_HUB_OFFLINE is set) and it is not in the "
-            "local hub cache. Fix: connect to the internet once, use a workshop pack (PHI3KIT_CACHE=<pack folder> "
-            f"or `phi3kit unpack`), or model='pocket' offline.{way_out}") from exc
+            "local hub cache. Fix: connect to the internet once, use a workshop pack (point PHI3KIT_CACHE at the "
+            f"pack folder, or `phi3kit unpack` it), or model='pocket' offline.{way_out}") from exc
     except (RepositoryNotFoundError, GatedRepoError) as exc:
         gated = isinstance(exc, GatedRepoError)
         raise ModelSourceError(

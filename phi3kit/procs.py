@@ -267,3 +267,11 @@ def shell_commands(argvs: list[list[str]], platform_: str = sys.platform, python
         exe = f'& "{python}"' if python else "py"
         return "; ".join(" ".join([exe, *argv]) for argv in argvs)
     return " && ".join(shlex.join([python or "python3", *argv]) for argv in argvs)
+
+
+def env_command(name: str, value: str, platform_: str = sys.platform) -> str:
+    """How to set an environment variable for this shell session: PowerShell on Windows, a POSIX shell elsewhere
+    (`VAR=value cmd` is no PowerShell syntax)."""
+    if platform_ == "win32":
+        return f'$env:{name}="{value}"'
+    return f"export {name}={shlex.quote(value)}"

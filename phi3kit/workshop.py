@@ -29,6 +29,7 @@ from .backends.base import Log
 from .cache import MANIFEST, ExportCache, copy_files, sha256
 from .config import LoadConfig
 from .errors import CacheCorruptError, Phi3kitError, UnsafePathError
+from .procs import env_command
 from .safefs import (
     atomic_write,
     check_relative,
@@ -333,7 +334,7 @@ def unpack(pack_dir: str | Path, cache_dir: str | Path | None = None, log: Log =
                if rel.startswith(folder + "/"))
     require_free_space(cache.root, need, f"Unpacking {len(todo)} entries of {pack_dir}",
                        "free some space, or unpack into a cache on a bigger disk (--cache-dir or PHI3KIT_CACHE), or "
-                       "use the pack in place: PHI3KIT_CACHE=<pack>")
+                       f"use the pack in place: {env_command('PHI3KIT_CACHE', str(pack_dir))}")
     copied = []
     for entry, folder, target in todo:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -268,3 +268,20 @@ def test_the_notebooks_optimum_cli_is_found_where_conda_keeps_it_and_read_as_utf
     assert [ast.unparse(k.value) for k in which.keywords if k.arg == "path"] == ["sysconfig.get_path('scripts')"]
     run = {k.arg: ast.unparse(k.value) for k in calls["subprocess.run"].keywords}
     assert run.get("encoding") == "'utf-8'" and run.get("errors") == "'replace'" and "text" not in run
+
+
+def test_advice_to_set_a_variable_is_in_the_learners_shell(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`PHI3KIT_CACHE=<pack> phi3kit ...` is a syntax error in PowerShell, where most learners type. Catches: the
+    POSIX form on Windows, or the PowerShell form elsewhere."""
+    from phi3kit import procs, workshop
+
+    assert procs.env_command("PHI3KIT_CACHE", r"D:\pack", "win32") == r'$env:PHI3KIT_CACHE="D:\pack"'
+    posix = procs.env_command("PHI3KIT_CACHE", "/media/usb/my pack", "linux")
+    assert posix == "export PHI3KIT_CACHE='/media/usb/my pack'"
+    monkeypatch.setattr(workshop, "pack", lambda *a, **k: tmp_path / "pack")
+    from phi3kit.cli import main
+
+    assert main(["pack", "--model", "pocket", "--routes", "openvino:int8", "-o", str(tmp_path / "pack")]) == 0
+    printed = capsys.readouterr().out
+    assert f"use it in place: {procs.env_command('PHI3KIT_CACHE', str(tmp_path / 'pack'))}," in printed
