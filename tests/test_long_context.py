@@ -25,6 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL_TOKENIZER = ROOT / "tests" / "data" / "phi3-tokenizer"
 WINDOW, CONTEXT, LONGROPE = 64, 512, 4096
 ROUTES = [("openvino", "genai"), ("openvino", "optimum"), ("ortgenai", None)]
+# ONNX Runtime GenAI 0.13.1's builder (the DirectML build's version; CI runs the window tests with it too) puts the
+# window into the graph (GroupQueryAttention's local_window_size) and writes no sliding_window section: a plain
+# build of it never ignores the window. 0.18's builder ignores it unless the checkpoint lists its layer types.
+BUILDER_KEEPS_WINDOW = kit.backends.get("ortgenai").runtime_versions().get("onnxruntime-genai", "").startswith("0.13")
+needs_a_builder_that_drops_the_window = pytest.mark.skipif(
+    BUILDER_KEEPS_WINDOW, reason="onnxruntime-genai 0.13.1's builder always builds the window in: no such folder "
+                                 "comes from it (0.18's and 2024's builders make them; the dev run covers it)")
 
 
 def quiet(message: str) -> None:
@@ -116,11 +123,13 @@ def test_the_onnx_build_has_the_window_built_in(models: Callable[[str], Path]) -
 
     s = session(models("window"), "ortgenai")
     got = built_window(s.export.path)
-    assert got["local_window_size"] == [WINDOW] and got["section"]["window_size"] == WINDOW
+    assert got["local_window_size"] == [WINDOW]
+    assert got["section"].get("window_size") == (None if BUILDER_KEEPS_WINDOW else WINDOW)  # 0.13.1 writes none
     assert s.limits.window == CONTEXT  # the whole context, not the window
 
 
 @pytest.mark.slow
+@needs_a_builder_that_drops_the_window
 def test_a_2024_build_without_the_window_says_its_answers_differ_past_it(models: Callable[[str], Path],
                                                                         tmp_path: Path) -> None:
     """Microsoft's 2024 Phi-3 ONNX folders: no sliding_window in genai_config.json, none in the graph, a config.json
@@ -149,6 +158,7 @@ def test_a_2024_build_without_the_window_says_its_answers_differ_past_it(models:
 
 
 @pytest.mark.slow
+@needs_a_builder_that_drops_the_window
 def test_a_build_that_ignores_the_window_is_capped_before_it_fails(models: Callable[[str], Path],
                                                                    tmp_path: Path) -> None:
     """A folder built by the builder as it is (a ready-made folder from elsewhere): the kit serves what it answers
