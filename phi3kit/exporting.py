@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from . import catalog
-from .backends import get
+from .backends import folder_format, get
 from .backends.base import Backend, Log
 from .cache import Export, ExportCache, copy_files
 from .config import DEFAULT_MODEL, LoadConfig
 from .errors import MissingDependencyError, ModelSourceError, UnknownChoiceError
 from .preflight import SKIP_ENV, FreeSpace, Job, count_parameters, preflight, shortfalls, skip_requested
-from .sources import ModelSource, detect, is_hub_id, local_folder, resolve
+from .sources import ModelSource, is_hub_id, local_folder, resolve
 
 _DEFAULTS = {f.name: f.default for f in fields(LoadConfig)}
 
@@ -96,14 +96,14 @@ def plan(cfg: LoadConfig) -> Plan:
 
 
 def _plan_folder(folder: Path, cfg: LoadConfig, backend: type[Backend], export_only: list[str]) -> Plan:
-    kind = detect(folder)
-    if kind is None:
+    found = folder_format(folder)
+    if found is None:
         if cfg.prefer == "ready-made":
             raise ModelSourceError(f"{folder} holds no ready-made model (no openvino_model.xml, no "
                                    "genai_config.json). Drop prefer='ready-made' to export it.")
         return Plan("checkpoint" if backend.reads_checkpoint else "export", checkpoint=str(folder))
+    kind, loader = found
     if backend.ready_made_format != kind:
-        loader = next((n for n in ("openvino", "ortgenai") if n != backend.name and kind == n), kind)
         raise ModelSourceError(
             f"{folder} holds a ready-made {kind} model, which backend {backend.name!r} cannot load. Fix: "
             f"backend={loader!r}, or point model= at the PyTorch checkpoint (or a catalog alias) to run it here.")
@@ -274,7 +274,7 @@ def _preflight(job: Job, root: Path, skip: bool, free: FreeSpace | None, log: Lo
 
 
 def _is_ready_made_folder(model: str) -> bool:
-    return model != "pocket" and (folder := local_folder(model)) is not None and detect(folder) is not None
+    return model != "pocket" and (folder := local_folder(model)) is not None and folder_format(folder) is not None
 
 
 def prepare(cfg: LoadConfig, log: Log = print, *, skip_preflight: bool | None = None,

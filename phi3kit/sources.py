@@ -2,7 +2,7 @@
 
 A folder is one of three things: a PyTorch checkpoint (config.json and weights, what the kit exports
 from), an OpenVINO IR (openvino_model.xml), or an ONNX Runtime GenAI model (genai_config.json; the
-builder writes no config.json). `detect()` tells them apart; the ready-made ones are loaded as they are.
+builder writes no config.json). `backends.folder_format()` tells them apart; the ready-made ones are loaded as they are.
 """
 
 from __future__ import annotations
@@ -18,12 +18,6 @@ from .errors import ModelSourceError
 
 PHI3_MODEL_TYPES = ("phi3",)
 _HASH_LIMIT = 64 * 2**20  # hash small files; large weights are fingerprinted by size and mtime
-READY_MADE_MARKERS = {"openvino": "openvino_model.xml", "ortgenai": "genai_config.json"}
-
-
-def detect(folder: Path) -> str | None:
-    """'openvino' for an IR folder, 'ortgenai' for an ONNX Runtime GenAI folder, None for anything else."""
-    return next((kind for kind, marker in READY_MADE_MARKERS.items() if (folder / marker).is_file()), None)
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -53,10 +47,6 @@ class ModelSource:
     def genai_config(self) -> dict[str, Any]:
         cfg = self.path / "genai_config.json"
         return _json(cfg) if cfg.is_file() else {}
-
-    @property
-    def ready_made(self) -> str | None:
-        return detect(self.path)
 
     @property
     def context_length(self) -> int:

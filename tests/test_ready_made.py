@@ -18,10 +18,11 @@ import pytest
 
 import phi3kit as kit
 from phi3kit import backends, catalog, pocket
+from phi3kit.backends import folder_format
 from phi3kit.exporting import plan, prepare
 from phi3kit.hub import PATTERNS, patterns, split_hub_id
 from phi3kit.preflight import FreeSpace
-from phi3kit.sources import detect, is_hub_id
+from phi3kit.sources import is_hub_id
 from phi3kit.workshop import PACK_FILE, PackError, check, unpack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def test_every_catalog_row_is_a_route_the_kit_supports() -> None:
             assert row.source and row.recipe, row
             if row.shipped:  # shipped with the kit: the folder is there and is what the row says
                 folder = pocket.ready_dir(row.shipped)
-                assert detect(folder) == row.backend
+                assert folder_format(folder) == (row.backend, row.backend)
                 assert backend.ready_made(folder, kit.LoadConfig(backend=row.backend, precision=row.precision),
                                           kit.ExportCache(), quiet).precision == row.precision
             else:
@@ -392,3 +393,14 @@ def test_the_optimum_runtime_without_optimum_is_the_kits_error(monkeypatch: pyte
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(kit.MissingDependencyError, match="optimum-intel.*requirements/openvino.txt"):
         kit.load("pocket", "openvino", "int4", runtime="optimum", log=quiet)
+
+
+@pytest.mark.parametrize(("folder", "asked", "loader"), [("ortgenai-int4-cpu", "openvino", "ortgenai"),
+                                                          ("openvino-int4", "ortgenai", "openvino"),
+                                                          ("openvino-int4", "transformers", "openvino")])
+def test_a_ready_made_folder_on_the_wrong_backend_names_the_one_that_loads_it(folder: str, asked: str,
+                                                                              loader: str) -> None:
+    """The folder's format comes from the backends' own markers (backends.folder_format), not from a table of
+    backend names in sources.py. Catches: a folder taken for a checkpoint, or the wrong backend suggested."""
+    with pytest.raises(kit.ModelSourceError, match=rf"ready-made {loader} model.*Fix: backend='{loader}'"):
+        kit.load(str(pocket.ready_dir(folder)), asked, log=quiet)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 from ..errors import UnknownChoiceError
 from .base import Backend
@@ -28,4 +29,14 @@ def get(name: str) -> type[Backend]:
     return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["Backend", "REGISTRY", "get", "names"]
+def folder_format(folder: Path) -> tuple[str, str] | None:
+    """(format, the backend that loads it) for a ready-made folder (an OpenVINO IR, an ONNX Runtime GenAI
+    folder...), None for anything else: each backend names the file that marks its format."""
+    for name in REGISTRY:
+        backend = get(name)
+        if backend.ready_made_marker and backend.ready_made_format and (folder / backend.ready_made_marker).is_file():
+            return backend.ready_made_format, name
+    return None
+
+
+__all__ = ["Backend", "REGISTRY", "folder_format", "get", "names"]

@@ -63,8 +63,10 @@ class Backend(abc.ABC):
     precisions: ClassVar[tuple[str, ...]]
     default_precision: ClassVar[str] = "int4"  # what `precision=None` means for this backend
     requirements: ClassVar[str] = "all.txt"
-    # The folder kind this backend loads as it is ("openvino" IR, "ortgenai" genai_config.json), if any.
+    # The folder kind this backend loads as it is ("openvino" IR, "ortgenai" genai_config.json), if any, and the
+    # file that marks a folder of that kind (backends.folder_format reads it).
     ready_made_format: ClassVar[str | None] = None
+    ready_made_marker: ClassVar[str | None] = None
     # True for backends that read the PyTorch checkpoint itself (nothing to export).
     reads_checkpoint: ClassVar[bool] = False
     # LoadConfig fields that only shape an export: setting one means the kit's own export (prefer="export").

@@ -141,6 +141,7 @@ class OpenVINOBackend(Backend):
     precisions: ClassVar[tuple[str, ...]] = ("int4", "int4-cw", "int8", "fp16", "fp32")
     requirements = "openvino.txt"
     ready_made_format: ClassVar[str | None] = "openvino"
+    ready_made_marker: ClassVar[str | None] = "openvino_model.xml"
     export_only: ClassVar[tuple[str, ...]] = ("group_size", "ratio", "sym", "group_size_fallback")
     exporter: ClassVar[tuple[str, ...]] = EXPORTER
     exporter_modules: ClassVar[dict[str, str]] = {"torch": "torch", "optimum.intel": "optimum-intel", "nncf": "nncf"}

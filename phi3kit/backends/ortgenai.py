@@ -399,6 +399,7 @@ class OrtGenAIBackend(Backend):
     precisions: ClassVar[tuple[str, ...]] = ("int4", "int8", "fp16", "fp32")
     requirements = "directml.txt"
     ready_made_format: ClassVar[str | None] = "ortgenai"
+    ready_made_marker: ClassVar[str | None] = "genai_config.json"
     export_only: ClassVar[tuple[str, ...]] = ("group_size", "accuracy_level", "build_target")
     exporter: ClassVar[tuple[str, ...]] = ("onnxruntime-genai", "onnx-ir", "transformers")
     exporter_modules: ClassVar[dict[str, str]] = {"torch": "torch", "transformers": "transformers",
