@@ -21,6 +21,7 @@ from . import backends
 from .devices import device_family
 from .machine import ISA_FLAGS, LIBRARIES, capabilities_isa, cpu_info, isa_features, library_version  # noqa: F401
 from .procs import shell_commands
+from .safefs import free_bytes
 
 # Every library a route may run on: the doctor's table and every benchmark's hardware record list them.
 ORT_BACKEND = "ortgenai"  # the registry name of the ONNX Runtime GenAI route
@@ -286,10 +287,7 @@ def _hub_cache() -> str:
 
 
 def _free_gb(path: Path) -> float:
-    p = path
-    while not p.exists() and p.parent != p:
-        p = p.parent  # the cache folder may not exist yet: measure the disk it will live on
-    return shutil.disk_usage(p).free / 1e9
+    return free_bytes(path) / 1e9  # the cache folder may not exist yet: the disk it will live on
 
 
 def _nvidia_gpus() -> list[str]:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ResourceError
+from .safefs import free_bytes
 from .safefs import human_size as _size
 
 SKIP_ENV = "PHI3KIT_SKIP_PREFLIGHT"
@@ -48,10 +48,7 @@ class FreeSpace:
     def measure(cls, cache_root: Path) -> FreeSpace:
         import psutil
 
-        here = Path(cache_root)
-        while not here.exists() and here != here.parent:  # the cache folder may not exist yet
-            here = here.parent
-        return cls(shutil.disk_usage(here).free, int(psutil.virtual_memory().available))
+        return cls(free_bytes(cache_root), int(psutil.virtual_memory().available))  # the cache may not exist yet
 
 
 @dataclass
