@@ -77,6 +77,11 @@ class PackEntry:
     origin: str = ""
     recipe: str = ""
 
+    def files_in(self, folder: str) -> dict[str, FileRecord]:
+        """The records of `folder`'s files, by their path inside that folder."""
+        prefix = folder + "/"
+        return {rel[len(prefix):]: rec for rel, rec in self.files.items() if rel.startswith(prefix)}
+
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "route": self.route, "precision": self.precision, "device": self.device,
                 "origin": self.origin, "recipe": self.recipe, "folders": self.folders,
@@ -295,15 +300,13 @@ def check(pack_dir: str | Path, *, hashes: bool = True) -> list[str]:
     return _problems(pack_dir, read_index(pack_dir), hashes)
 
 
-def _already_there(target: Path, entry_files: dict[str, FileRecord], folder: str) -> bool:
+def _already_there(target: Path, records: dict[str, FileRecord]) -> bool:
     """The cache holds this folder intact, byte for byte the pack's."""
     try:
         ExportCache.verify(target)
     except CacheCorruptError:
         return False
-    prefix = folder + "/"
-    return all((target / rel[len(prefix):]).is_file() and sha256(target / rel[len(prefix):]) == rec.sha256
-               for rel, rec in entry_files.items() if rel.startswith(prefix))
+    return all((target / rel).is_file() and sha256(target / rel) == rec.sha256 for rel, rec in records.items())
 
 
 def unpack(pack_dir: str | Path, cache_dir: str | Path | None = None, log: Log = print) -> Unpacked:
@@ -326,12 +329,11 @@ def unpack(pack_dir: str | Path, cache_dir: str | Path | None = None, log: Log =
     for entry in index.entries:
         for folder in entry.folders:
             target = cache.root.joinpath(*folder.split("/"))
-            if _already_there(target, entry.files, folder):
+            if _already_there(target, entry.files_in(folder)):
                 present.append(folder)
             else:
                 todo.append((entry, folder, target))
-    need = sum(rec.size for entry, folder, _ in todo for rel, rec in entry.files.items()
-               if rel.startswith(folder + "/"))
+    need = sum(rec.size for entry, folder, _ in todo for rec in entry.files_in(folder).values())
     require_free_space(cache.root, need, f"Unpacking {len(todo)} entries of {pack_dir}",
                        "free some space, or unpack into a cache on a bigger disk (--cache-dir or PHI3KIT_CACHE), or "
                        f"use the pack in place: {env_command('PHI3KIT_CACHE', str(pack_dir))}")
@@ -341,15 +343,13 @@ def unpack(pack_dir: str | Path, cache_dir: str | Path | None = None, log: Log =
         if links := links_between(cache.root, target.parent):
             raise PackError(f"{links[0]} in the cache is a link: unpacking there could write outside the cache. Fix: "
                             "remove the link, or unpack into another cache (--cache-dir).")
-        prefix = folder + "/"
         with ExportCache.lock(target):
-            if _already_there(target, entry.files, folder):  # another unpack placed it while we waited
+            if _already_there(target, entry.files_in(folder)):  # another unpack placed it while we waited
                 present.append(folder)
                 continue
             tmp = temp_dir(target.parent, target.name)
             try:
-                copy_files(pack_dir / folder, tmp, files=[r[len(prefix):] for r in entry.files if r.startswith(prefix)],
-                           desc=folder)
+                copy_files(pack_dir / folder, tmp, files=list(entry.files_in(folder)), desc=folder)
                 ExportCache.verify(tmp)  # the manifest travels with the entry
                 place_folder(tmp, target, cache.root)
             except CacheCorruptError as exc:
