@@ -34,6 +34,8 @@ class LoadConfig:
     `tuned` applies the runtime settings `phi3kit tune` measured fastest for this export on this device
     (only where it measured them); False runs the runtime's defaults and `runtime_config` alone.
     `fallback_to_cpu` lets ortgenai run on the CPU when its device is missing (logged, never silent).
+    `reuse_cache` lets a chat keep the backend's KV cache between answers (each turn then reads only its new
+    tokens); False reads the whole history at every answer. Single prompts always read the whole prompt.
     `accuracy_level` is ortgenai's int4/int8 matmul compute type (1 = fp32 activations, matches PyTorch;
     4 = int8 activations, much faster on CPU; None: the builder's default, 4 on CPU).
     """
@@ -56,6 +58,7 @@ class LoadConfig:
     accuracy_level: int | None = None
     prefer: str | None = None
     tuned: bool = True
+    reuse_cache: bool = True
 
     def __post_init__(self) -> None:
         # Out of range, these started a 20-40 s export that failed inside optimum-cli (or, for 0, silently

@@ -82,11 +82,13 @@ def memory_window(limits: Limits, kv_bytes: float, available_bytes: float, floor
 
 @dataclass
 class Fitted:
-    """The messages that fit, how many whole turns were dropped, and the prompt ids they make."""
+    """The messages that fit, how many whole turns were left out (`trimmed_now` of them by this answer), and
+    the prompt ids they make."""
 
     messages: list[Message]
     dropped_turns: int
     prompt_ids: list[int]
+    trimmed_now: int = 0
 
 
 def split_turns(messages: Sequence[Message]) -> tuple[list[Message], list[list[Message]]]:
@@ -104,28 +106,44 @@ def split_turns(messages: Sequence[Message]) -> tuple[list[Message], list[list[M
     return head, turns
 
 
-def fit_history(messages: Sequence[Message], encode: Callable[[list[Message]], list[int]], window: int,
-                max_new_tokens: int, max_prompt: int | None = None) -> Fitted:
-    """Drop the oldest turns until the prompt plus `max_new_tokens` fits `window` tokens (and the prompt alone
-    `max_prompt`, where the route limits it: an NPU's compiled prompt length).
+# Once a chat outgrows its window, the oldest turns go several at once, until prompt and answer take at most this
+# share of the window, not one turn per answer: the prompts of the following answers then start as this one does,
+# so a backend that keeps its KV cache reads only each new turn, until the window fills again. Dropping one turn
+# per answer changed the prompt's start every time and forced the whole history to be read again at every turn.
+TRIM_TO_SHARE = 0.5
 
-    The system prompt and the last turn (the question being asked) are always kept; when even
-    they do not fit, the error says by how much and what to shorten.
+
+def fit_history(messages: Sequence[Message], encode: Callable[[list[Message]], list[int]], window: int,
+                max_new_tokens: int, max_prompt: int | None = None, *, kept_from: int = 0,
+                share: float = TRIM_TO_SHARE) -> Fitted:
+    """The history that fits `window` tokens with `max_new_tokens` to answer (and `max_prompt` for the prompt
+    alone, where the route limits it: an NPU's compiled prompt length).
+
+    `kept_from` is how many oldest turns an earlier answer of this chat already left out: while the rest fits,
+    the prompt starts there, as that answer's did. When it does not fit, more of the oldest turns are left out
+    at once, down to `share` of the window (or, when only the question fits, down to the question). The system
+    prompt and the last turn (the question being asked) are always kept; when even they do not fit, the error
+    says by how much and what to shorten.
     """
     head, turns = split_turns(messages)
     prompt_cap = window - 1 if max_prompt is None else min(max_prompt, window - 1)
 
-    def fits(ids: list[int]) -> bool:
-        return len(ids) + max_new_tokens <= window and len(ids) <= prompt_cap
+    def fits(ids: list[int], budget: int = window) -> bool:
+        return len(ids) + max_new_tokens <= budget and len(ids) <= prompt_cap
+
+    built: dict[int, tuple[list[Message], list[int]]] = {}
 
     def build(dropped: int) -> tuple[list[Message], list[int]]:
-        kept = head + [m for turn in turns[dropped:] for m in turn]
-        return kept, encode(kept)
+        if dropped not in built:
+            kept = head + [m for turn in turns[dropped:] for m in turn]
+            built[dropped] = kept, encode(kept)
+        return built[dropped]
 
-    kept, ids = build(0)
-    if fits(ids):
-        return Fitted(kept, 0, ids)
     last = max(len(turns) - 1, 0)
+    start = min(max(kept_from, 0), last)
+    kept, ids = build(start)
+    if fits(ids):
+        return Fitted(kept, start, ids)
     kept, ids = build(last)
     if not fits(ids):
         n = len(ids)
@@ -141,17 +159,17 @@ def fit_history(messages: Sequence[Message], encode: Callable[[list[Message]], l
             f"{what} is {n} tokens; with max_new_tokens={max_new_tokens} it does not fit the context window of "
             f"{window} tokens{prompt}{dropped}. Fix: {fix}."
         )
-    fitting = {last: (kept, ids)}
-    lo, hi = 1, last  # dropping `hi` turns fits, dropping none does not: find the fewest to drop
+    target = int(share * window)
+    budget = target if fits(ids, target) else window  # only the question fits the share: keep what fits the window
+    lo, hi = start + 1, last  # dropping `hi` turns fits the budget: find the fewest that do
     while lo < hi:
         mid = (lo + hi) // 2
-        k, i = build(mid)
-        if fits(i):
-            fitting[mid], hi = (k, i), mid
+        if fits(build(mid)[1], budget):
+            hi = mid
         else:
             lo = mid + 1
-    kept, ids = fitting[lo]
-    return Fitted(kept, lo, ids)
+    kept, ids = build(lo)
+    return Fitted(kept, lo, ids, trimmed_now=lo - start)
 
 
 def context_window(model_window: int, context_length: int | None) -> int:
@@ -164,12 +182,14 @@ def context_window(model_window: int, context_length: int | None) -> int:
     return min(context_length, model_window)
 
 
-def trim_notice(dropped_turns: int, window: int, why: str = "") -> str:
+def trim_notice(dropped_turns: int, window: int, why: str = "", share: float = TRIM_TO_SHARE) -> str:
     """What the panel and the terminal say when older turns no longer fit (`why`: what set the window)."""
     dropped = "the oldest turn was" if dropped_turns == 1 else f"the {dropped_turns} oldest turns were"
     because = f" ({why})" if why else ""
     return (f"The conversation is longer than the {window}-token context window{because}: {dropped} left out of "
-            "this answer (the system prompt is kept).")
+            f"this answer (the system prompt is kept). Older turns go several at once, down to {share:.0%} of the "
+            "window, so the next answers continue from what the model has already read instead of reading the "
+            "whole history again.")
 
 
 def to_messages(prompt: str | Sequence[Message], system: str | None = None) -> list[Message]:

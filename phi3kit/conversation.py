@@ -20,7 +20,9 @@ class Conversation:
     """A multi-turn chat with one session: `say()` adds your turn, the answer is added once consumed.
 
     The full history is kept (you can read it); each answer sees as much of it as fits the context
-    window, and its Response reports how many turns were left out (`trimmed_turns`).
+    window, and its Response reports how many turns were left out (`trimmed_turns`). Once the window is
+    full, several oldest turns go at once, so the following answers start the same way and the backend's
+    KV cache serves them: each answer then reads only the newest turn.
     """
 
     def __init__(self, session: Session, system: str | None = None, *, context_length: int | None = None,
@@ -40,6 +42,7 @@ class Conversation:
                 f"context window. Fix: set max_new_tokens well below {self.window} (e.g. {self.window // 4}).")
         self._turns: list[Message] = []
         self._pending: Response | None = None
+        self._dropped = 0  # oldest turns the last answer left out (several at once: see context.TRIM_TO_SHARE)
 
     @property
     def history(self) -> list[Message]:
@@ -59,8 +62,10 @@ class Conversation:
             raise Phi3kitError("A chat message must be a non-empty string.")
         self._settle()
         asked = self.messages + [{"role": "user", "content": text}]
-        response = self.session.chat(asked, config=self.gen, context_length=self.context_length)
+        response = self.session.chat(asked, config=self.gen, context_length=self.context_length,
+                                     kept_from=self._dropped)
         self._turns.append({"role": "user", "content": text})  # only once chat() accepted it
+        self._dropped = response.trimmed_turns  # the next answers start where this one does, while it fits
         self._pending = response
         return response
 
@@ -68,7 +73,7 @@ class Conversation:
         """Forget the history (the system prompt stays); a running answer is stopped."""
         if self._pending is not None:
             self._pending.cancel()
-        self._turns, self._pending = [], None
+        self._turns, self._pending, self._dropped = [], None, 0
 
     def _settle(self) -> None:
         """A previous answer nobody read is generated now, so the history stays question/answer."""

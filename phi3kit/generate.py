@@ -66,12 +66,15 @@ class IncrementalDecoder:
 class Response:
     """A streamed answer: iterate it for text chunks; `text` and `metrics` once it is done."""
 
-    def __init__(self, session: Session, prompt_ids: list[int], gen: GenerationConfig) -> None:
+    def __init__(self, session: Session, prompt_ids: list[int], gen: GenerationConfig, *, reuse: bool = False) -> None:
+        """`reuse`: let a backend that keeps its KV cache read only what it does not hold of `prompt_ids` (chats);
+        False (single prompts, benchmarks, tune) prefills the whole prompt."""
         self.session, self.prompt_ids, self.gen = session, prompt_ids, gen
+        self.reuse = reuse and session.backend.reuses_cache
         self.token_ids: list[int] = []
         self.chunks: list[str] = []
-        self.metrics = Metrics(prompt_tokens=len(prompt_ids), load_s=session.load_s, source=session.origin,
-                               recipe=session.recipe, tuned=session.tuned)
+        self.metrics = Metrics(prompt_tokens=len(prompt_ids), prefilled_tokens=len(prompt_ids), load_s=session.load_s,
+                               source=session.origin, recipe=session.recipe, tuned=session.tuned)
         self._gen: Iterator[str] | None = None
         self._done = False
         self.error: BaseException | None = None  # what ended the answer when finish_reason is "error"
@@ -97,7 +100,9 @@ class Response:
         with PeakMemory() as mem:
             start = last = time.perf_counter()
             try:
-                stream = s.backend.stream(self.prompt_ids, self.gen, s.stop_ids)
+                # The clock started before the backend rewinds or prefills: TTFT is what this answer really took.
+                stream = (s.backend.stream(self.prompt_ids, self.gen, s.stop_ids, reuse=True) if self.reuse
+                          else s.backend.stream(self.prompt_ids, self.gen, s.stop_ids))
                 for tok, stamp in stream:
                     m.token_latencies_s.append(stamp - last)
                     last = stamp
@@ -124,6 +129,9 @@ class Response:
                 m.new_tokens = len(m.token_latencies_s)
                 m.ttft_s = m.token_latencies_s[0] if m.token_latencies_s else 0.0
                 m.finish_reason = finish
+                if self.reuse:
+                    m.reused_tokens = s.backend.cached.reused
+                    m.prefilled_tokens = m.prompt_tokens - m.reused_tokens
                 self._done = True
         if tail := decoder.flush():
             self.chunks.append(tail)
@@ -174,6 +182,8 @@ class Session:
         self.limits = backend.limits(source.context_length)  # what this route really serves
         self.context_length = self.limits.window
         self.chat_window, self.chat_window_why = self._chat_window()
+        # Chats keep the backend's KV cache between answers where it can (False: every answer prefills it all).
+        self.reuse_cache = cfg.reuse_cache
 
     def _chat_window(self) -> tuple[int, str]:
         """A chat's default window: the route's, capped where its KV cache would outgrow this machine's memory."""
@@ -245,13 +255,15 @@ class Session:
         return Response(self, ids, gen)
 
     def chat(self, history: Sequence[Message], *, system: str | None = None, config: GenerationConfig | None = None,
-             context_length: int | None = None, **options: Any) -> Response:
+             context_length: int | None = None, kept_from: int = 0, **options: Any) -> Response:
         """Answer the last user turn of `history`, dropping the oldest turns if it outgrows the context window.
 
         The system prompt and the last turn are always kept; `response.trimmed_turns` says how many
         turns were left out. `context_length` sets the window (None: `chat_window`, the route's own,
         capped on long-context models where its KV cache would not fit this machine's memory; never
-        above the route's).
+        above the route's). Once the history outgrows the window, several oldest turns go at once (context.py,
+        TRIM_TO_SHARE); `kept_from` is how many an earlier answer of the same chat left out, so the prompt keeps
+        starting where that answer's did and the backend's KV cache (`reuse_cache`) serves it.
         """
         gen = config or GenerationConfig(**options)
         if context_length is None:
@@ -260,9 +272,9 @@ class Session:
             window = context_window(self.context_length, context_length)
             why = "context_length" if window < self.context_length else self.limits.why
         fitted = fit_history(to_messages(history, system), self.encode, window, gen.max_new_tokens,
-                             max_prompt=self.limits.max_prompt)
+                             max_prompt=self.limits.max_prompt, kept_from=kept_from)
         self.check_fits(len(fitted.prompt_ids), gen.max_new_tokens)
-        response = Response(self, fitted.prompt_ids, gen)
+        response = Response(self, fitted.prompt_ids, gen, reuse=self.reuse_cache)
         response.trimmed_turns, response.window, response.window_why = fitted.dropped_turns, window, why
         return response
 

@@ -12,9 +12,16 @@ import psutil
 
 @dataclass
 class Metrics:
-    """TTFT is prompt processing plus the first token; tokens/s counts decode steps only."""
+    """TTFT is prompt processing plus the first token; tokens/s counts decode steps only.
+
+    In a chat, a backend that keeps its KV cache reads only the part of the prompt it does not hold yet:
+    `reused_tokens` of the prompt came from the cache, `prefilled_tokens` were read for this answer, and the
+    TTFT is what this answer really took (the rewind and the prefill of the new part), not a full prefill's.
+    """
 
     prompt_tokens: int = 0
+    reused_tokens: int = 0
+    prefilled_tokens: int = 0
     new_tokens: int = 0
     load_s: float = 0.0
     ttft_s: float = 0.0
@@ -45,13 +52,19 @@ class Metrics:
     def summary(self) -> str:
         return (
             f"{self.new_tokens} tokens ({self.finish_reason}) | load {self.load_s:.2f} s | "
-            f"TTFT {self.ttft_s * 1000:.0f} ms | TPOT {self.tpot_s * 1000:.1f} ms | "
+            f"TTFT {self.ttft_s * 1000:.0f} ms{self._reuse_note} | TPOT {self.tpot_s * 1000:.1f} ms | "
             f"{self.tokens_per_s:.1f} tokens/s | peak RSS {self.peak_rss_mb:.0f} MB"
         )
 
+    @property
+    def _reuse_note(self) -> str:
+        if not self.reused_tokens:
+            return ""
+        return f" ({self.prefilled_tokens} prompt tokens read, {self.reused_tokens} reused)"
+
     def _repr_html_(self) -> str:
         rows = [
-            ("prompt tokens", self.prompt_tokens),
+            ("prompt tokens", f"{self.prompt_tokens}{self._reuse_note}"),
             ("new tokens", f"{self.new_tokens} ({self.finish_reason})"),
             ("load time", f"{self.load_s:.2f} s"),
             ("time to first token", f"{self.ttft_s * 1000:.1f} ms"),

@@ -7,7 +7,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -47,6 +47,43 @@ def flat_properties(props: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}" if prefix else k] = v
     return out
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading ids `a` and `b` share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass
+class CachedIds:
+    """The token ids a runtime's KV cache holds, in order: what the next prompt of a chat can reuse.
+
+    Ids, not text: the answer re-tokenized inside the next turn's prompt may split differently from the
+    ids the model generated, and only the ids say what the cache really holds. A backend records what it
+    feeds (`ids`), asks `keep(prompt)` before each answer, and `forget()`s when the cache's content is
+    unknown (a failed answer). `reused` is how many prompt ids the last answer did not prefill.
+    """
+
+    ids: list[int] = field(default_factory=list)
+    reused: int = 0
+    state: Any = None  # the runtime's own object that holds the cache, where it has one (a DynamicCache...)
+
+    def keep(self, prompt_ids: list[int], *, can_rewind: bool = True) -> int:
+        """How many leading prompt ids to keep in the cache: 0 starts afresh, len(ids) extends it, anything
+        between rewinds to the common prefix (0 where the runtime cannot rewind). The last prompt id is
+        always run again, since its logits choose the first new token."""
+        n = min(common_prefix(self.ids, prompt_ids), len(prompt_ids) - 1)
+        if n < len(self.ids) and not can_rewind:
+            n = 0
+        return max(n, 0)
+
+    def forget(self) -> None:
+        self.ids, self.reused, self.state = [], 0, None
 
 
 class Backend(abc.ABC):
@@ -208,7 +245,16 @@ class Backend(abc.ABC):
         must stop the runtime's generation. `threaded_stream` does all of this for a
         callback-driven runtime, and stamps each token as it is produced, so a slow
         consumer (a notebook printing) never inflates the measured latencies.
+
+        Backends with `reuses_cache` take a keyword `reuse`: False (the default, and what benchmarks, tune and
+        single prompts use) prefills the whole prompt on an empty cache; True keeps what the cache holds of
+        this prompt (`CachedIds.keep`). Either way the answer's ids are the same at fp32 greedy.
         """
+
+    # True where `stream(..., reuse=True)` keeps the KV cache across calls: a prompt that starts with the ids the
+    # cache holds (the chat so far) prefills only the rest, and reports it in `cached.reused`.
+    reuses_cache: ClassVar[bool] = False
+    cached: CachedIds  # set by backends that reuse (their __init__)
 
     # Bytes per KV-cache element as this runtime keeps it (for the chat window's memory cap): a cautious default.
     kv_element_bytes: float = 2.0
@@ -308,9 +354,14 @@ def cancel_criterion() -> type:
 
 
 def hf_stream(
-    model: Any, device: str, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int]
+    model: Any, device: str, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int],
+    cached: CachedIds | None = None, reuse: bool = False,
 ) -> Iterator[Token]:
-    """Stream ids out of any `generate()` with transformers' interface (PyTorch, optimum-intel)."""
+    """Stream ids out of any `generate()` with transformers' interface (PyTorch, optimum-intel).
+
+    With `cached` (a PyTorch model), the DynamicCache that generate() hands back is kept in `cached.state` with
+    the ids it holds; `reuse=True` crops it to the prompt's common prefix and lets generate() prefill the rest.
+    """
     import torch
     from transformers import StoppingCriteriaList
     from transformers.generation.streamers import BaseStreamer
@@ -347,7 +398,29 @@ def hf_stream(
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         ids = torch.tensor([prompt_ids], device=device)
+        if cached is not None:
+            kwargs.update(return_dict_in_generate=True, past_key_values=_hf_past(cached, prompt_ids, reuse))
         with torch.inference_mode():
-            model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+        if cached is not None:  # the cache generate() ends with (a LongRoPE model may have replaced ours)
+            past = out.past_key_values
+            cached.ids, cached.state = out.sequences[0].tolist()[: past.get_seq_length()], past
 
     return threaded_stream(run)
+
+
+def _hf_past(cached: CachedIds, prompt_ids: list[int], reuse: bool) -> Any:
+    """The DynamicCache to hand generate(): the kept one cropped to the common prefix, or None (a fresh one).
+
+    Until generate() returns, `cached` says the cache holds nothing: a failed or interrupted answer leaves no
+    claim about a cache that generate() may have half-filled.
+    """
+    past = cached.state
+    rewind = past is not None and not any(getattr(past, "is_sliding", [])) and hasattr(past, "crop")
+    keep = cached.keep(prompt_ids, can_rewind=rewind) if reuse and past is not None else 0
+    cached.ids, cached.state, cached.reused = [], None, keep
+    if not keep:
+        return None
+    if keep < past.get_seq_length():
+        past.crop(keep)
+    return past

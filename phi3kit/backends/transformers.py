@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..config import GenerationConfig, LoadConfig
-from .base import Backend, Token, hf_stream
+from .base import Backend, CachedIds, Token, hf_stream
 from .longrope import patch_hf_longrope
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -19,6 +19,7 @@ class TransformersBackend(Backend):
     precisions: ClassVar[tuple[str, ...]] = tuple(_DTYPES)
     default_precision: ClassVar[str] = "fp32"
     reads_checkpoint: ClassVar[bool] = True  # PyTorch reads the checkpoint as it is
+    reuses_cache: ClassVar[bool] = True  # keeps generate()'s DynamicCache between answers
 
     @classmethod
     def devices(cls, runtime: str) -> list[str]:
@@ -43,6 +44,7 @@ class TransformersBackend(Backend):
         self.model.eval()
         patch_hf_longrope(self.model)  # transformers 5.4/5.5: the LongRoPE cache reset would run one token alone
         self.kv_element_bytes = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0}[cfg.precision or "fp32"]
+        self.cached = CachedIds()
 
     logits_source = "PyTorch forward"
 
@@ -52,5 +54,9 @@ class TransformersBackend(Backend):
         with torch.inference_mode():
             return self.model(torch.tensor([ids], device=self.device)).logits[0].float().cpu().numpy()
 
-    def stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int]) -> Iterator[Token]:
-        return hf_stream(self.model, self.device, prompt_ids, gen, stop_ids)
+    def stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int], *,
+               reuse: bool = False) -> Iterator[Token]:
+        return hf_stream(self.model, self.device, prompt_ids, gen, stop_ids, self.cached, reuse)
+
+    def close(self) -> None:
+        self.cached.forget()
