@@ -15,7 +15,7 @@ import pytest
 
 import phi3kit as kit
 from phi3kit import pocket
-from phi3kit.context import fit_history, split_turns, trim_notice
+from phi3kit.context import TRIM_TO_SHARE, fit_history, split_turns, trim_notice
 from phi3kit.conversation import Conversation
 from phi3kit.widgets import HEADLESS_NOTE, ChatPanel, has_widget_frontend
 
@@ -64,22 +64,33 @@ def test_split_turns_keeps_system_apart() -> None:
     assert [len(g) for g in groups] == [2, 2, 1] and groups[-1][0]["content"] == "q"
 
 
-def test_fit_history_drops_the_fewest_oldest_turns(pocket_tokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_fit_history_trims_several_turns_down_to_the_share(pocket_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Once the history outgrows the window, the oldest turns go several at once down to TRIM_TO_SHARE of it (the
+    rule that replaced "drop the fewest": that one changed the prompt's start at every later turn, so no KV cache
+    could serve it), and an earlier trim's start is kept while it fits. Catches a return to one-turn trims, a trim
+    that overshoots (drops a turn it did not need to), and a chat that forgets where it was trimmed."""
     def encode(m: list[dict[str, str]]) -> list[int]:
         return pocket_tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True)["input_ids"]
 
     msgs = [{"role": "system", "content": "Be brief."}, *turns(5), {"role": "user", "content": Q1}]
     full = len(encode(msgs))
     assert fit_history(msgs, encode, full + 10, 10).dropped_turns == 0
-    fitted = fit_history(msgs, encode, full + 9, 10)  # one token short: exactly one turn must go
-    assert fitted.dropped_turns == 1 and fitted.messages == [msgs[0], *msgs[3:]]
+    fitted = fit_history(msgs, encode, full + 9, 10)  # one token short: enough turns go for half the window
+    assert fitted.dropped_turns >= 2 and fitted.trimmed_now == fitted.dropped_turns
+    assert len(fitted.prompt_ids) + 10 <= (full + 9) * TRIM_TO_SHARE
     for window in range(60, full, 37):
         f = fit_history(msgs, encode, window, 16)
         assert len(f.prompt_ids) + 16 <= window and f.prompt_ids == encode(f.messages)
         assert f.messages[0] == msgs[0] and f.messages[-1] == msgs[-1]  # system prompt and question kept
-        if f.dropped_turns:  # dropping one turn fewer would not have fitted
+        if f.dropped_turns:  # dropping one turn fewer would not have fitted the share (or, failing that, the window)
+            share = int(window * TRIM_TO_SHARE)
+            budget = share if len(encode([msgs[0], msgs[-1]])) + 16 <= share else window
+            assert len(f.prompt_ids) + 16 <= budget
             bigger = [msgs[0], *msgs[1 + 2 * (f.dropped_turns - 1):]]
-            assert len(encode(bigger)) + 16 > window
+            assert len(encode(bigger)) + 16 > budget
+        # the next answer of the same chat starts where this one did, while that fits
+        again = fit_history(msgs, encode, window, 16, kept_from=f.dropped_turns)
+        assert (again.dropped_turns, again.trimmed_now, again.prompt_ids) == (f.dropped_turns, 0, f.prompt_ids)
     with pytest.raises(kit.ContextWindowError, match="last message plus the system prompt.*Fix"):
         fit_history(msgs, encode, 20, 16)
 

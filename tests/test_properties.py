@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import phi3kit as kit
 from phi3kit.cache import ExportCache
-from phi3kit.context import fit_history
+from phi3kit.context import TRIM_TO_SHARE, fit_history
 
 # derandomize: CI runs a fixed set of examples, so a red run can be rerun and a green one means the same each time
 # (a random draw once found 9 answered histories of 40 against a floor of 10, and once a real bug: keep @example
@@ -102,29 +102,42 @@ def test_chat_answers_or_raises_a_documented_error() -> None:
 
 @SETTINGS
 @given(history=st.lists(st.tuples(texts, texts), min_size=0, max_size=10), question=texts,
-       system=st.one_of(st.none(), texts), window=st.integers(1, 2000), max_new_tokens=st.integers(1, 64))
-def test_trimming_keeps_system_and_question_and_drops_the_fewest(pocket_tokenizer, history: list[tuple[str, str]],  # type: ignore[no-untyped-def]
-                                                                 question: str, system: str | None, window: int,
-                                                                 max_new_tokens: int) -> None:
+       system=st.one_of(st.none(), texts), window=st.integers(1, 2000), max_new_tokens=st.integers(1, 64),
+       kept_from=st.integers(0, 12))
+def test_trimming_keeps_system_and_question_and_trims_down_to_the_share(  # type: ignore[no-untyped-def]
+        pocket_tokenizer, history: list[tuple[str, str]], question: str, system: str | None, window: int,
+        max_new_tokens: int, kept_from: int) -> None:
+    """The trim rule (context.fit_history): a chat starts where an earlier answer's trim left it while that fits;
+    otherwise the fewest more oldest turns go for prompt and answer to take at most TRIM_TO_SHARE of the window
+    (the whole window when only the question fits that). It replaced "drop the fewest turns that fit", which
+    changed the prompt's start at every answer once the window was full, so no KV cache could serve it."""
     def encode(m: list[dict[str, str]]) -> list[int]:
         return pocket_tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True)["input_ids"]
 
-    msgs = [{"role": "system", "content": system}] if system else []
+    head = [{"role": "system", "content": system}] if system else []
+    msgs = list(head)
     for q, a in history:
         msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
     msgs.append({"role": "user", "content": question})
+
+    def keep(dropped: int) -> list[dict[str, str]]:
+        return head + msgs[len(head) + 2 * dropped:]
+
     try:
-        f = fit_history(msgs, encode, window, max_new_tokens)
+        f = fit_history(msgs, encode, window, max_new_tokens, kept_from=kept_from)
     except kit.ContextWindowError:
-        head = msgs[:1] if system else []
         assert len(encode([*head, msgs[-1]])) + max_new_tokens > window  # refused only when nothing fits
         return
+    start = min(kept_from, len(history))
     assert len(f.prompt_ids) + max_new_tokens <= window and f.messages[-1] == msgs[-1]
-    assert (f.messages[0] == msgs[0]) if system else True
-    assert f.messages == (msgs[:1] if system else []) + msgs[len(msgs) - len(f.messages) + (1 if system else 0):]
-    if f.dropped_turns:
-        keep_one_more = (msgs[:1] if system else []) + msgs[(1 if system else 0) + 2 * (f.dropped_turns - 1):]
-        assert len(encode(keep_one_more)) + max_new_tokens > window
+    assert f.messages == keep(f.dropped_turns) and f.prompt_ids == encode(f.messages)
+    assert f.dropped_turns >= start and f.trimmed_now == f.dropped_turns - start
+    if f.trimmed_now:  # the start did not fit; the fewest more turns went for the budget
+        assert len(encode(keep(start))) + max_new_tokens > window
+        share = int(TRIM_TO_SHARE * window)
+        budget = share if len(encode(keep(len(history)))) + max_new_tokens <= share else window
+        assert len(f.prompt_ids) + max_new_tokens <= budget
+        assert len(encode(keep(f.dropped_turns - 1))) + max_new_tokens > budget
 
 
 @SETTINGS

@@ -1,0 +1,134 @@
+"""Chats keep the KV cache between answers: the shared decision (ids, not text), the PyTorch route's parity with a
+full prefill through a trim, a stop and a failure, and the trim that lets later turns extend the cache."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from chat_script import MAX_NEW, QUESTIONS, Injected, assert_parity, cache_matches, play
+
+import phi3kit as kit
+from phi3kit.backends.base import CachedIds
+from phi3kit.conversation import Conversation
+
+_sessions: dict[str, kit.Session] = {}
+
+
+def pocket_torch() -> kit.Session:
+    if "torch" not in _sessions:
+        _sessions["torch"] = kit.load("pocket", "transformers", "fp32", log=lambda m: None)
+    return _sessions["torch"]
+
+
+# --- the decision --------------------------------------------------------------------------------
+
+
+def test_cached_ids_extend_rewind_or_start_afresh() -> None:
+    c = CachedIds(ids=[1, 2, 3, 4])
+    assert c.keep([1, 2, 3, 4, 5, 6]) == 4  # extends: only 5, 6 are read
+    assert c.keep([1, 2, 9, 9]) == 2  # diverges: rewinds to the common prefix
+    assert c.keep([1, 2, 9, 9], can_rewind=False) == 0  # a runtime that cannot rewind starts afresh
+    assert c.keep([1, 2, 3, 4, 5], can_rewind=False) == 4  # ...but still extends
+    assert c.keep([1, 2, 3, 4]) == 3  # the same prompt again: its last id is read again, for its logits
+    assert c.keep([7]) == 0 and CachedIds().keep([1, 2]) == 0
+    c.forget()
+    assert c.ids == [] and c.keep([1, 2, 3]) == 0
+
+
+# --- PyTorch: parity with a full prefill -----------------------------------------------------------
+
+
+def _torch_cache(session: kit.Session, r: kit.Response) -> bool:
+    cached = session.backend.cached
+    held = cached.state.get_seq_length() if cached.state is not None else 0
+    return held == len(cached.ids) and cache_matches(session, r)
+
+
+def test_pytorch_chat_with_reuse_answers_as_a_full_prefill() -> None:
+    """Greedy fp32 ids with the DynamicCache kept equal a full prefill's at every turn, through a trim, a stopped
+    answer and a failed one; the cache then holds exactly the ids the backend says (prompt + the answer's ids).
+    Catches: a cache that is not cropped on divergence (wrong answers after a stop or a trim), a cache that claims
+    ids it does not hold, reuse that silently never happens, and a trim that re-reads the history every turn."""
+    s = pocket_torch()
+    on = play(s, True, check_cache=_torch_cache)
+    off = play(s, False)
+    assert_parity(on, off)
+    assert all(t.cache_ok for t in on.turns), [(t.action, t.cache_ok) for t in on.turns]
+
+
+@contextmanager
+def failing_forward(session: kit.Session, after: int = 5) -> Iterator[None]:
+    """PyTorch itself raises on its `after`-th forward pass: the DynamicCache is left half-written."""
+    model = session.backend.model
+    real, calls = model.forward, [0]
+
+    def forward(*a, **kw):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] == after:
+            raise Injected("injected failure inside the model")
+        return real(*a, **kw)
+
+    model.forward = forward
+    try:
+        yield
+    finally:
+        del model.forward
+
+
+def test_a_failure_inside_pytorch_forgets_the_cache_and_the_next_answer_is_right() -> None:
+    """A forward pass that raises mid-answer leaves a cache nobody can vouch for: the backend forgets it, the
+    next answer reads everything again and equals a full prefill. Catches a half-written cache reused."""
+    s = pocket_torch()
+    on = play(s, True, fail=failing_forward, check_cache=_torch_cache)
+    off = play(s, False, fail=failing_forward)
+    failed = [i for i, t in enumerate(on.turns) if t.finish == "error"]
+    assert failed and on.turns[failed[0] + 1].reused == 0
+    for a, b in zip(on.turns, off.turns, strict=True):
+        assert a.prompt_ids == b.prompt_ids and (a.finish == "error" or a.token_ids == b.token_ids)
+    assert all(t.cache_ok for t in on.turns)
+
+
+def test_single_prompts_and_a_reuse_off_session_read_the_whole_prompt() -> None:
+    """Benchmarks, tune and check time `generate()` (or a bare Response) on fresh prompts: a full prefill even
+    right after a chat filled the cache with the same prefix. Catches a fake TTFT from a cached prefix."""
+    s = pocket_torch()
+    conv = Conversation(s, max_new_tokens=MAX_NEW)
+    conv.say(QUESTIONS[0]).consume()
+    again = conv.say(QUESTIONS[1]).consume()
+    assert again.metrics.reused_tokens > 0  # a chat reuses...
+    r = s.generate(conv.messages[:-1] + [{"role": "user", "content": QUESTIONS[1]}], max_new_tokens=8).consume()
+    assert r.metrics.reused_tokens == 0 and r.metrics.prefilled_tokens == r.metrics.prompt_tokens  # ...one prompt not
+    s.reuse_cache = False
+    try:
+        off = s.chat(conv.messages + [{"role": "user", "content": QUESTIONS[2]}], max_new_tokens=8).consume()
+    finally:
+        s.reuse_cache = True
+    assert off.metrics.reused_tokens == 0 and off.metrics.prefilled_tokens == off.metrics.prompt_tokens
+    assert "reused" in again.metrics.summary() and "reused" not in r.metrics.summary()
+
+
+def test_a_trimmed_chat_extends_the_cache_on_the_following_turns() -> None:
+    """Once the window is full the oldest turns go several at once: the next turns' prompts start as the trimmed
+    one did, so they read only their new turn. Catches the old rule (one turn per answer: every later turn
+    starts differently and is read in full)."""
+    s = pocket_torch()
+    conv = Conversation(s, "Be brief.", context_length=200, max_new_tokens=MAX_NEW)
+    rs = [conv.say(q).consume() for q in QUESTIONS]
+    first = next(i for i, r in enumerate(rs) if r.trimmed_turns)
+    assert first + 2 < len(rs), "the chat trimmed too late to see the turns after a trim"
+    assert rs[first].trimmed_turns >= 2  # several at once
+    assert len(rs[first].prompt_ids) + MAX_NEW <= 200 // 2  # down to the stated share
+    nxt = rs[first + 1]
+    assert nxt.trimmed_turns == rs[first].trimmed_turns  # the same start...
+    assert nxt.prompt_ids[:len(rs[first].prompt_ids) - 1] == rs[first].prompt_ids[:-1]
+    assert nxt.metrics.reused_tokens >= len(rs[first].prompt_ids) - 1  # ...so the cache serves it
+    assert "down to 50% of the window" in rs[first].trim_notice
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_reuse_switch_from_load(reuse: bool) -> None:
+    """`kit.load(..., reuse_cache=False)` reaches the session (the chat benchmark's 'off' column)."""
+    cfg = kit.LoadConfig(model="pocket", backend="transformers", precision="fp32", reuse_cache=reuse)
+    assert cfg.reuse_cache is reuse and pocket_torch().reuse_cache is True
