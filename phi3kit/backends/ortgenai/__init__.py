@@ -25,7 +25,7 @@ from ...config import GenerationConfig, LoadConfig
 from ...context import Limits, model_limits, sliding_window_of
 from ...errors import DeviceNotFoundError, ExportError, MissingDependencyError, ModelSourceError, UnknownChoiceError
 from ...sources import ModelSource, check_phi3
-from ..base import Backend, Candidate, Log, Token
+from ..base import Backend, CachedIds, Candidate, Log, Token
 from . import runtime
 from .builder import (
     accuracy_level,
@@ -227,6 +227,7 @@ class OrtGenAIBackend(Backend):
         self.context = int(genai["model"].get("context_length") or 0)
         # The CPU keeps the KV cache in fp32 for int4, int8 and fp32 builds (fp16 builds: fp16).
         self.kv_element_bytes = 2.0 if cfg.precision == "fp16" else 4.0
+        self.cached = CachedIds()
 
     def search_max_length(self, total: int) -> int:
         """The search option `max_length` for `total` tokens: a windowed KV cache needs at least the window even
@@ -244,9 +245,13 @@ class OrtGenAIBackend(Backend):
                       "Or export it again with this phi3kit (prefer='export'), which builds the window in and serves "
                       "the whole context.")
 
-    def stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int]) -> Iterator[Token]:
+    reuses_cache: ClassVar[bool] = True  # keeps the og.Generator between answers of a chat
+
+    def stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int], *,
+               reuse: bool = False) -> Iterator[Token]:
         max_length = self.search_max_length(len(prompt_ids) + gen.max_new_tokens)
-        return runtime.stream(self.model, max_length, prompt_ids, gen, stop_ids)
+        return runtime.stream(self.model, max_length, prompt_ids, gen, stop_ids, self.cached, reuse,
+                              chat_max_length=self.context)
 
     logits_source = "onnxruntime-genai generator.get_output('logits')"
 
@@ -254,6 +259,7 @@ class OrtGenAIBackend(Backend):
         return runtime.logits(self.model, self.search_max_length(len(ids) + 1), ids)
 
     def close(self) -> None:
+        self.cached.forget()  # the kept og.Generator first: it holds the model
         self.__dict__.pop("model", None)
 
 

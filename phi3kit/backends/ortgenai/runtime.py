@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ...config import GenerationConfig
-from ..base import Token, threaded_stream
+from ..base import CachedIds, Token, threaded_stream
 
 
 def open_model(model_dir: Path, provider: str, runtime_config: dict[str, Any]) -> Any:
@@ -25,34 +25,87 @@ def open_model(model_dir: Path, provider: str, runtime_config: dict[str, Any]) -
     return og.Model(config)
 
 
+CHAT_LENGTH = 4096
+
+
 def stream(model: Any, max_length: int, prompt_ids: list[int], gen: GenerationConfig,
-           stop_ids: list[int]) -> Iterator[Token]:
-    """The generator loop: the prompt in one pass, then one token at a time until a stop id or max_new_tokens."""
+           stop_ids: list[int], cached: CachedIds | None = None, reuse: bool = False,
+           chat_max_length: int = 0) -> Iterator[Token]:
+    """The generator loop: the prompt in one pass, then one token at a time until a stop id or max_new_tokens.
+
+    With `cached`, the og.Generator is kept after the answer (`cached.state`) with the ids its KV cache holds;
+    `reuse=True` then rewinds it to the common prefix with `prompt_ids` (`rewind_to`) and appends only the rest
+    (`append_tokens`), the way onnxruntime-genai's own model-chat example keeps a chat. A kept generator is made
+    with `chat_max_length` (the model's context), since its length is fixed when it is made.
+    """
     import numpy as np
     import onnxruntime_genai as og
 
-    params = og.GeneratorParams(model)
+    key = (gen.do_sample, gen.temperature, gen.top_p, gen.top_k, gen.seed, gen.ignore_eos)
     total = len(prompt_ids) + gen.max_new_tokens
-    options: dict[str, Any] = {"max_length": max_length, "do_sample": gen.do_sample}
-    if gen.ignore_eos:  # the generator finishes at its eos by itself; min_length keeps it going (masks eos)
-        options["min_length"] = total
-    if gen.do_sample:
-        options.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
-        if gen.seed is not None:
-            options["random_seed"] = gen.seed
-    params.set_search_options(**options)
+    # A chat's generator is kept (a seeded sample gets a fresh one: the seed promises a fresh RNG). Its length is
+    # fixed when it is made and sizes its KV cache: the model's context up to CHAT_LENGTH tokens, else twice this
+    # request (a long-context model's 128k tokens of cache would not fit a laptop), made again when outgrown.
+    keep_generator = cached is not None and reuse and not (gen.do_sample and gen.seed is not None)
+    length = max(max_length, min(chat_max_length or max_length, max(2 * total, CHAT_LENGTH))) if keep_generator \
+        else max_length
+
+    def params() -> Any:
+        p = og.GeneratorParams(model)
+        options: dict[str, Any] = {"max_length": length, "do_sample": gen.do_sample}
+        if gen.ignore_eos:  # the generator finishes at its eos by itself; min_length keeps it going (masks eos)
+            options["min_length"] = length if keep_generator else total
+        if gen.do_sample:
+            options.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
+            if gen.seed is not None:
+                options["random_seed"] = gen.seed
+        p.set_search_options(**options)
+        return p
+
     stops = set(stop_ids)
 
+    def start() -> tuple[Any, int]:
+        """The generator for this answer and how many prompt ids its KV cache already holds."""
+        if cached is None:
+            return og.Generator(model, params()), 0
+        kept = cached.state
+        keep = cached.keep(prompt_ids) if reuse and kept is not None and kept[1] == key and kept[2] >= total else 0
+        cached.ids, cached.state, cached.reused = [], None, 0  # nothing is vouched for until this answer ends
+        if keep:
+            generator, _, _, sequence = kept
+            try:
+                if keep < sequence:  # also drops the token sampled last, which no forward pass has read
+                    generator.rewind_to(keep)
+                cached.reused = keep
+                return generator, keep
+            except Exception:  # noqa: BLE001 - e.g. a sliding-window cache that evicted that point: start afresh
+                del generator
+        del kept
+        return og.Generator(model, params()), 0
+
     def run(emit: Any) -> None:
-        generator = og.Generator(model, params)
-        generator.append_tokens(np.asarray([prompt_ids], dtype=np.int32))  # prefill: the prompt in one pass
-        for _ in range(gen.max_new_tokens):
-            if generator.is_done():
-                return
-            generator.generate_next_token()
-            token = int(generator.get_next_tokens()[0])
-            if not emit(token) or (token in stops and not gen.ignore_eos):
-                return
+        generator, keep = start()
+        read = list(prompt_ids)  # the ids whose keys and values the cache holds once the prompt is appended
+        new: list[int] = []
+        ok = False
+        try:
+            generator.append_tokens(np.asarray([prompt_ids[keep:]], dtype=np.int32))  # prefill: only what is new
+            for _ in range(gen.max_new_tokens):
+                if generator.is_done():
+                    break
+                generator.generate_next_token()  # reads the previous token (if any), then picks the next one
+                if new:
+                    read.append(new[-1])
+                token = int(generator.get_next_tokens()[0])
+                new.append(token)
+                if not emit(token) or (token in stops and not gen.ignore_eos):
+                    break
+            ok = True
+        finally:
+            if cached is not None and keep_generator and ok:
+                # Its sequence: `read` plus the token sampled last, which no forward pass has read (none when that
+                # was an eos: the generator does not append it). Appending after it would skip it.
+                cached.ids, cached.state = read, (generator, key, length, len(generator.get_sequence(0)))
 
     return threaded_stream(run)
 

@@ -1,0 +1,45 @@
+"""KV-cache reuse on the exported routes (ONNX Runtime GenAI, OpenVINO GenAI, optimum-intel, llama.cpp): a scripted
+chat with reuse gives the ids of a full prefill at every turn, through a trim, a stop and a failure (slow: each
+route exports the pocket model once)."""
+
+from __future__ import annotations
+
+import pytest
+from chat_script import assert_parity, cache_matches, play
+
+import phi3kit as kit
+
+pytestmark = pytest.mark.slow
+_sessions: dict[tuple[str, ...], kit.Session] = {}
+
+
+def pocket(backend: str, runtime: str | None = None) -> kit.Session:
+    key = (backend, str(runtime))
+    if key not in _sessions:
+        _sessions[key] = kit.load("pocket", backend, "fp32", runtime=runtime, log=lambda m: None)
+    return _sessions[key]
+
+
+# --- ONNX Runtime GenAI ------------------------------------------------------------------------------
+
+
+def _og_cache(session: kit.Session, r: kit.Response) -> bool:
+    """The kept og.Generator's sequence is the ids its KV cache holds plus the one token sampled last (none after an
+    eos, which the generator does not append)."""
+    cached = session.backend.cached
+    if cached.state is None:
+        return not cached.ids and cache_matches(session, r)
+    generator, *_ = cached.state
+    sequence = [int(i) for i in generator.get_sequence(0)]
+    return cached.ids in (sequence, sequence[:-1]) and cache_matches(session, r)
+
+
+def test_ortgenai_chat_with_reuse_answers_as_a_full_prefill() -> None:
+    """One og.Generator kept across turns (append_tokens, rewind_to) gives the fresh generator's ids. Catches the
+    token sampled last left out of the cache (appending after it answers wrongly: onnxruntime-genai reads it only
+    on the next step), a rewind to the wrong point after a stop or a trim, and reuse that never happens."""
+    s = pocket("ortgenai")
+    on = play(s, True, check_cache=_og_cache)
+    off = play(s, False)
+    assert_parity(on, off)
+    assert all(t.cache_ok for t in on.turns), [(t.action, t.finish, t.cache_ok) for t in on.turns]
