@@ -234,21 +234,37 @@ QUESTIONS = ["Tell me about NPUs and how they compare with GPUs for local infere
 @pytest.mark.parametrize(("backend", "runtime"), ROUTES)
 def test_a_multi_turn_chat_that_grows_past_the_window(models: Callable[[str], Path], backend: str,
                                                       runtime: str | None) -> None:
+    """Each route keeps its KV cache across the turns (reuse on) and still answers as PyTorch does with a full
+    prefill at every turn: past the window (ONNX Runtime GenAI's sliding-window cache extends, and starts afresh
+    where a rewind would need positions it evicted) and past the context (a trim). Catches reuse that breaks past
+    the window, and a rewind into evicted positions that answers from a wrong cache instead of starting afresh."""
     model = models("window")
+    reused: list[int] = []
 
-    def turns(s: kit.Session) -> list[tuple[int, int, list[int]]]:
+    def turns(s: kit.Session, reuse: bool) -> list[tuple[int, int, list[int]]]:
+        s.reuse_cache = reuse
         conv = kit.Conversation(s, max_new_tokens=64)
         out = []
-        for q in QUESTIONS:
-            r = conv.say(q)
-            r.consume()
-            out.append((len(r.prompt_ids), r.trimmed_turns, r.token_ids))
+        try:
+            for q in QUESTIONS:
+                r = conv.say(q)
+                r.consume()
+                out.append((len(r.prompt_ids), r.trimmed_turns, r.token_ids))
+                reused.append(r.metrics.reused_tokens)
+        finally:
+            s.reuse_cache = True
         return out
 
-    want = turns(session(model, "transformers"))
+    want = turns(session(model, "transformers"), False)
     assert want[2][0] > WINDOW  # past the sliding window from the third turn on...
     assert any(trimmed for _, trimmed, _ in want)  # ...and past the context: older turns left out
-    assert turns(session(model, backend, runtime)) == want
+    reused.clear()
+    s = session(model, backend, runtime)
+    assert turns(s, True) == want
+    if s.backend.reuses_cache:
+        assert all(n > WINDOW for n in reused[2:3]), reused  # the third turn extended a cache past the window
+    if backend == "ortgenai":  # its sliding-window cache refused a rewind to evicted positions: a turn started afresh
+        assert 0 in reused[1:], reused
 
 
 # --- the NPU's two limits -------------------------------------------------------------------------------

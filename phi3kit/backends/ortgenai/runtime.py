@@ -20,9 +20,28 @@ def open_model(model_dir: Path, provider: str, runtime_config: dict[str, Any]) -
     config.clear_providers()  # the build target's provider is in genai_config.json; the device decides
     if provider != "cpu":
         config.append_provider(provider)
-    if runtime_config:
-        config.overlay(json.dumps(runtime_config))  # merged into genai_config.json
+    overlay = {**chat_slack(model_dir, runtime_config), **runtime_config}
+    if overlay:
+        config.overlay(json.dumps(overlay))  # merged into genai_config.json
     return og.Model(config)
+
+
+# Positions a sliding-window KV cache keeps beyond its window, so that a chat can rewind to the common prefix of
+# its next prompt (a stopped answer, a re-tokenized answer that ends differently): with the builder's 0 it refuses
+# any rewind past the last token once the window is full, and every such turn would read the whole chat again.
+# Measured on a 64-token-window model: identical ids with 0 and 256. Costs 256 tokens of KV cache.
+CACHE_SLACK = 256
+
+
+def chat_slack(model_dir: Path, runtime_config: dict[str, Any]) -> dict[str, Any]:
+    """The genai_config overlay that gives a sliding-window build CACHE_SLACK (none when runtime_config sets the
+    decoder, or the build has no window section). The whole section: an overlay replaces it."""
+    genai = json.loads((model_dir / "genai_config.json").read_text(encoding="utf-8"))
+    section = genai.get("model", {}).get("decoder", {}).get("sliding_window")
+    if not isinstance(section, dict) or "decoder" in runtime_config.get("model", {}):
+        return {}
+    slack = max(int(section.get("cache_slack") or 0), CACHE_SLACK)
+    return {"model": {"decoder": {"sliding_window": {**section, "cache_slack": slack}}}}
 
 
 CHAT_LENGTH = 4096
