@@ -409,3 +409,105 @@ def test_bench_measures_llamacpp_routes(sources: Path, tmp_path: Path, monkeypat
         assert [run.new_tokens for run in r.runs] == [4] and r.size_mb > 0
         assert r.perplexity is not None and r.perplexity > 1 and "llama.cpp" in r.quality_note
         assert r.agreement is not None and r.agreement > 0.5
+
+
+# --- chats keep the KV cache -----------------------------------------------------------------------------------
+class FakeLlamaLib:
+    """llama.cpp's C API at the runtime's boundary: a KV cache as a list of ids, greedy 'sampling' of a fixed
+    continuation, and a partial removal that can be refused (llama.cpp returns false where it cannot)."""
+
+    def __init__(self, answer: list[int], removable: bool = True) -> None:
+        self.kv: list[int] = []
+        self.answer, self.removable = answer, removable
+        self.decoded: list[tuple[int, list[int]]] = []  # (first position, ids) per llama_decode
+        self.cleared = 0
+        self.fail_at: int | None = None
+
+    def llama_get_memory(self, ctx: object) -> str:
+        return "memory"
+
+    def llama_memory_clear(self, memory: str, data: bool) -> None:
+        self.kv, self.cleared = [], self.cleared + 1
+
+    def llama_memory_seq_rm(self, memory: str, seq: int, p0: int, p1: int) -> bool:
+        assert (seq, p1) == (0, -1)
+        if not self.removable:
+            return False
+        del self.kv[p0:]
+        return True
+
+    def llama_decode(self, ctx: object, batch: Any) -> int:
+        ids, pos = list(batch.token[: batch.n_tokens]), list(batch.pos[: batch.n_tokens])
+        if self.fail_at is not None and pos[0] >= self.fail_at:
+            return 1
+        assert pos == list(range(len(self.kv), len(self.kv) + len(ids))), "decoded at the wrong positions"
+        self.kv += ids
+        self.decoded.append((pos[0], ids))
+        return 0
+
+    def llama_sampler_sample(self, sampler: object, ctx: object, i: int) -> int:
+        return self.answer[sum(1 for t in self.kv[-len(self.answer):] if t in self.answer) % len(self.answer)]
+
+    def llama_sampler_free(self, sampler: object) -> None:
+        pass
+
+
+def fake_runtime(lib: FakeLlamaLib) -> LlamaCppBackend:
+    import threading
+    import types
+
+    from phi3kit.backends.base import CachedIds
+
+    rt = LlamaCppBackend.__new__(LlamaCppBackend)
+    batch = types.SimpleNamespace(n_tokens=0, token=[0] * 64, pos=[0] * 64, n_seq_id=[0] * 64,
+                                  seq_id=[[0] for _ in range(64)], logits=[False] * 64)
+    rt._lib, rt._batch, rt.n_batch, rt.n_ctx = lib, batch, 64, 4096
+    rt.llm, rt._lock, rt.cached = types.SimpleNamespace(ctx="ctx"), threading.Lock(), CachedIds()
+    rt._sampler = lambda gen: "sampler"  # type: ignore[method-assign]
+    return rt
+
+
+def test_llamacpp_chat_keeps_the_kv_cache_and_benchmarks_clear_it() -> None:
+    """Driven at llama.cpp's C API (the package is not installed here): a chat's next prompt prefills only the
+    ids after the common prefix, at their positions, after llama_memory_seq_rm of the rest; where llama.cpp
+    refuses a partial removal, and whenever reuse is off (bench, tune, check, single prompts), the cache is
+    cleared first, as before (no cached prefix fakes a time to first token); a failed decode leaves nothing
+    claimed. Catches decoding at the wrong positions, an unremoved suffix, and reuse leaking into benchmarks."""
+    lib = FakeLlamaLib(answer=[90, 91, 92])
+    rt = fake_runtime(lib)
+    gen = kit.GenerationConfig(max_new_tokens=3)
+    first = [1, 2, 3, 4]
+    assert [t for t, _ in rt.stream(first, gen, [])] == [90, 91, 92]
+    assert rt.cached.ids == lib.kv == first + [90, 91]  # the last token was sampled, never decoded
+    nxt = first + [90, 91, 92, 5, 6]
+    list(rt.stream(nxt, gen, [], reuse=True))
+    assert rt.cached.reused == 6 and lib.decoded[-3] == (6, [92, 5, 6]) and lib.cleared == 1
+    diverged = first + [90, 7, 8]  # a stopped answer's text re-tokenized otherwise: rewind to the common prefix
+    list(rt.stream(diverged, gen, [], reuse=True))
+    assert rt.cached.reused == 5 and lib.decoded[-3] == (5, [7, 8]) and lib.cleared == 1
+    list(rt.stream(diverged + [9], gen, []))  # reuse off: cleared, the whole prompt read
+    assert lib.cleared == 2 and lib.decoded[-3] == (0, diverged + [9]) and rt.cached.reused == 0
+    lib.removable = False  # llama.cpp cannot remove part of this sequence: start afresh
+    list(rt.stream(diverged + [9, 1], gen, [], reuse=True))
+    assert lib.cleared == 3 and rt.cached.reused == 0 and lib.decoded[-3][0] == 0
+    lib.removable, lib.fail_at = True, 8
+    with pytest.raises(RuntimeError, match="llama_decode failed"):
+        list(rt.stream(diverged + [9, 1, 2, 3], gen, [], reuse=True))
+    assert rt.cached.ids == []  # a failed decode: the next answer clears the cache
+    lib.fail_at = None
+    list(rt.stream(diverged + [9, 1, 2, 3], gen, [], reuse=True))
+    assert lib.cleared == 4 and lib.kv[:11] == diverged + [9, 1, 2, 3]
+
+
+@needs_llama
+@pytest.mark.slow
+def test_llamacpp_chat_with_reuse_answers_as_a_full_prefill(models: Callable[[str], Path]) -> None:
+    """The scripted chat (tests/chat_script.py: a trim, a stop, a failure) with the KV cache kept gives the ids of
+    a cleared cache and a full prefill at every turn (f16: both runs use llama.cpp's own arithmetic)."""
+    from chat_script import assert_parity, cache_matches, play
+
+    s = session(models("mini-4k"), "f16")
+    on = play(s, True, check_cache=cache_matches)
+    off = play(s, False)
+    assert_parity(on, off)
+    assert all(t.cache_ok for t in on.turns)

@@ -15,7 +15,7 @@ from typing import Any
 from ...config import GenerationConfig, LoadConfig
 from ...context import Limits, kv_bytes_per_token, memory_window, model_limits, sliding_window_of
 from ...errors import UnknownChoiceError
-from ..base import Token, threaded_stream
+from ..base import CachedIds, Token, threaded_stream
 from ..longrope import longrope_window
 from .install import import_llama, physical_cores
 
@@ -105,6 +105,7 @@ class LlamaCppRuntime:
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._free_batch = weakref.finalize(self, llama_cpp.llama_batch_free, self._batch)
         self._lock = threading.Lock()  # one generation (or logits call) at a time drives the context
+        self.cached = CachedIds()  # the ids the context's KV cache holds, for a chat's next answer
 
     def limits(self, context_length: int) -> Limits:
         window = min(self.n_ctx, context_length)
@@ -159,24 +160,47 @@ class LlamaCppRuntime:
         lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(seed))
         return chain
 
-    def stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int]) -> Iterator[Token]:
+    def _keep(self, ids: list[int], reuse: bool) -> int:
+        """Make the KV cache hold the first `keep` prompt ids and nothing after them; return `keep`.
+
+        reuse=False (single prompts, benchmarks, tune, check) empties it, as before chats reused it: no cached
+        prefix fakes a time to first token. reuse=True removes the suffix that differs (llama_memory_seq_rm, as
+        llama-server's prompt cache does); where llama.cpp cannot remove part of a sequence it starts afresh.
+        """
+        lib, cached = self._lib, self.cached
+        keep = cached.keep(ids) if reuse else 0
+        cached.ids, cached.reused = [], 0  # nothing is vouched for until this answer ends
+        if keep and not lib.llama_memory_seq_rm(lib.llama_get_memory(self.llm.ctx), 0, keep, -1):
+            keep = 0
+        if not keep:
+            self._clear()
+        cached.reused = keep
+        return keep
+
+    def stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int], *,
+               reuse: bool = False) -> Iterator[Token]:
         lib, stops = self._lib, set(stop_ids)
         ids = list(prompt_ids)
 
         def run(emit: Any) -> None:
             with self._lock:
-                self._clear()
+                keep = self._keep(ids, reuse)
                 sampler = self._sampler(gen)
+                read = list(ids)  # what the KV cache holds once the prefill is done, then each token decoded
+                ok = False
                 try:
-                    self._decode(ids, 0)  # prefill: the prompt in batches of n_batch
+                    self._decode(ids[keep:], keep)  # prefill: what the cache lacks, in batches of n_batch
                     for step in range(gen.max_new_tokens):
                         token = int(lib.llama_sampler_sample(sampler, self.llm.ctx, -1))
                         if not emit(token) or (token in stops and not gen.ignore_eos) \
                                 or step == gen.max_new_tokens - 1:
-                            return
+                            break
                         self._decode([token], len(ids) + step)
+                        read.append(token)
+                    ok = True
                 finally:
                     lib.llama_sampler_free(sampler)
+                    self.cached.ids = read if ok else []  # a failed decode: the next answer clears the cache
 
         return threaded_stream(run)
 
@@ -186,6 +210,7 @@ class LlamaCppRuntime:
         out = np.empty((len(ids), self.n_vocab), dtype=np.float32)
         with self._lock:
             self._clear()
+            self.cached.forget()
             for start in range(0, len(ids), self.n_batch):
                 chunk = ids[start : start + self.n_batch]
                 self._decode(chunk, start, all_logits=True)
