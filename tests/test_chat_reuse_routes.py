@@ -43,3 +43,22 @@ def test_ortgenai_chat_with_reuse_answers_as_a_full_prefill() -> None:
     off = play(s, False)
     assert_parity(on, off)
     assert all(t.cache_ok for t in on.turns), [(t.action, t.finish, t.cache_ok) for t in on.turns]
+
+
+# --- OpenVINO: LLMPipeline caches prefixes itself; optimum-intel's stateful model starts every answer afresh -------
+
+
+@pytest.mark.parametrize("runtime", ["genai", "optimum"])
+def test_openvino_chat_answers_as_pytorch_with_a_full_prefill(runtime: str) -> None:
+    """The scripted chat (a trim, a stop, a failure) on OpenVINO at fp32 (f32 compute and KV cache) gives, turn by
+    turn, PyTorch's ids with a full prefill per turn. LLMPipeline reuses cached prefixes by itself (its prefix
+    cache, on by default: benchmarks/chat.py measures it); the kit reports no reuse for it, since the pipeline says
+    nothing of what it read. Catches a prefix cache that answers from a stale or cut-off prefix after a stop, a
+    failure or a trim."""
+    ref = play(pocket("transformers"), False)
+    got = play(pocket("openvino", runtime), True)
+    assert [(t.action, t.prompt_ids, t.finish) for t in got.turns] == [(t.action, t.prompt_ids, t.finish)
+                                                                        for t in ref.turns]
+    assert [t.token_ids for t in got.turns if t.finish != "error"] == [t.token_ids for t in ref.turns
+                                                                        if t.finish != "error"]
+    assert got.history == ref.history and any(t.trimmed for t in got.turns)
