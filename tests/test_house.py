@@ -386,7 +386,7 @@ KNOWN_CROSSINGS: dict[tuple[str, str], str] = {}
 RUNTIME_HOMES = {"openvino": "openvino", "openvino_genai": "openvino", "openvino_tokenizers": "openvino",
                  "optimum": "openvino", "nncf": "openvino", "intel_npu_acceleration_library": "openvino",
                  "onnxruntime": "ortgenai", "onnxruntime_genai": "ortgenai", "llama_cpp": "llamacpp"}
-SHARED_BACKEND_MODULES = ("base", "longrope")  # the interface and the helpers every backend may use
+SHARED_BACKEND_MODULES = ("base", "hf", "longrope")  # the interface and the helpers every backend may use
 
 
 def module_name(path: Path) -> str:

@@ -259,7 +259,7 @@ class Backend(abc.ABC):
 
     # True where `stream(..., reuse=True)` keeps the KV cache across calls: a prompt that starts with the ids the
     # cache holds (the chat so far) prefills only the rest, and reports it in `cached.reused`.
-    reuses_cache: ClassVar[bool] = False
+    reuses_cache: bool = False
     cached: CachedIds  # set by backends that reuse (their __init__)
 
     # Bytes per KV-cache element as this runtime keeps it (for the chat window's memory cap): a cautious default.
@@ -357,76 +357,3 @@ def cancel_criterion() -> type:
             return torch.full((input_ids.shape[0],), self.stopped(), dtype=torch.bool, device=input_ids.device)
 
     return Cancel
-
-
-def hf_stream(
-    model: Any, device: str, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int],
-    cached: CachedIds | None = None, reuse: bool = False,
-) -> Iterator[Token]:
-    """Stream ids out of any `generate()` with transformers' interface (PyTorch, optimum-intel).
-
-    With `cached` (a PyTorch model), the DynamicCache that generate() hands back is kept in `cached.state` with
-    the ids it holds; `reuse=True` crops it to the prompt's common prefix and lets generate() prefill the rest.
-    """
-    import torch
-    from transformers import StoppingCriteriaList
-    from transformers.generation.streamers import BaseStreamer
-
-    class Emit(BaseStreamer):
-        def __init__(self, emit: Any) -> None:
-            self.emit, self.prompt_seen, self.go = emit, False, True
-
-        def put(self, value: Any) -> None:
-            if not self.prompt_seen:  # the first call carries the prompt
-                self.prompt_seen = True
-                return
-            self.go = self.emit(value.reshape(-1).tolist())
-
-        def end(self) -> None:
-            pass
-
-    Cancel = cancel_criterion()
-
-    def run(emit: Any) -> None:
-        streamer = Emit(emit)
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=gen.max_new_tokens,
-            do_sample=gen.do_sample,
-            eos_token_id=None if gen.ignore_eos else stop_ids,  # None: no stop, and no logits masked
-            pad_token_id=stop_ids[-1],
-            streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([Cancel(lambda: not streamer.go)]),
-        )
-        if gen.do_sample:
-            kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
-            if gen.seed is not None:
-                torch.manual_seed(gen.seed)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        ids = torch.tensor([prompt_ids], device=device)
-        if cached is not None:
-            kwargs.update(return_dict_in_generate=True, past_key_values=_hf_past(cached, prompt_ids, reuse))
-        with torch.inference_mode():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-        if cached is not None:  # the cache generate() ends with (a LongRoPE model may have replaced ours)
-            past = out.past_key_values
-            cached.ids, cached.state = out.sequences[0].tolist()[: past.get_seq_length()], past
-
-    return threaded_stream(run)
-
-
-def _hf_past(cached: CachedIds, prompt_ids: list[int], reuse: bool) -> Any:
-    """The DynamicCache to hand generate(): the kept one cropped to the common prefix, or None (a fresh one).
-
-    Until generate() returns, `cached` says the cache holds nothing: a failed or interrupted answer leaves no
-    claim about a cache that generate() may have half-filled.
-    """
-    past = cached.state
-    rewind = past is not None and not any(getattr(past, "is_sliding", [])) and hasattr(past, "crop")
-    keep = cached.keep(prompt_ids, can_rewind=rewind) if reuse and past is not None else 0
-    cached.ids, cached.state, cached.reused = [], None, keep
-    if not keep:
-        return None
-    if keep < past.get_seq_length():
-        past.crop(keep)
-    return past

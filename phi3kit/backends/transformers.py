@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..config import GenerationConfig, LoadConfig
-from .base import Backend, CachedIds, Token, hf_stream
+from .base import Backend, CachedIds, Token
+from .hf import hf_stream
 from .longrope import patch_hf_longrope
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -19,7 +20,7 @@ class TransformersBackend(Backend):
     precisions: ClassVar[tuple[str, ...]] = tuple(_DTYPES)
     default_precision: ClassVar[str] = "fp32"
     reads_checkpoint: ClassVar[bool] = True  # PyTorch reads the checkpoint as it is
-    reuses_cache: ClassVar[bool] = True  # keeps generate()'s DynamicCache between answers
+    reuses_cache: bool = True  # keeps generate()'s DynamicCache between answers
 
     @classmethod
     def devices(cls, runtime: str) -> list[str]:

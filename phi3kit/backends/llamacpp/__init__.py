@@ -59,7 +59,7 @@ class LlamaCppBackend(LlamaCppRuntime, Backend):
     runtimes: ClassVar[tuple[str, ...]] = ("llama-cpp",)
     precisions: ClassVar[tuple[str, ...]] = tuple(FTYPES)
     default_precision: ClassVar[str] = "q4_k_m"
-    reuses_cache: ClassVar[bool] = True  # a chat keeps the context's KV cache (llama_memory_seq_rm of the suffix)
+    reuses_cache: bool = True  # a chat keeps the context's KV cache (llama_memory_seq_rm of the suffix)
     requirements = REQUIREMENTS
     exporter: ClassVar[tuple[str, ...]] = (PACKAGE, "transformers", "torch")
     # The converter imports torch, transformers, numpy and gguf-py (which needs pyyaml); quantizing needs llama_cpp.

@@ -19,7 +19,8 @@ from ...context import Limits, model_limits
 from ...errors import ExportError, MissingDependencyError, ModelSourceError, UnknownChoiceError
 from ...procs import run_logged
 from ...sources import ModelSource, check_phi3
-from ..base import Backend, Candidate, Log, Token, hf_stream
+from ..base import Backend, CachedIds, Candidate, Log, Token
+from ..hf import hf_stream
 from ..longrope import longrope_window
 from .devices import missing_device_message, openvino_devices
 from .export import (
@@ -240,6 +241,9 @@ class OpenVINOBackend(Backend):
                 raise NPUDriverError(npu_compile_failure(exc, npu_info())) from exc
         else:
             self.model = self._optimum_model()
+        # A chat keeps optimum-intel's stateful model's state (the kit's reuse); LLMPipeline keeps its own cache.
+        self.reuses_cache = self.runtime == "optimum" and bool(getattr(self.model, "stateful", False))
+        self.cached = CachedIds()
 
     def _optimum_model(self) -> Any:
         return optimum_model(self.model_dir, self.device, self.properties)
@@ -267,15 +271,20 @@ class OpenVINOBackend(Backend):
     def logits(self, ids: list[int]) -> Any:
         if self.runtime == "optimum":
             model = self.model
+            self.cached.forget()  # a call without past_key_values resets the model's state
         else:  # LLMPipeline exposes no logits: a second compiled copy of the same export, made on first use
             if self._scorer is None:
                 self._scorer = self._optimum_model()
             model = self._scorer
         return optimum_logits(model, ids)
 
-    def stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int]) -> Iterator[Token]:
-        if self.runtime == "optimum":
-            return hf_stream(self.model, "cpu", prompt_ids, gen, stop_ids)
+    def stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int], *,
+               reuse: bool = False) -> Iterator[Token]:
+        if self.runtime == "optimum":  # the stateful model goes on from its state where the prompt extends it
+            return hf_stream(self.model, "cpu", prompt_ids, gen, stop_ids,
+                             self.cached if self.reuses_cache else None, reuse)
+        # LLMPipeline reuses cached prefixes by itself (its prefix cache); it does not say how much, so the kit
+        # reports none (benchmarks/chat.py measures it).
         return genai_stream(self.pipeline, prompt_ids, gen, stop_ids)
 
     def close(self) -> None:

@@ -15,7 +15,8 @@ from typing import Any, ClassVar
 
 from ...config import GenerationConfig, LoadConfig
 from ...errors import MissingDependencyError, Phi3kitError
-from ..base import Backend, Token, hf_stream
+from ..base import Backend, Token
+from ..hf import hf_stream
 
 PACKAGE = "intel-npu-acceleration-library"
 DTYPES = {"int4": "int4", "int8": "int8", "fp16": "float16"}  # our precision -> the library's dtype name

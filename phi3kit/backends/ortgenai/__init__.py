@@ -245,7 +245,7 @@ class OrtGenAIBackend(Backend):
                       "Or export it again with this phi3kit (prefer='export'), which builds the window in and serves "
                       "the whole context.")
 
-    reuses_cache: ClassVar[bool] = True  # keeps the og.Generator between answers of a chat
+    reuses_cache: bool = True  # keeps the og.Generator between answers of a chat
 
     def stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int], *,
                reuse: bool = False) -> Iterator[Token]:
