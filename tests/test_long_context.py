@@ -261,10 +261,12 @@ def test_a_multi_turn_chat_that_grows_past_the_window(models: Callable[[str], Pa
     reused.clear()
     s = session(model, backend, runtime)
     assert turns(s, True) == want
-    if s.backend.reuses_cache:
-        assert all(n > WINDOW for n in reused[2:3]), reused  # the third turn extended a cache past the window
-    if backend == "ortgenai":  # its sliding-window cache refused a rewind to evicted positions: a turn started afresh
-        assert 0 in reused[1:], reused
+    # ONNX Runtime GenAI's sliding-window cache: the third turn rewound and extended it past the window; a later
+    # rewind to positions it had evicted started afresh. (optimum-intel's state cannot be cut, and this random
+    # model's answers re-tokenize otherwise, so its prompts never extend the state: it answers afresh, as asserted
+    # above; its reuse is checked on the pocket model in test_chat_reuse_routes.py.)
+    if backend == "ortgenai":
+        assert reused[2] > WINDOW and 0 in reused[3:], reused
 
 
 # --- the NPU's two limits -------------------------------------------------------------------------------
