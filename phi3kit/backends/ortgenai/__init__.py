@@ -220,8 +220,8 @@ class OrtGenAIBackend(Backend):
         self.provider = self.provider_for(cfg)
         self.device = normalize_device(cfg.device)
         self.fell_back = self.provider != PROVIDERS[self.device]
-        self.model = open_model(model_dir, self.provider, cfg.runtime_config)
         self.window_floor, self.window_cap = window_limits(model_dir)
+        self.model = open_model(model_dir, self.provider, cfg.runtime_config, slack=self.window_cap is None)
         self.window_note = missing_window_note(model_dir, cfg.model)
         genai = json.loads((model_dir / "genai_config.json").read_text(encoding="utf-8"))
         self.context = int(genai["model"].get("context_length") or 0)

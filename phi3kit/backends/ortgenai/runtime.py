@@ -12,15 +12,16 @@ from ...config import GenerationConfig
 from ..base import CachedIds, Token, threaded_stream
 
 
-def open_model(model_dir: Path, provider: str, runtime_config: dict[str, Any]) -> Any:
-    """The og.Model of a build, on `provider` whatever the build targeted, with `runtime_config` overlaid."""
+def open_model(model_dir: Path, provider: str, runtime_config: dict[str, Any], slack: bool = False) -> Any:
+    """The og.Model of a build, on `provider` whatever the build targeted, with `runtime_config` overlaid
+    (`slack`: give a sliding-window cache CACHE_SLACK, for builds whose graph has the window built in)."""
     import onnxruntime_genai as og
 
     config = og.Config(str(model_dir))
     config.clear_providers()  # the build target's provider is in genai_config.json; the device decides
     if provider != "cpu":
         config.append_provider(provider)
-    overlay = {**chat_slack(model_dir, runtime_config), **runtime_config}
+    overlay = {**(chat_slack(model_dir, runtime_config) if slack else {}), **runtime_config}
     if overlay:
         config.overlay(json.dumps(overlay))  # merged into genai_config.json
     return og.Model(config)
@@ -29,7 +30,9 @@ def open_model(model_dir: Path, provider: str, runtime_config: dict[str, Any]) -
 # Positions a sliding-window KV cache keeps beyond its window, so that a chat can rewind to the common prefix of
 # its next prompt (a stopped answer, a re-tokenized answer that ends differently): with the builder's 0 it refuses
 # any rewind past the last token once the window is full, and every such turn would read the whole chat again.
-# Measured on a 64-token-window model: identical ids with 0 and 256. Costs 256 tokens of KV cache.
+# Measured on a 64-token-window model: identical ids with 0 and 256. Costs 256 tokens of KV cache. Not for a build
+# whose graph ignores the window (the kit caps those at window + 1): there the small cache is what makes the
+# runtime fail rather than answer with full attention past the cap.
 CACHE_SLACK = 256
 
 
