@@ -343,11 +343,12 @@ def failing_after(s: kit.Session, n: int, monkeypatch: pytest.MonkeyPatch) -> li
     calls: list[int] = []
     real = s.backend.stream
 
-    def stream(prompt_ids: list[int], gen: kit.GenerationConfig, stop_ids: list[int]) -> Iterator[tuple[int, float]]:
+    def stream(prompt_ids: list[int], gen: kit.GenerationConfig, stop_ids: list[int],
+               **kw: bool) -> Iterator[tuple[int, float]]:  # kw: reuse=, where the backend keeps its cache
         calls.append(len(prompt_ids))
         if n == 0:
             raise RuntimeError("the runtime refused the prompt")
-        for i, item in enumerate(real(prompt_ids, gen, stop_ids)):
+        for i, item in enumerate(real(prompt_ids, gen, stop_ids, **kw)):
             if i == n:
                 raise RuntimeError("the runtime failed mid-answer")
             yield item
