@@ -458,6 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remove-damaged", action="store_true",
                    help="with --verify: delete the damaged entries, so the next load rebuilds them")
     p.set_defaults(func=cmd_cache)
+
+    from .checking.command import add_parser as add_check
+
+    add_check(sub)
     for command in sub.choices.values():  # `phi3kit run nb.ipynb --debug` works as well as `phi3kit --debug run ...`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help=f"show the full traceback behind an error (also: {DEBUG_ENV}=1)")

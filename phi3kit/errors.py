@@ -109,6 +109,15 @@ class NotebookRunError(Phi3kitError, RuntimeError):
         self.notebook = notebook
 
 
+class CheckReportError(Phi3kitError, ValueError):
+    """A machine report given to `phi3kit check --room` cannot be read (not JSON, the wrong shape, another
+    format): the message names the file and what is wrong in it."""
+
+    def __init__(self, message: str, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 def last_line(exc: BaseException) -> str:
     """The last non-empty line of an exception's message: what a C++ runtime's long error actually says."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

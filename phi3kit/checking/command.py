@@ -1,0 +1,56 @@
+"""The `phi3kit check` subcommand: registered by `add_parser(sub)`, so the command line's module stays a list."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    """Add `check` to the command line's subparsers."""
+    p = sub.add_parser("check", help="prove this machine's routes: known answers, the device that really ran, "
+                                     "drivers; --room merges many machines' reports")
+    p.add_argument("-o", "--output-dir", default=None,
+                   help="write <machine>.json and <machine>.html here (collect the JSON for --room)")
+    p.add_argument("--room", default=None, metavar="FOLDER",
+                   help="merge the <machine>.json files in FOLDER into one table (nothing is run)")
+    p.add_argument("--backend", action="append", default=[], help="check only this backend (repeatable)")
+    p.add_argument("--device", action="append", default=[], help="check only this device (repeatable)")
+    p.add_argument("--model", action="append", default=[],
+                   help="also check a real Phi-3 model (alias, hub id or folder) from the cache or a pack")
+    p.add_argument("--download", action="store_true", help="let --model download a model that is not here yet")
+    p.add_argument("--long", action="store_true",
+                   help="with --model: add the long-prompt canary (a fact early in a prompt near the route's limit; "
+                        "minutes on a CPU)")
+    p.add_argument("--csv", default=None, help="with --room: also write the table as CSV")
+    p.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> int:
+    """Exit 0 when every route PASSes (SKIPPED is not a failure), 1 on a FAIL; refused input exits 2 upstream."""
+    if a.room:
+        from .room import read_room, room_table
+
+        table = room_table(read_room(a.room))
+        import pandas as pd
+
+        with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 60):
+            print(table.to_string())
+        if a.csv:
+            from ..safefs import atomic_write
+
+            atomic_write(a.csv, table.to_csv())
+        return 0
+    from .run import check_machine
+
+    report = check_machine(a.output_dir, routes=a.backend, devices=a.device, models=a.model, long=a.long,
+                           download=a.download, log=lambda m: None)
+    print(f"phi3kit check on {report.machine} ({report.os}, {report.cpu})")
+    print(report.table())
+    for d in report.drivers:
+        print(f"driver: {d['message']}")
+    if a.output_dir:
+        print(f"report: {a.output_dir}/{report.machine}.json and .html")
+    failed = len(report.failed)
+    print("all routes PASS" if not failed else f"{failed} route(s) FAIL")
+    return report.exit_code

@@ -1,0 +1,260 @@
+"""`phi3kit check`: every installed route on every device this machine has, asked questions with known answers.
+
+The plan comes from the backend interface only (`backends.get(name)`: its devices, precisions, `check`, the
+device it really ran on), so a new backend is checked without a line here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import platform as platform_module
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import backends, drivers
+from ..config import LoadConfig
+from ..devices import HINTS, device_family
+from ..errors import Phi3kitError
+from ..generate import Session
+from ..machine import cpu_info, library_version
+from . import canaries
+from .results import MachineReport, RouteResult
+
+Log = Callable[[str], None]
+CHOOSERS = ("AUTO", "HETERO", "MULTI")  # devices that pick others: what they chose is reported, not judged
+
+
+@dataclass(frozen=True)
+class Target:
+    """One route to check: a backend, its runtime, a device it sees, a precision."""
+
+    backend: str
+    runtime: str
+    device: str
+    precision: str
+
+
+def plan(only: Sequence[str] = (), devices: Sequence[str] = ()) -> tuple[list[Target], list[RouteResult]]:
+    """Every installed route x device x pocket precision; routes that cannot run here come back SKIPPED with why."""
+    targets: list[Target] = []
+    skipped: list[RouteResult] = []
+    for name in only or backends.names():
+        try:
+            cls = backends.get(name)
+            runtime = cls.default_runtime()
+            seen = cls.devices(runtime)
+        except (ImportError, Phi3kitError) as exc:  # not installed here: say how to install it
+            skipped.append(RouteResult(name, "-", status="SKIPPED", reason=f"not installed: {_first_line(exc)}"))
+            continue
+        for device in seen:
+            if devices and device not in devices and device_family(device) not in devices:
+                continue
+            precisions = canaries.pocket_precisions(name, device, cls.default_precision)
+            if not precisions:
+                skipped.append(RouteResult(name, device, runtime=runtime, status="SKIPPED",
+                                           reason="no pocket canary for this device (data/canaries.yaml)"))
+            for precision in precisions:
+                try:
+                    cls.check(LoadConfig(model="pocket", backend=name, precision=precision, device=device,
+                                         runtime=runtime))
+                except Phi3kitError as exc:
+                    skipped.append(RouteResult(name, device, precision, runtime, status="SKIPPED",
+                                               reason=_first_line(exc)))
+                    continue
+                targets.append(Target(name, runtime, device, precision))
+    return targets, skipped
+
+
+def driver_table(platform: str = sys.platform) -> tuple[list[dict[str, str]], list[drivers.Verdict]]:
+    """Each backend's devices (as its doctor rows say) and every driver version read, judged by data/drivers.yaml."""
+    rows: list[dict[str, str]] = []
+    verdicts: dict[tuple[str, str | None], drivers.Verdict] = {}
+    for name in backends.names():
+        try:
+            found = backends.get(name).device_rows()
+        except Exception:  # noqa: BLE001 - a runtime missing or failing to list devices has nothing to report
+            continue
+        for row in found:
+            rows.append({"backend": name, **{k: str(v) for k, v in row.items()}})
+            if "driver" in row:
+                v = drivers.judge(row["device"], row["driver"], platform)
+                verdicts[(device_family(v.device), v.version)] = v
+    for row in drivers.os_drivers(platform):
+        v = drivers.judge(row["device"], row["version"], platform)
+        verdicts.setdefault((device_family(v.device), v.version), v)
+    return rows, list(verdicts.values())
+
+
+def proof(requested: str, ran: list[str] | None) -> tuple[bool, str]:
+    """(no silent fallback, what to report) from the devices the runtime says really ran."""
+    if ran is None:
+        return True, "cannot be read: the runtime does not report where it ran"
+    family = device_family(requested)
+    names = ", ".join(ran) or "nothing"
+    if family in CHOOSERS:
+        return True, f"{requested} chose {names}"
+    if family in {device_family(d) for d in ran}:
+        return True, f"ran on {names}"
+    fix = HINTS.get(family, f"check the {family} driver and runtime")
+    return False, (f"asked for {requested}, ran on {names}: a silent fallback. Fix: {fix} Or choose device='CPU' "
+                   "knowingly.")
+
+
+def check_route(target: Target, problems: dict[str, drivers.Verdict], log: Log,
+                model: str = "pocket", kind: str = "pocket") -> tuple[RouteResult, Session | None]:
+    """Load one route and run its canary; the session stays open for the caller (None when it did not load)."""
+    result = RouteResult(target.backend, target.device, target.precision, target.runtime, canary=kind)
+    if (bad := problems.get(device_family(target.device))) is not None:
+        result.status, result.reason = "FAIL", bad.message
+        return result, None
+    cfg = LoadConfig(model=model, backend=target.backend, precision=target.precision, device=target.device,
+                     runtime=target.runtime, tuned=False)
+    log(f"check: {result.route} ({kind})")
+    try:
+        start = time.perf_counter()
+        session = Session.load(cfg, log=lambda m: None)
+        result.load_s = time.perf_counter() - start
+    except Phi3kitError as exc:
+        result.status, result.reason = ("SKIPPED" if exc.exit_code == 2 else "FAIL"), _first_line(exc)
+        return result, None
+    except Exception as exc:  # noqa: BLE001 - a runtime failing to load on a listed device is the finding
+        result.status, result.reason = "FAIL", f"failed to load: {type(exc).__name__}: {_first_line(exc)}"
+        return result, None
+    ok, result.proof = proof(target.device, session.backend.ran_on())
+    try:
+        outcome = canaries.run_pocket(session, target.device) if kind == "pocket" else canaries.run_long(session)
+    except Exception as exc:  # noqa: BLE001 - an answer that fails is a FAIL with the runtime's words
+        result.status, result.reason = "FAIL", f"failed to answer: {type(exc).__name__}: {_first_line(exc)}"
+        return result, session
+    result.answer_s = outcome.seconds
+    result.tokens_per_s = outcome.tokens / outcome.seconds if outcome.seconds else None
+    result.status, result.reason, result.details = outcome.status, outcome.reason, outcome.details
+    if not ok:  # a right answer from the wrong device is still a fallback the learner did not ask for
+        result.status, result.reason = "FAIL", result.proof
+    if device_family(target.device) == "NPU" and result.status == "PASS":
+        second = time.perf_counter()
+        Session.load(cfg, log=lambda m: None).close()
+        result.details.append(f"first compile {result.load_s:.1f} s, cached load {time.perf_counter() - second:.1f} s")
+    return result, session
+
+
+def check_machine(output: str | os.PathLike[str] | None = None, *, routes: Sequence[str] = (),
+                  devices: Sequence[str] = (), models: Sequence[str] = (), long: bool = False,
+                  download: bool = False, log: Log = print, platform: str = sys.platform) -> MachineReport:
+    """Check every installed route on every device here; with `output`, write <machine>.json and .html there.
+
+    `models`: real Phi-3 models to check too (from the cache or a pack; `download=True` allows fetching them);
+    `long`: add the long-prompt canary to them. The same function runs `phi3kit check`.
+    """
+    from .report import write_report
+
+    folder = None if output is None else _output_folder(output)
+    targets, skipped = plan(routes, devices)
+    device_rows, verdicts = driver_table(platform)
+    problems = {device_family(v.device): v for v in verdicts if v.problem}
+    report = MachineReport(machine=_machine_name(), os=f"{platform_module.system()} {platform_module.release()}",
+                           python=platform_module.python_version(), kit=library_version("phi3kit"),
+                           cpu=cpu_info()[0], devices=device_rows,
+                           drivers=[{"device": v.device, "version": v.version or "", "status": v.status,
+                                     "message": v.message, "get": v.get} for v in verdicts],
+                           started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    for target in targets:
+        result, session = check_route(target, problems, log)
+        if session is not None:
+            session.close()
+        report.routes.append(result)
+    report.routes.extend(skipped)
+    for model in models:
+        report.routes.extend(check_model(model, targets, problems, long, download, log))
+    if folder is not None:
+        write_report(report, folder)
+    return report
+
+
+def check_model(model: str, targets: Sequence[Target], problems: dict[str, drivers.Verdict], long: bool,
+                download: bool, log: Log) -> list[RouteResult]:
+    """A real model's canaries on each route (its default precision), with greedy agreement to the CPU route."""
+    from ..bench.quality import agreement
+
+    out: list[RouteResult] = []
+    reference: dict[str, list[list[int]]] = {}
+    seen: set[tuple[str, str]] = set()
+    for t in sorted(targets, key=lambda t: device_family(t.device) != "CPU"):  # CPU first: the reference
+        if (t.backend, t.device) in seen:
+            continue
+        seen.add((t.backend, t.device))
+        target = Target(t.backend, t.runtime, t.device, backends.get(t.backend).default_precision)
+        result = RouteResult(t.backend, t.device, target.precision, t.runtime, canary=f"real:{model}")
+        try:
+            with _hub_offline(not download):
+                session = Session.load(LoadConfig(model=model, backend=t.backend, precision=target.precision,
+                                                  device=t.device, runtime=t.runtime, tuned=False), log=lambda m: None)
+        except Exception as exc:  # noqa: BLE001 - not in the cache, or failing to load: said in the row
+            result.status = "SKIPPED" if not download else "FAIL"
+            result.reason = _first_line(exc) + ("" if download else " (not in the cache or a pack: --download "
+                                                                   "fetches it)")
+            out.append(result)
+            continue
+        with session:
+            outcome, greedy = canaries.run_real(session)
+            result.status, result.reason, result.details = outcome.status, outcome.reason, outcome.details
+            result.answer_s = outcome.seconds
+            if device_family(t.device) == "CPU":
+                reference[t.backend] = greedy
+            elif t.backend in reference:
+                a = agreement(reference[t.backend], greedy)
+                result.details.append(f"greedy agreement with {t.backend}@CPU: {a.identical:.2f}")
+            out.append(result)
+            if long:
+                res, _ = RouteResult(t.backend, t.device, target.precision, t.runtime, canary="long"), None
+                lo = canaries.run_long(session)
+                res.status, res.reason, res.answer_s = lo.status, lo.reason, lo.seconds
+                out.append(res)
+    return out
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Loads here read the hub cache and packs only, unless a download was asked for."""
+    before = os.environ.get("HF_HUB_OFFLINE")
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        constants = sys.modules.get("huggingface_hub.constants")
+        if constants is not None:
+            previous = getattr(constants, "HF_HUB_OFFLINE", False)
+            constants.HF_HUB_OFFLINE = True  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        if offline:
+            if before is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = before
+            if constants is not None:
+                constants.HF_HUB_OFFLINE = previous  # type: ignore[attr-defined]
+
+
+def _machine_name() -> str:
+    """This machine's name, safe as a file name on every OS."""
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", platform_module.node() or "machine").strip(".-")
+    return name[:60] or "machine"
+
+
+def _output_folder(output: str | os.PathLike[str]) -> Path:
+    """The report folder, made and proved writable before any route runs."""
+    from ..safefs import writable_dir
+
+    return writable_dir(output, "choose another report folder (-o)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
