@@ -125,7 +125,7 @@ def check_route(target: Target, problems: dict[str, drivers.Verdict], log: Log,
     except Exception as exc:  # noqa: BLE001 - a runtime failing to load on a listed device is the finding
         result.status, result.reason = "FAIL", f"failed to load: {type(exc).__name__}: {_first_line(exc)}"
         return result, None
-    ok, result.proof = proof(target.device, session.backend.ran_on())
+    ok, result.proof = proof(target.device, _ran_on(session))
     try:
         outcome = canaries.run_pocket(session, target.device) if kind == "pocket" else canaries.run_long(session)
     except Exception as exc:  # noqa: BLE001 - an answer that fails is a FAIL with the runtime's words
@@ -238,6 +238,11 @@ def _hub_offline(offline: bool) -> Iterator[None]:
                 os.environ["HF_HUB_OFFLINE"] = before
             if constants is not None:
                 constants.HF_HUB_OFFLINE = previous  # type: ignore[attr-defined]
+
+
+def _ran_on(session: Session) -> list[str] | None:
+    hook = getattr(session.backend, "ran_on", None)  # transitional: the Backend hook lands with the backends split
+    return hook() if hook else None
 
 
 def _machine_name() -> str:
