@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from . import backends
+from . import backends, drivers
 from .devices import device_family
 from .machine import ISA_FLAGS, LIBRARIES, capabilities_isa, cpu_info, isa_features, library_version  # noqa: F401
 from .procs import shell_commands
@@ -90,6 +90,7 @@ class Facts:
     python: str = ""  # the interpreter the advice's pip commands run
     long_paths: bool | None = None  # Windows' LongPathsEnabled; None elsewhere or where unread
     hub_cache: str = ""  # the Hugging Face hub cache (HF_HOME / HF_HUB_CACHE)
+    drivers: list[str] = field(default_factory=list)  # each driver read, judged by data/drivers.yaml (with the fix)
 
     def has(self, device: str) -> bool:
         return any(device_family(d["device"]) == device for d in self.openvino_devices)
@@ -348,6 +349,7 @@ def gather() -> Facts:
     _ort(facts)
     facts.nvidia_gpus = _nvidia_gpus()
     facts.npu_library = _npu_library()
+    facts.drivers = [v.message for v in drivers.verdicts(facts.openvino_devices)]
     return facts
 
 
@@ -431,6 +433,8 @@ def report(facts: Facts) -> Report:
         r.add("OpenVINO devices", "NPU", "not found (no NPU, or no NPU driver)")
     elif facts.npu_problem:
         r.add("OpenVINO devices", "NPU problem", facts.npu_problem)
+    for line in facts.drivers:
+        r.add("drivers", line.split(" ", 1)[0], line)
     r.add("ONNX Runtime GenAI", "package", facts.ort_flavour or "not installed")
     r.add("ONNX Runtime GenAI", "devices", ", ".join(facts.ort_devices) or "-")
     r.add("NVIDIA", "GPUs", ", ".join(facts.nvidia_gpus) or "none found (nvidia-smi)")

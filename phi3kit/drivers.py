@@ -70,7 +70,7 @@ def stale_cache_source() -> str:
 
 
 def rule_for(device: str, platform: str = sys.platform) -> DriverRule | None:
-    family = device.split(":")[0].split(".")[0].strip().upper()
+    family = _family(device)
     return next((r for r in rules() if r.device == family and r.platform == platform_name(platform)), None)
 
 
@@ -100,6 +100,24 @@ def judge(device: str, version: str | int | None, platform: str = sys.platform) 
                            f"{rule.why} ({rule.source}). Fix: update the driver: {rule.get}", rule.get)
         return Verdict(device, text, "ok", f"{device} driver {text} (minimum {rule.minimum})", rule.get)
     return Verdict(device, text, "ok", f"{device} driver {text} (no minimum published: {rule.why})", rule.get)
+
+
+def verdicts(device_rows: list[dict[str, str]], platform: str = sys.platform) -> list[Verdict]:
+    """Every driver version read on this machine, judged once: the runtimes' device rows (their `driver`) first,
+    then what the operating system lists for the same device family."""
+    out: dict[tuple[str, str | None], Verdict] = {}
+    for row in device_rows:
+        if row.get("driver"):
+            v = judge(row["device"], row["driver"], platform)
+            out[(_family(v.device), v.version)] = v
+    for row in os_drivers(platform):
+        v = judge(row["device"], row["version"], platform)
+        out.setdefault((_family(v.device), v.version), v)
+    return list(out.values())
+
+
+def _family(device: str) -> str:
+    return device.split(":")[0].split(".")[0].strip().upper()
 
 
 # --- what the operating system says ------------------------------------------------------------------------------

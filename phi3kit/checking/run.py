@@ -73,21 +73,13 @@ def plan(only: Sequence[str] = (), devices: Sequence[str] = ()) -> tuple[list[Ta
 def driver_table(platform: str = sys.platform) -> tuple[list[dict[str, str]], list[drivers.Verdict]]:
     """Each backend's devices (as its doctor rows say) and every driver version read, judged by data/drivers.yaml."""
     rows: list[dict[str, str]] = []
-    verdicts: dict[tuple[str, str | None], drivers.Verdict] = {}
     for name in backends.names():
         try:
             found = backends.get(name).device_rows()
         except Exception:  # noqa: BLE001 - a runtime missing or failing to list devices has nothing to report
             continue
-        for row in found:
-            rows.append({"backend": name, **{k: str(v) for k, v in row.items()}})
-            if "driver" in row:
-                v = drivers.judge(row["device"], row["driver"], platform)
-                verdicts[(device_family(v.device), v.version)] = v
-    for row in drivers.os_drivers(platform):
-        v = drivers.judge(row["device"], row["version"], platform)
-        verdicts.setdefault((device_family(v.device), v.version), v)
-    return rows, list(verdicts.values())
+        rows += [{"backend": name, **{k: str(v) for k, v in row.items()}} for row in found]
+    return rows, drivers.verdicts(rows, platform)
 
 
 def proof(requested: str, ran: list[str] | None) -> tuple[bool, str]:
