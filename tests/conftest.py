@@ -54,6 +54,18 @@ class FakeCore:
     def available_devices(self) -> list[str]:
         return list(self.props)
 
+    def compile_model(self, model: object, device: str) -> FakeCore.Compiled:
+        """A compiled model that reports where it runs: the device's EXECUTION_DEVICES property (else itself)."""
+        return FakeCore.Compiled(list(self.props[device].get("EXECUTION_DEVICES", [device])))  # type: ignore[call-overload]
+
+    class Compiled:
+        def __init__(self, execution_devices: list[str]) -> None:
+            self.execution_devices = execution_devices
+
+        def get_property(self, name: str) -> object:
+            assert name == "EXECUTION_DEVICES", name
+            return self.execution_devices
+
     def get_property(self, device: str, name: str) -> object:
         value = self.props[device].get(name)
         if isinstance(value, Exception):

@@ -42,6 +42,7 @@ def test_pocket_canary_passes_on_every_installed_route(checked, backend):
     rows = [r for r in report.routes if r.backend == backend and r.precision]
     assert rows and all(r.status == "PASS" for r in rows), [r.reason for r in rows]
     assert all("pocket answers right (exact text)" in r.reason and r.load_s is not None for r in rows)
+    assert all(r.proof.lower().startswith("ran on cpu (") for r in rows), [r.proof for r in rows]  # each hook read
 
 
 def test_all_pass_means_exit_0_and_the_report_files(checked):
@@ -167,6 +168,17 @@ def test_openvino_npu_driver_is_judged_from_the_data_file(fake_openvino):
     assert any(r["backend"] == "openvino" and r["device"] == "NPU" for r in rows)
     npu = next(v for v in verdicts if v.device == "NPU")
     assert npu.status == "too old" and npu.problem and "intel-npu-driver-windows" in npu.get
+
+
+def test_openvino_reads_where_a_model_really_runs(fake_openvino):
+    """The OpenVINO hook's probe: an NPU request that a runtime reports on the CPU is a silent fallback."""
+    from phi3kit.backends.openvino.devices import execution_devices
+
+    assert execution_devices("CPU") == ["CPU"]  # the real OpenVINO on this machine
+    assert proof("AUTO", execution_devices("AUTO"))[1].startswith("AUTO chose CPU")
+    fake_openvino(["CPU", "NPU"], NPU={"EXECUTION_DEVICES": ["CPU"]})
+    ok, text = proof("NPU", execution_devices("NPU"), backends.get("openvino").ran_on_source)
+    assert not ok and "asked for NPU, ran on CPU (EXECUTION_DEVICES of a probe model" in text
 
 
 # --- drivers and proof, as data -------------------------------------------------------------------------------------

@@ -233,6 +233,14 @@ class Backend(abc.ABC):
 
     logits_source: ClassVar[str] = ""  # how `logits()` obtains them, for reports
 
+    # How `ran_on()` knows, in words, for reports ("og.Model.device_type"...).
+    ran_on_source: ClassVar[str] = ""
+
+    def ran_on(self) -> list[str] | None:
+        """The devices that really run this loaded model, as the runtime reports them ('CPU', 'GPU.0', 'cuda:0'), so
+        `phi3kit check` can tell a silent fallback from the device asked for; None where the runtime cannot say."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free runtime resources early (the garbage collector does it otherwise)."""
 

@@ -52,5 +52,10 @@ class TransformersBackend(Backend):
         with torch.inference_mode():
             return self.model(torch.tensor([ids], device=self.device)).logits[0].float().cpu().numpy()
 
+    ran_on_source: ClassVar[str] = "the device of the model's weights (torch)"
+
+    def ran_on(self) -> list[str] | None:
+        return [str(next(self.model.parameters()).device)]
+
     def stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int]) -> Iterator[Token]:
         return hf_stream(self.model, self.device, prompt_ids, gen, stop_ids)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import backends, drivers
 from ..config import LoadConfig
-from ..devices import HINTS, device_family
+from ..devices import device_family
 from ..errors import Phi3kitError
 from ..generate import Session
 from ..machine import cpu_info, library_version
@@ -82,19 +82,22 @@ def driver_table(platform: str = sys.platform) -> tuple[list[dict[str, str]], li
     return rows, drivers.verdicts(rows, platform)
 
 
-def proof(requested: str, ran: list[str] | None) -> tuple[bool, str]:
-    """(no silent fallback, what to report) from the devices the runtime says really ran."""
+def proof(requested: str, ran: list[str] | None, source: str = "") -> tuple[bool, str]:
+    """(no silent fallback, what to report) from the devices the runtime says really ran (`source`: how it knows)."""
     if ran is None:
         return True, "cannot be read: the runtime does not report where it ran"
     family = device_family(requested)
     names = ", ".join(ran) or "nothing"
+    how = f" ({source})" if source else ""
     if family in CHOOSERS:
-        return True, f"{requested} chose {names}"
+        return True, f"{requested} chose {names}{how}"
     if family in {device_family(d) for d in ran}:
-        return True, f"ran on {names}"
-    fix = HINTS.get(family, f"check the {family} driver and runtime")
-    return False, (f"asked for {requested}, ran on {names}: a silent fallback. Fix: {fix} Or choose device='CPU' "
-                   "knowingly.")
+        return True, f"ran on {names}{how}"
+    rule = drivers.rule_for(family)
+    fix = (f"install or update the {family} driver ({rule.get}) and the runtime's {family} support" if rule else
+           f"install the {family} driver and the runtime's {family} build")
+    return False, (f"asked for {requested}, ran on {names}{how}: a silent fallback. Fix: {fix}, or choose "
+                   "device='CPU' knowingly.")
 
 
 def check_route(target: Target, problems: dict[str, drivers.Verdict], log: Log,
@@ -117,7 +120,7 @@ def check_route(target: Target, problems: dict[str, drivers.Verdict], log: Log,
     except Exception as exc:  # noqa: BLE001 - a runtime failing to load on a listed device is the finding
         result.status, result.reason = "FAIL", f"failed to load: {type(exc).__name__}: {_first_line(exc)}"
         return result, None
-    ok, result.proof = proof(target.device, _ran_on(session))
+    ok, result.proof = proof(target.device, session.backend.ran_on(), session.backend.ran_on_source)
     try:
         outcome = canaries.run_pocket(session, target.device) if kind == "pocket" else canaries.run_long(session)
     except Exception as exc:  # noqa: BLE001 - an answer that fails is a FAIL with the runtime's words
@@ -230,11 +233,6 @@ def _hub_offline(offline: bool) -> Iterator[None]:
                 os.environ["HF_HUB_OFFLINE"] = before
             if constants is not None:
                 constants.HF_HUB_OFFLINE = previous  # type: ignore[attr-defined]
-
-
-def _ran_on(session: Session) -> list[str] | None:
-    hook = getattr(session.backend, "ran_on", None)  # transitional: the Backend hook lands with the backends split
-    return hook() if hook else None
 
 
 def _machine_name() -> str:

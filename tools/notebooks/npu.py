@@ -168,7 +168,7 @@ if route == "openvino-genai":  # the seed library's Windows environment has no o
 
     properties = {"MAX_PROMPT_LEN": max_prompt_len, "MIN_RESPONSE_LEN": min_response_len,
                   "GENERATE_HINT": generate_hint,
-                  "CACHE_DIR": str(kit.ExportCache(cache_dir or None).root / "npu-blobs")}
+                  "CACHE_DIR": str(kit.backends.get("openvino").npu_blob_dir(cache_dir or None))}
     if device.split(".")[0] != "NPU":
         properties = {}  # NPU-only options
     assert properties == session.config.runtime_config  # exactly what the preset passed

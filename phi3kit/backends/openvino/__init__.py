@@ -21,7 +21,7 @@ from ...procs import run_logged
 from ...sources import ModelSource, check_phi3
 from ..base import Backend, Candidate, Log, Token, hf_stream
 from ..longrope import longrope_window
-from .devices import missing_device_message, openvino_devices
+from .devices import execution_devices, missing_device_message, openvino_devices
 from .export import (
     DEFAULT_PRECISION,
     EXPORTER,
@@ -37,6 +37,7 @@ from .export import (
 from .npu import (
     NPUDriverError,
     is_npu,
+    npu_blob_dir,
     npu_compile_failure,
     npu_driver_problem,
     npu_info,
@@ -67,6 +68,7 @@ class OpenVINOBackend(Backend):
     exporter: ClassVar[tuple[str, ...]] = EXPORTER
     exporter_modules: ClassVar[dict[str, str]] = {"torch": "torch", "optimum.intel": "optimum-intel", "nncf": "nncf"}
     npu_preset = staticmethod(npu_preset)  # kit.backends.get("openvino").npu_preset(cfg) in notebooks
+    npu_blob_dir = staticmethod(npu_blob_dir)  # the NPU notebook's CACHE_DIR: the one the preset sets
     export_command = staticmethod(export_command)  # the optimum-cli command an export runs (shown in notebooks)
 
     @classmethod
@@ -272,6 +274,13 @@ class OpenVINOBackend(Backend):
                 self._scorer = self._optimum_model()
             model = self._scorer
         return optimum_logits(model, ids)
+
+    ran_on_source: ClassVar[str] = "EXECUTION_DEVICES of a probe model compiled on the same device"
+
+    def ran_on(self) -> list[str] | None:
+        if getattr(self, "_ran_on", None) is None:
+            self._ran_on = execution_devices(self.device)
+        return self._ran_on
 
     def stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int]) -> Iterator[Token]:
         if self.runtime == "optimum":
