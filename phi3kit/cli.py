@@ -141,6 +141,7 @@ def cmd_unpack(a: argparse.Namespace) -> int:
         return 1 if problems else 0
     done = unpack(a.pack, a.cache_dir)
     print(f"{len(done.copied)} entries copied, {len(done.present)} already there, into {done.cache}")
+    print("Next: `phi3kit check` proves this machine's routes (known answers, the device that ran, drivers).")
     return 0
 
 

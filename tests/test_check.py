@@ -14,6 +14,7 @@ from typing import ClassVar
 import pytest
 
 import phi3kit as kit
+import phi3kit.checking.run
 from phi3kit import backends, drivers, generate
 from phi3kit.backends.base import Backend
 from phi3kit.checking import canaries, read_room, room_table
@@ -278,3 +279,51 @@ def test_room_refuses_an_empty_folder_and_a_machine_twice(tmp_path, capsys):
     (tmp_path / "copy.json").write_bytes((tmp_path / "lab-07.json").read_bytes())
     with pytest.raises(kit.CheckReportError, match="lab-07 has more than one report"):
         read_room(tmp_path)
+
+
+# --- real models, the command line ----------------------------------------------------------------------------------
+def test_real_model_canaries_judge_answers_and_the_long_prompt(random_phi3):
+    """A random-weight Phi-3 stands in for a real one: it cannot know 7 x 8 or the hidden code, so the canaries,
+    whose expected answers are data (data/canaries.yaml), must fail it, naming the prompt and the answer."""
+    folder = str(random_phi3("mini-4k"))
+    report = check_machine(routes=["transformers"], devices=["CPU"], models=[folder], long=True, log=quiet)
+    real = next(r for r in report.routes if r.canary == f"real:{folder}")
+    assert real.status == "FAIL" and "'What is 7 times 8? Answer with the number only.': expected '56'" in real.reason
+    long = next(r for r in report.routes if r.canary == "long")
+    assert long.status == "FAIL" and "loses the start of long prompts" in long.reason
+    prompt_tokens = int(re.search(r"long prompt \((\d+) tokens\)", long.reason).group(1))
+    assert 3000 < prompt_tokens <= canaries.data()["real"]["long"]["tokens"]
+    assert report.exit_code == 1
+
+
+def test_a_real_model_is_never_downloaded_unless_asked(monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    seen = []
+
+    def snapshot_download(*args, **kwargs):  # the hub's boundary: say whether a download would have been allowed
+        seen.append(bool(constants.HF_HUB_OFFLINE or kwargs.get("local_files_only")))
+        raise LocalEntryNotFoundError("not in the local cache")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # a laptop on the network
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    target = [kit.checking.run.Target("transformers", "pytorch", "CPU", "fp32")]
+    rows = kit.checking.run.check_model("microsoft/Phi-3-mini-4k-instruct", target, {}, False, False, quiet)
+    assert seen and all(seen) and rows[0].status == "SKIPPED" and "--download fetches it" in rows[0].reason
+    seen.clear()
+    rows = kit.checking.run.check_model("microsoft/Phi-3-mini-4k-instruct", target, {}, False, True, quiet)
+    assert seen[0] is False and rows[0].status == "FAIL"
+
+
+def test_cli_check_prints_the_route_table_and_refuses_a_mistyped_backend(capsys, tmp_path):
+    assert main(["check", "--backend", "ortgenai", "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "ortgenai/genai:int4@CPU  pocket  PASS" in out and "all routes PASS" in out
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    assert main(["check", "--backend", "openvno"]) == 2
+    assert "Unknown backend to check: 'openvno'" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    assert main(["check", "-o", str(tmp_path / "file")]) == 2  # refused before any route runs

@@ -19,7 +19,7 @@ from pathlib import Path
 from .. import backends, drivers
 from ..config import LoadConfig
 from ..devices import device_family
-from ..errors import Phi3kitError
+from ..errors import Phi3kitError, UnknownChoiceError
 from ..generate import Session
 from ..machine import cpu_info, library_version
 from . import canaries
@@ -43,6 +43,9 @@ def plan(only: Sequence[str] = (), devices: Sequence[str] = ()) -> tuple[list[Ta
     """Every installed route x device x pocket precision; routes that cannot run here come back SKIPPED with why."""
     targets: list[Target] = []
     skipped: list[RouteResult] = []
+    for name in only:  # a mistyped backend is refused, not reported as "not installed"
+        if name not in backends.names():
+            raise UnknownChoiceError("backend to check", name, backends.names())
     for name in only or backends.names():
         try:
             cls = backends.get(name)
