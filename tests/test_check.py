@@ -327,3 +327,10 @@ def test_cli_check_prints_the_route_table_and_refuses_a_mistyped_backend(capsys,
     assert "Unknown backend to check: 'openvno'" in capsys.readouterr().err
     (tmp_path / "file").write_text("x", encoding="utf-8")
     assert main(["check", "-o", str(tmp_path / "file")]) == 2  # refused before any route runs
+
+
+def test_a_device_this_route_does_not_see_is_skipped_with_why(fake):
+    report = check_machine(routes=["fake"], devices=["CUDA"], log=quiet)
+    [row] = report.routes
+    assert row.status == "SKIPPED" and "'CUDA' is not available to backend 'fake'" in row.reason
+    assert report.exit_code == 0  # SKIPPED is not a failure

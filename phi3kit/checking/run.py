@@ -54,6 +54,10 @@ def plan(only: Sequence[str] = (), devices: Sequence[str] = ()) -> tuple[list[Ta
         except (ImportError, Phi3kitError) as exc:  # not installed here: say how to install it
             skipped.append(RouteResult(name, "-", status="SKIPPED", reason=f"not installed: {_first_line(exc)}"))
             continue
+        for device in devices:  # asked for by name but not seen: say so rather than check nothing
+            if not any(device in (d, device_family(d)) for d in seen):
+                skipped.append(RouteResult(name, device, runtime=runtime, status="SKIPPED",
+                                           reason=_first_line(Exception(cls.device_help(device, seen)))))
         for device in seen:
             if devices and device not in devices and device_family(device) not in devices:
                 continue

@@ -50,6 +50,17 @@ import phi3kit as kit
 
 kit.doctor()
 """),
+md("canary-md", """
+**Can this route be trusted here?** Before trusting an answer, ask the pocket model, on this route and
+`device`, questions whose answers are known: `kit.check_machine` does it offline in seconds, reads the
+device that really ran and judges its driver. PASS: right answers, on the device asked for. FAIL says
+what went wrong (a wrong answer, a silent fallback to the CPU, an old driver) and the fix.
+`phi3kit check` does the same for every route of this machine.
+"""),
+code("canary", """
+canary = kit.check_machine(routes=["openvino"], devices=[device])
+print(canary.table())
+"""),
 md("ready-md", """
 ## 2. Ready-made, or exported here?
 
