@@ -52,7 +52,9 @@ def plan(only: Sequence[str] = (), devices: Sequence[str] = ()) -> tuple[list[Ta
             runtime = cls.default_runtime()
             seen = cls.devices(runtime)
         except (ImportError, Phi3kitError) as exc:  # not installed here: say how to install it
-            skipped.append(RouteResult(name, "-", status="SKIPPED", reason=f"not installed: {_first_line(exc)}"))
+            fix = "" if isinstance(exc, Phi3kitError) else \
+                f" (pip install -r requirements/{backends.get(name).requirements})"
+            skipped.append(RouteResult(name, "-", status="SKIPPED", reason=f"not installed: {_first_line(exc)}{fix}"))
             continue
         for device in devices:  # asked for by name but not seen: say so rather than check nothing
             if not any(device in (d, device_family(d)) for d in seen):
@@ -107,16 +109,15 @@ def proof(requested: str, ran: list[str] | None, source: str = "") -> tuple[bool
                    "device='CPU' knowingly.")
 
 
-def check_route(target: Target, problems: dict[str, drivers.Verdict], log: Log,
-                model: str = "pocket", kind: str = "pocket") -> tuple[RouteResult, Session | None]:
-    """Load one route and run its canary; the session stays open for the caller (None when it did not load)."""
-    result = RouteResult(target.backend, target.device, target.precision, target.runtime, canary=kind)
+def check_route(target: Target, problems: dict[str, drivers.Verdict], log: Log) -> tuple[RouteResult, Session | None]:
+    """Load one route and run the pocket canary; the session stays open for the caller (None when it did not load)."""
+    result = RouteResult(target.backend, target.device, target.precision, target.runtime)
     if (bad := problems.get(device_family(target.device))) is not None:
         result.status, result.reason = "FAIL", bad.message
         return result, None
-    cfg = LoadConfig(model=model, backend=target.backend, precision=target.precision, device=target.device,
+    cfg = LoadConfig(model="pocket", backend=target.backend, precision=target.precision, device=target.device,
                      runtime=target.runtime, tuned=False)
-    log(f"check: {result.route} ({kind})")
+    log(f"check: {result.route}")
     try:
         start = time.perf_counter()
         session = Session.load(cfg, log=lambda m: None)
@@ -127,9 +128,12 @@ def check_route(target: Target, problems: dict[str, drivers.Verdict], log: Log,
     except Exception as exc:  # noqa: BLE001 - a runtime failing to load on a listed device is the finding
         result.status, result.reason = "FAIL", f"failed to load: {type(exc).__name__}: {_first_line(exc)}"
         return result, None
-    ok, result.proof = proof(target.device, session.backend.ran_on(), session.backend.ran_on_source)
+    ran = session.backend.ran_on()
+    ok, result.proof = proof(target.device, ran, session.backend.ran_on_source)
+    # AUTO is judged by the rule of the device it chose (exact on the CPU), where the runtime says which.
+    judged_as = ran[0] if ran and device_family(target.device) in CHOOSERS else target.device
     try:
-        outcome = canaries.run_pocket(session, target.device) if kind == "pocket" else canaries.run_long(session)
+        outcome = canaries.run_pocket(session, judged_as)
     except Exception as exc:  # noqa: BLE001 - an answer that fails is a FAIL with the runtime's words
         result.status, result.reason = "FAIL", f"failed to answer: {type(exc).__name__}: {_first_line(exc)}"
         return result, session
@@ -213,7 +217,7 @@ def check_model(model: str, targets: Sequence[Target], problems: dict[str, drive
                 result.details.append(f"greedy agreement with {t.backend}@CPU: {a.identical:.2f}")
             out.append(result)
             if long:
-                res, _ = RouteResult(t.backend, t.device, target.precision, t.runtime, canary="long"), None
+                res = RouteResult(t.backend, t.device, target.precision, t.runtime, canary="long")
                 lo = canaries.run_long(session)
                 res.status, res.reason, res.answer_s = lo.status, lo.reason, lo.seconds
                 out.append(res)
