@@ -49,34 +49,43 @@ def plan(only: Sequence[str] = (), devices: Sequence[str] = ()) -> tuple[list[Ta
     for name in only or backends.names():
         try:
             cls = backends.get(name)
-            runtime = cls.default_runtime()
-            seen = cls.devices(runtime)
+            cls.devices(cls.default_runtime())
         except (ImportError, Phi3kitError) as exc:  # not installed here: say how to install it
             fix = "" if isinstance(exc, Phi3kitError) else \
                 f" (pip install -r requirements/{backends.get(name).requirements})"
             skipped.append(RouteResult(name, "-", status="SKIPPED", reason=f"not installed: {_first_line(exc)}{fix}"))
             continue
-        for device in devices:  # asked for by name but not seen: say so rather than check nothing
-            if not any(device in (d, device_family(d)) for d in seen):
-                skipped.append(RouteResult(name, device, runtime=runtime, status="SKIPPED",
-                                           reason=_first_line(Exception(cls.device_help(device, seen)))))
-        for device in seen:
-            if devices and device not in devices and device_family(device) not in devices:
-                continue
-            precisions = canaries.pocket_precisions(name, device, cls.default_precision)
-            if not precisions:
-                skipped.append(RouteResult(name, device, runtime=runtime, status="SKIPPED",
-                                           reason="no pocket canary for this device (data/canaries.yaml)"))
-            for precision in precisions:
-                try:
-                    cls.check(LoadConfig(model="pocket", backend=name, precision=precision, device=device,
-                                         runtime=runtime))
-                except Phi3kitError as exc:
-                    skipped.append(RouteResult(name, device, precision, runtime, status="SKIPPED",
-                                               reason=_first_line(exc)))
-                    continue
-                targets.append(Target(name, runtime, device, precision))
+        for runtime in cls.runtimes:  # OpenVINO: its GenAI pipeline and optimum-intel
+            _plan_runtime(cls, runtime, devices, targets, skipped)
     return targets, skipped
+
+
+def _plan_runtime(cls: type[backends.Backend], runtime: str, devices: Sequence[str], targets: list[Target],
+                  skipped: list[RouteResult]) -> None:
+    name = cls.name
+    try:
+        seen = cls.devices(runtime)
+    except (ImportError, Phi3kitError) as exc:
+        skipped.append(RouteResult(name, "-", runtime=runtime, status="SKIPPED", reason=_first_line(exc)))
+        return
+    for device in devices:  # asked for by name but not seen: say so rather than check nothing
+        if not any(device in (d, device_family(d)) for d in seen):
+            skipped.append(RouteResult(name, device, runtime=runtime, status="SKIPPED",
+                                       reason=_first_line(Exception(cls.device_help(device, seen)))))
+    for device in seen:
+        if devices and device not in devices and device_family(device) not in devices:
+            continue
+        precisions = canaries.pocket_precisions(name, device, cls.default_precision)
+        if not precisions:
+            skipped.append(RouteResult(name, device, runtime=runtime, status="SKIPPED",
+                                       reason="no pocket canary for this device (data/canaries.yaml)"))
+        for precision in precisions:
+            try:
+                cls.check(LoadConfig(model="pocket", backend=name, precision=precision, device=device, runtime=runtime))
+            except Phi3kitError as exc:
+                skipped.append(RouteResult(name, device, precision, runtime, status="SKIPPED", reason=_first_line(exc)))
+                continue
+            targets.append(Target(name, runtime, device, precision))
 
 
 def driver_table(platform: str = sys.platform) -> tuple[list[dict[str, str]], list[drivers.Verdict]]:
