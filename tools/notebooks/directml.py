@@ -1,6 +1,6 @@
 """English source of notebooks/directml.ipynb (build: `python tools/notebooks/build.py`)."""
 
-from nb import answer_cell, code, md, parameters, plot_cells, speed_md
+from nb import canary_cells, answer_cell, code, md, parameters, plot_cells, speed_md
 
 TITLE = "Phi-3 with ONNX Runtime GenAI (DirectML)"
 CELLS = [
@@ -65,17 +65,7 @@ instead of trusting the package's `is_*_available()` flags, which only say how i
 code("devices", """
 kit.backends.get("ortgenai").devices("genai")
 """),
-md("canary-md", """
-**Can this route be trusted here?** Before trusting an answer, ask the pocket model, on this route and
-`device`, questions whose answers are known: `kit.check_machine` does it offline in seconds, reads the
-device that really ran and judges its driver. PASS: right answers, on the device asked for. FAIL says
-what went wrong (a wrong answer, a silent fallback to the CPU, an old driver) and the fix.
-`phi3kit check` does the same for every route of this machine.
-"""),
-code("canary", """
-canary = kit.check_machine(routes=["ortgenai"], devices=[device])
-print(canary.table())
-"""),
+*canary_cells('"ortgenai"'),
 md("get-md", """
 ## 2. Get the ONNX model: ready-made, or built here
 

@@ -1,6 +1,6 @@
 """English source of notebooks/npu.ipynb (build: `python tools/notebooks/build.py`)."""
 
-from nb import answer_cell, code, md, parameters
+from nb import canary_cells, answer_cell, code, md, parameters
 
 TITLE = "Phi-3 on the NPU"
 CELLS = [
@@ -111,17 +111,7 @@ else:
     raise kit.UnknownChoiceError("route", route, ["openvino-genai", "npu-library"])
 config
 """),
-md("canary-md", """
-**Can this route be trusted here?** Before trusting an answer, ask the pocket model, on this route and
-`device`, questions whose answers are known: `kit.check_machine` does it offline in seconds, reads the
-device that really ran and judges the NPU driver against the minimum the kit keeps with its source.
-PASS: right answers, on the device asked for. FAIL says what went wrong (a wrong answer, a silent
-fallback to the CPU, an old driver) and the fix. `phi3kit check` does the same for every route.
-"""),
-code("canary", """
-canary = kit.check_machine(routes=[config.backend], devices=[device])
-print(canary.table())
-"""),
+*canary_cells('config.backend'),
 md("get-md", """
 ## 3. Get the model
 

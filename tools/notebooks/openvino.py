@@ -1,6 +1,6 @@
 """English source of notebooks/openvino.ipynb (build: `python tools/notebooks/build.py`)."""
 
-from nb import answer_cell, code, md, parameters, plot_cells, speed_md
+from nb import canary_cells, answer_cell, code, md, parameters, plot_cells, speed_md
 
 TITLE = "Phi-3 on OpenVINO"
 CELLS = [
@@ -50,17 +50,7 @@ import phi3kit as kit
 
 kit.doctor()
 """),
-md("canary-md", """
-**Can this route be trusted here?** Before trusting an answer, ask the pocket model, on this route and
-`device`, questions whose answers are known: `kit.check_machine` does it offline in seconds, reads the
-device that really ran and judges its driver. PASS: right answers, on the device asked for. FAIL says
-what went wrong (a wrong answer, a silent fallback to the CPU, an old driver) and the fix.
-`phi3kit check` does the same for every route of this machine.
-"""),
-code("canary", """
-canary = kit.check_machine(routes=["openvino"], devices=[device])
-print(canary.table())
-"""),
+*canary_cells('"openvino"'),
 md("ready-md", """
 ## 2. Ready-made, or exported here?
 
