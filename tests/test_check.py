@@ -282,6 +282,7 @@ def test_room_refuses_an_empty_folder_and_a_machine_twice(tmp_path, capsys):
 
 
 # --- real models, the command line ----------------------------------------------------------------------------------
+@pytest.mark.slow  # a 3,500-token prompt through PyTorch: about 25 s on 2 cores
 def test_real_model_canaries_judge_answers_and_the_long_prompt(random_phi3):
     """A random-weight Phi-3 stands in for a real one: it cannot know 7 x 8 or the hidden code, so the canaries,
     whose expected answers are data (data/canaries.yaml), must fail it, naming the prompt and the answer."""
@@ -310,7 +311,8 @@ def test_a_real_model_is_never_downloaded_unless_asked(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # a laptop on the network
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    target = [kit.checking.run.Target("transformers", "pytorch", "CPU", "fp32")]
+    cfg = kit.LoadConfig(backend="transformers", precision="fp32", runtime="pytorch", tuned=False)
+    target = [kit.checking.run.Target("transformers", "pytorch", "CPU", "fp32", cfg)]
     rows = kit.checking.run.check_model("microsoft/Phi-3-mini-4k-instruct", target, {}, False, False, quiet)
     assert seen and all(seen) and rows[0].status == "SKIPPED" and "--download fetches it" in rows[0].reason
     seen.clear()
@@ -334,3 +336,26 @@ def test_a_device_this_route_does_not_see_is_skipped_with_why(fake):
     [row] = report.routes
     assert row.status == "SKIPPED" and "'CUDA' is not available to backend 'fake'" in row.reason
     assert report.exit_code == 0  # SKIPPED is not a failure
+
+
+def test_the_npu_route_is_loaded_with_the_npu_preset_and_a_failing_compile_is_a_fail(fake_openvino, monkeypatch):
+    """On an NPU laptop the check loads what the NPU notebook loads (the preset: static shapes, the blob cache keyed
+    by driver); an NPU that OpenVINO lists but that fails to load the model is a FAIL, not a SKIPPED."""
+    from phi3kit.checking import run
+
+    fake_openvino(["CPU", "NPU"])
+    loaded = []
+
+    def load(cfg, log=None):
+        loaded.append(cfg)
+        raise RuntimeError("Exception from src/plugins/intel_npu: compilation failed")
+
+    monkeypatch.setattr(run.Session, "load", load)
+    report = check_machine(routes=["openvino"], devices=["NPU"], log=quiet)
+    row = next(r for r in report.routes if r.runtime == "genai" and r.device == "NPU")
+    assert row.status == "FAIL" and "compilation failed" in row.reason and report.exit_code == 1
+    optimum = next(r for r in report.routes if r.runtime == "optimum" and r.device == "NPU")
+    assert optimum.status == "SKIPPED" and "through OpenVINO GenAI's LLMPipeline" in optimum.reason
+    [cfg] = loaded
+    assert cfg.precision == "int4-cw" and cfg.runtime_config["MAX_PROMPT_LEN"] == 1024
+    assert Path(cfg.runtime_config["CACHE_DIR"]).name.endswith("-driver-1738334590")

@@ -129,6 +129,12 @@ class Backend(abc.ABC):
         return None
 
     @classmethod
+    def for_device(cls, cfg: LoadConfig) -> LoadConfig:
+        """`cfg` with the settings the kit recommends for its device (OpenVINO: the NPU preset); as it is elsewhere.
+        `phi3kit check` loads each route this way, as a learner following the notebooks would."""
+        return cfg
+
+    @classmethod
     def device_name(cls, cfg: LoadConfig) -> str | None:
         """The device as its runtime names it (a GPU's model, not "GPU.1"), where the runtime can say; else None."""
         return None

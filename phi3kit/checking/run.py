@@ -13,13 +13,13 @@ import platform as platform_module
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .. import backends, drivers
 from ..config import LoadConfig
 from ..devices import device_family
-from ..errors import Phi3kitError, UnknownChoiceError
+from ..errors import MissingDependencyError, Phi3kitError, UnknownChoiceError
 from ..generate import Session
 from ..machine import cpu_info, library_version
 from . import canaries
@@ -37,6 +37,7 @@ class Target:
     runtime: str
     device: str
     precision: str
+    cfg: LoadConfig = field(default_factory=LoadConfig, compare=False)  # as the backend loads it on that device
 
 
 def plan(only: Sequence[str] = (), devices: Sequence[str] = ()) -> tuple[list[Target], list[RouteResult]]:
@@ -80,12 +81,14 @@ def _plan_runtime(cls: type[backends.Backend], runtime: str, devices: Sequence[s
             skipped.append(RouteResult(name, device, runtime=runtime, status="SKIPPED",
                                        reason="no pocket canary for this device (data/canaries.yaml)"))
         for precision in precisions:
-            try:
-                cls.check(LoadConfig(model="pocket", backend=name, precision=precision, device=device, runtime=runtime))
+            try:  # the settings the kit recommends on that device (OpenVINO's NPU preset), validated
+                cfg = cls.for_device(LoadConfig(model="pocket", backend=name, precision=precision, device=device,
+                                                runtime=runtime, tuned=False))
+                cls.check(cfg)
             except Phi3kitError as exc:
                 skipped.append(RouteResult(name, device, precision, runtime, status="SKIPPED", reason=_first_line(exc)))
                 continue
-            targets.append(Target(name, runtime, device, precision))
+            targets.append(Target(name, runtime, device, cfg.precision or precision, cfg))
 
 
 def driver_table(platform: str = sys.platform) -> tuple[list[dict[str, str]], list[drivers.Verdict]]:
@@ -124,17 +127,16 @@ def check_route(target: Target, problems: dict[str, drivers.Verdict], log: Log) 
     if (bad := problems.get(device_family(target.device))) is not None:
         result.status, result.reason = "FAIL", bad.message
         return result, None
-    cfg = LoadConfig(model="pocket", backend=target.backend, precision=target.precision, device=target.device,
-                     runtime=target.runtime, tuned=False)
+    cfg = target.cfg
     log(f"check: {result.route}")
     try:
         start = time.perf_counter()
         session = Session.load(cfg, log=lambda m: None)
         result.load_s = time.perf_counter() - start
-    except Phi3kitError as exc:
-        result.status, result.reason = ("SKIPPED" if exc.exit_code == 2 else "FAIL"), _first_line(exc)
+    except MissingDependencyError as exc:  # a package this route needs here (an exporter) is not installed
+        result.status, result.reason = "SKIPPED", _first_line(exc)
         return result, None
-    except Exception as exc:  # noqa: BLE001 - a runtime failing to load on a listed device is the finding
+    except Exception as exc:  # noqa: BLE001 - a runtime failing to load on a device it lists is the finding
         result.status, result.reason = "FAIL", f"failed to load: {type(exc).__name__}: {_first_line(exc)}"
         return result, None
     ran = session.backend.ran_on()
@@ -193,7 +195,8 @@ def check_machine(output: str | os.PathLike[str] | None = None, *, routes: Seque
 
 def check_model(model: str, targets: Sequence[Target], problems: dict[str, drivers.Verdict], long: bool,
                 download: bool, log: Log) -> list[RouteResult]:
-    """A real model's canaries on each route (its default precision), with greedy agreement to the CPU route."""
+    """A real model's canaries on each route (the plan's precision for its device), with greedy agreement to the
+    CPU route."""
     from ..bench.quality import agreement
 
     out: list[RouteResult] = []
@@ -203,12 +206,14 @@ def check_model(model: str, targets: Sequence[Target], problems: dict[str, drive
         if (t.backend, t.device) in seen:
             continue
         seen.add((t.backend, t.device))
-        target = Target(t.backend, t.runtime, t.device, backends.get(t.backend).default_precision)
-        result = RouteResult(t.backend, t.device, target.precision, t.runtime, canary=f"real:{model}")
+        result = RouteResult(t.backend, t.device, t.precision, t.runtime, canary=f"real:{model}")
+        if (bad := problems.get(device_family(t.device))) is not None:
+            result.status, result.reason = "FAIL", bad.message
+            out.append(result)
+            continue
         try:
             with _hub_offline(not download):
-                session = Session.load(LoadConfig(model=model, backend=t.backend, precision=target.precision,
-                                                  device=t.device, runtime=t.runtime, tuned=False), log=lambda m: None)
+                session = Session.load(replace(t.cfg, model=model), log=lambda m: None)
         except Exception as exc:  # noqa: BLE001 - not in the cache, or failing to load: said in the row
             result.status = "SKIPPED" if not download else "FAIL"
             result.reason = _first_line(exc) + ("" if download else " (not in the cache or a pack: --download "
@@ -226,7 +231,7 @@ def check_model(model: str, targets: Sequence[Target], problems: dict[str, drive
                 result.details.append(f"greedy agreement with {t.backend}@CPU: {a.identical:.2f}")
             out.append(result)
             if long:
-                res = RouteResult(t.backend, t.device, target.precision, t.runtime, canary="long")
+                res = RouteResult(t.backend, t.device, t.precision, t.runtime, canary="long")
                 lo = canaries.run_long(session)
                 res.status, res.reason, res.answer_s = lo.status, lo.reason, lo.seconds
                 out.append(res)

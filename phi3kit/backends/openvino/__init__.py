@@ -69,6 +69,10 @@ class OpenVINOBackend(Backend):
     exporter_modules: ClassVar[dict[str, str]] = {"torch": "torch", "optimum.intel": "optimum-intel", "nncf": "nncf"}
     npu_preset = staticmethod(npu_preset)  # kit.backends.get("openvino").npu_preset(cfg) in notebooks
     npu_blob_dir = staticmethod(npu_blob_dir)  # the NPU notebook's CACHE_DIR: the one the preset sets
+
+    @classmethod
+    def for_device(cls, cfg: LoadConfig) -> LoadConfig:
+        return npu_preset(cfg) if is_npu(cfg.device) else cfg
     export_command = staticmethod(export_command)  # the optimum-cli command an export runs (shown in notebooks)
 
     @classmethod
