@@ -252,7 +252,11 @@ def test_room_table_of_three_machines(checked, tmp_path, capsys):
     assert table.loc["lab-12", "ortgenai/genai:int4@DML"] == "PASS"
     assert table.loc["lab-07", "ortgenai/genai:int4@DML"] == "-"  # not on that machine
     assert main(["check", "--room", str(tmp_path), "--csv", str(tmp_path / "room.csv")]) == 0
-    assert "lab-07" in capsys.readouterr().out and (tmp_path / "room.csv").is_file()
+    out = capsys.readouterr().out
+    assert re.search(r"openvino/genai:int4-cw@NPU\s+FAIL\s+-\s+-", out)  # the route x machine grid
+    assert "  needs driver: NPU 2408 (too old): https://www.intel.com" in out
+    assert "  FAIL openvino/genai:int4@GPU: asked for GPU, ran on CPU: a silent fallback" in out
+    assert (tmp_path / "room.csv").is_file()
 
 
 @pytest.mark.parametrize(("content", "message"), [

@@ -26,16 +26,27 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def room_text(table: Any) -> str:
+    """The room for a terminal: a route x machine grid of statuses, then what each machine needs."""
+    grid = table.drop(columns=["ready", "needs driver", "failed", "skipped"]).T
+    lines = [grid.to_string(), ""]
+    for machine, row in table.iterrows():
+        ready = len(row["ready"].split(", ")) if row["ready"] else 0
+        lines.append(f"{machine}: {ready} route(s) ready, {row['skipped']} skipped")
+        for driver in filter(None, row["needs driver"].split("\n")):
+            lines.append(f"  needs driver: {driver}")
+        for failed in filter(None, row["failed"].split("\n")):
+            lines.append(f"  FAIL {failed}")
+    return "\n".join(lines)
+
+
 def run(a: argparse.Namespace) -> int:
     """Exit 0 when every route PASSes (SKIPPED is not a failure), 1 on a FAIL; refused input exits 2 upstream."""
     if a.room:
         from .room import read_room, room_table
 
         table = room_table(read_room(a.room))
-        import pandas as pd
-
-        with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 60):
-            print(table.to_string())
+        print(room_text(table))
         if a.csv:
             from ..safefs import atomic_write
 

@@ -96,9 +96,9 @@ def room_table(reports: list[MachineReport]) -> Any:
             if r.precision:  # installed routes; a missing runtime is counted in `skipped`
                 row[f"{r.canary}:{r.route}" if r.canary != "pocket" else r.route] = r.status
         row["ready"] = ", ".join(r.route for r in rep.routes if r.status == "PASS")
-        row["needs driver"] = "; ".join(f"{d['device']} {d['version']} ({d['status']}): {d.get('get', '')}"
-                                        for d in rep.drivers if d.get("status") in ("too old", "known bad"))
-        row["failed"] = "; ".join(f"{r.route}: {r.reason[:120]}" for r in rep.failed)
+        row["needs driver"] = "\n".join(f"{d['device']} {d['version']} ({d['status']}): {d.get('get', '')}"
+                                         for d in rep.drivers if d.get("status") in ("too old", "known bad"))
+        row["failed"] = "\n".join(f"{r.route}: {r.reason}" for r in rep.failed)  # one line per failed route
         row["skipped"] = sum(r.status == "SKIPPED" for r in rep.routes)
         rows.append(row)
     frame = pd.DataFrame(rows).set_index("machine")
