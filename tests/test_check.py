@@ -363,3 +363,9 @@ def test_the_npu_route_is_loaded_with_the_npu_preset_and_a_failing_compile_is_a_
     [cfg] = loaded
     assert cfg.precision == "int4-cw" and cfg.runtime_config["MAX_PROMPT_LEN"] == 1024
     assert Path(cfg.runtime_config["CACHE_DIR"]).name.endswith("-driver-1738334590")
+
+
+def test_a_notebook_checks_only_its_own_runtime():
+    """The OpenVINO notebook's canary cell passes runtimes=[runtime]: optimum-intel is not loaded for a genai run."""
+    report = check_machine(routes=["openvino"], runtimes=["genai"], devices=["CPU"], log=quiet)
+    assert [(r.runtime, r.device, r.status) for r in report.routes] == [("genai", "CPU", "PASS")]

@@ -16,6 +16,7 @@ def add_parser(sub: Any) -> None:
                    help="merge the <machine>.json files in FOLDER into one table (nothing is run)")
     p.add_argument("--backend", action="append", default=[], help="check only this backend (repeatable)")
     p.add_argument("--device", action="append", default=[], help="check only this device (repeatable)")
+    p.add_argument("--runtime", action="append", default=[], help="check only this runtime, e.g. genai (repeatable)")
     p.add_argument("--model", action="append", default=[],
                    help="also check a real Phi-3 model (alias, hub id or folder) from the cache or a pack")
     p.add_argument("--download", action="store_true", help="let --model download a model that is not here yet")
@@ -54,8 +55,8 @@ def run(a: argparse.Namespace) -> int:
         return 0
     from .run import check_machine
 
-    report = check_machine(a.output_dir, routes=a.backend, devices=a.device, models=a.model, long=a.long,
-                           download=a.download, log=lambda m: None)
+    report = check_machine(a.output_dir, routes=a.backend, devices=a.device, runtimes=a.runtime, models=a.model,
+                           long=a.long, download=a.download, log=lambda m: None)
     print(f"phi3kit check on {report.machine} ({report.os}, {report.cpu})")
     print(report.table())
     for d in report.drivers:

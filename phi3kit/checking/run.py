@@ -40,8 +40,10 @@ class Target:
     cfg: LoadConfig = field(default_factory=LoadConfig, compare=False)  # as the backend loads it on that device
 
 
-def plan(only: Sequence[str] = (), devices: Sequence[str] = ()) -> tuple[list[Target], list[RouteResult]]:
-    """Every installed route x device x pocket precision; routes that cannot run here come back SKIPPED with why."""
+def plan(only: Sequence[str] = (), devices: Sequence[str] = (),
+         runtimes: Sequence[str] = ()) -> tuple[list[Target], list[RouteResult]]:
+    """Every installed route x device x pocket precision (only the backends, devices and runtimes named, if any);
+    routes that cannot run here come back SKIPPED with why."""
     targets: list[Target] = []
     skipped: list[RouteResult] = []
     for name in only:  # a mistyped backend is refused, not reported as "not installed"
@@ -57,7 +59,8 @@ def plan(only: Sequence[str] = (), devices: Sequence[str] = ()) -> tuple[list[Ta
             skipped.append(RouteResult(name, "-", status="SKIPPED", reason=f"not installed: {_first_line(exc)}{fix}"))
             continue
         for runtime in cls.runtimes:  # OpenVINO: its GenAI pipeline and optimum-intel
-            _plan_runtime(cls, runtime, devices, targets, skipped)
+            if not runtimes or runtime in runtimes:
+                _plan_runtime(cls, runtime, devices, targets, skipped)
     return targets, skipped
 
 
@@ -161,17 +164,19 @@ def check_route(target: Target, problems: dict[str, drivers.Verdict], log: Log) 
 
 
 def check_machine(output: str | os.PathLike[str] | None = None, *, routes: Sequence[str] = (),
-                  devices: Sequence[str] = (), models: Sequence[str] = (), long: bool = False,
-                  download: bool = False, log: Log = print, platform: str = sys.platform) -> MachineReport:
+                  devices: Sequence[str] = (), runtimes: Sequence[str] = (), models: Sequence[str] = (),
+                  long: bool = False, download: bool = False, log: Log = print,
+                  platform: str = sys.platform) -> MachineReport:
     """Check every installed route on every device here; with `output`, write <machine>.json and .html there.
 
+    `routes`, `devices`, `runtimes`: check only those (backend names, devices, runtimes); all by default.
     `models`: real Phi-3 models to check too (from the cache or a pack; `download=True` allows fetching them);
     `long`: add the long-prompt canary to them. The same function runs `phi3kit check`.
     """
     from .report import write_report
 
     folder = None if output is None else _output_folder(output)
-    targets, skipped = plan(routes, devices)
+    targets, skipped = plan(routes, devices, runtimes)
     device_rows, verdicts = driver_table(platform)
     problems = {device_family(v.device): v for v in verdicts if v.problem}
     report = MachineReport(machine=_machine_name(), os=f"{platform_module.system()} {platform_module.release()}",

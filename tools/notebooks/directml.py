@@ -65,7 +65,7 @@ instead of trusting the package's `is_*_available()` flags, which only say how i
 code("devices", """
 kit.backends.get("ortgenai").devices("genai")
 """),
-*canary_cells('"ortgenai"'),
+*canary_cells('routes=["ortgenai"]'),
 md("get-md", """
 ## 2. Get the ONNX model: ready-made, or built here
 

@@ -111,7 +111,7 @@ else:
     raise kit.UnknownChoiceError("route", route, ["openvino-genai", "npu-library"])
 config
 """),
-*canary_cells('config.backend'),
+*canary_cells('routes=[config.backend], runtimes=["genai", "npu-library"]'),
 md("get-md", """
 ## 3. Get the model
 

@@ -50,7 +50,7 @@ import phi3kit as kit
 
 kit.doctor()
 """),
-*canary_cells('"openvino"'),
+*canary_cells('routes=["openvino"], runtimes=[runtime]'),
 md("ready-md", """
 ## 2. Ready-made, or exported here?
 
