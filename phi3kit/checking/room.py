@@ -16,6 +16,7 @@ from .results import FORMAT, STATUSES, MachineReport, RouteResult
 
 MAX_BYTES = 5 * 2**20  # a report is a few kilobytes; anything this large is not one
 _TEXT = {"machine", "os", "python", "kit", "cpu", "started"}
+_REQUIRED = ("machine", "os", "python", "kit")
 _ROUTE_TEXT = {"backend", "device", "precision", "runtime", "canary", "status", "reason", "proof"}
 _ROUTE_NUMBERS = {"load_s", "answer_s", "tokens_per_s"}
 
@@ -42,7 +43,9 @@ def read_report(path: Path) -> MachineReport:
     for key in _TEXT:
         if not isinstance(data.get(key, ""), str):
             raise bad(f"{key!r} is not text")
-    if not data.get("machine"):
+    if missing := [k for k in _REQUIRED if k not in data]:
+        raise bad(f"no {', '.join(missing)}")
+    if not data["machine"]:
         raise bad("no machine name")
     for key in ("devices", "drivers"):
         rows = data.get(key, [])
@@ -53,8 +56,9 @@ def read_report(path: Path) -> MachineReport:
     if not isinstance(routes, list):
         raise bad("'routes' is not a list")
     for i, r in enumerate(routes):
-        if not isinstance(r, dict) or set(r) - set(RouteResult.__dataclass_fields__):
-            raise bad(f"route {i} is not a route row")
+        fields = set(r) if isinstance(r, dict) else set()
+        if not fields or fields - set(RouteResult.__dataclass_fields__) or not {"backend", "device"} <= fields:
+            raise bad(f"route {i} is not a route row (backend, device, status...)")
         if r.get("status") not in STATUSES:
             raise bad(f"route {i} has status {r.get('status')!r}, not one of {', '.join(STATUSES)}")
         if any(not isinstance(r.get(k, ""), str) for k in _ROUTE_TEXT) or not r.get("backend"):
