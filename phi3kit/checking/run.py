@@ -94,10 +94,12 @@ def _plan_runtime(cls: type[backends.Backend], runtime: str, devices: Sequence[s
             targets.append(Target(name, runtime, device, cfg.precision or precision, cfg))
 
 
-def driver_table(platform: str = sys.platform) -> tuple[list[dict[str, str]], list[drivers.Verdict]]:
-    """Each backend's devices (as its doctor rows say) and every driver version read, judged by data/drivers.yaml."""
+def driver_table(platform: str = sys.platform,
+                 only: Sequence[str] = ()) -> tuple[list[dict[str, str]], list[drivers.Verdict]]:
+    """Each backend's devices (as its doctor rows say; `only` those backends) and every driver version read, judged
+    by data/drivers.yaml."""
     rows: list[dict[str, str]] = []
-    for name in backends.names():
+    for name in only or backends.names():
         try:
             found = backends.get(name).device_rows()
         except Exception:  # noqa: BLE001 - a runtime missing or failing to list devices has nothing to report
@@ -182,7 +184,7 @@ def check_machine(output: str | os.PathLike[str] | None = None, *, routes: Seque
 
     folder = None if output is None else _output_folder(output)
     targets, skipped = plan(routes, devices, runtimes)
-    device_rows, verdicts = driver_table(platform)
+    device_rows, verdicts = driver_table(platform, routes)
     problems = {device_family(v.device): v for v in verdicts if v.problem}
     report = MachineReport(machine=_machine_name(), os=f"{platform_module.system()} {platform_module.release()}",
                            python=platform_module.python_version(), kit=library_version("phi3kit"),
