@@ -182,6 +182,17 @@ def test_openvino_reads_where_a_model_really_runs(fake_openvino):
     assert not ok and "asked for NPU, ran on CPU (EXECUTION_DEVICES of a probe model" in text
 
 
+def test_an_old_npu_driver_reported_by_openvino_fails_its_npu_route_before_loading(fake_openvino, monkeypatch):
+    from phi3kit.checking import run
+
+    fake_openvino(["CPU", "NPU"], NPU={"NPU_DRIVER_VERSION": 2408})
+    monkeypatch.setattr(run.Session, "load", lambda cfg, log=None: pytest.fail("an old driver is not loaded"))
+    report = check_machine(routes=["openvino"], runtimes=["genai"], devices=["NPU"], log=quiet, platform="win32")
+    [row] = report.routes
+    assert row.status == "FAIL" and "NPU driver 2408 is older than 32.0.100.3104" in row.reason
+    assert "intel-npu-driver-windows" in row.reason and report.exit_code == 1
+
+
 # --- drivers and proof, as data -------------------------------------------------------------------------------------
 def test_driver_rules_from_data():
     assert drivers.judge("NPU", "3104", "win32").status == "ok"
