@@ -14,6 +14,7 @@ from typing import ClassVar
 import pytest
 
 import phi3kit as kit
+import phi3kit.checking.report
 import phi3kit.checking.run
 from phi3kit import backends, drivers, generate
 from phi3kit.backends.base import Backend
@@ -383,3 +384,12 @@ def test_a_notebook_checks_only_its_own_runtime():
     """The OpenVINO notebook's canary cell passes runtimes=[runtime]: optimum-intel is not loaded for a genai run."""
     report = check_machine(routes=["openvino"], runtimes=["genai"], devices=["CPU"], log=quiet)
     assert [(r.runtime, r.device, r.status) for r in report.routes] == [("genai", "CPU", "PASS")]
+
+
+def test_the_html_page_marks_failures_and_escapes_what_runtimes_said():
+    report = MachineReport("lab-3", "Windows 11", "3.12", "0.1.0", routes=[
+        RouteResult("openvino", "GPU", "int4", "genai", status="FAIL", reason="produced '<script>alert(1)</script>'"),
+        RouteResult("openvino", "CPU", "int4", "genai", status="PASS")])
+    page = kit.checking.report.to_html(report)
+    assert '<tr class="FAIL"><td>openvino/genai:int4@GPU' in page and "1 route(s) FAIL" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page
