@@ -113,3 +113,7 @@ def last_line(exc: BaseException) -> str:
     """The last non-empty line of an exception's message: what a C++ runtime's long error actually says."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
+
+
+class GridError(Phi3kitError, ValueError):
+    """A grid file cannot be used as written."""
