@@ -122,9 +122,9 @@ class Recommendation:
 
     @property
     def call(self) -> str:
-        if self.backend == "openvino" and self.device == "NPU":
-            return (f'cfg = kit.backends.get("openvino").npu_preset(kit.LoadConfig("{self.model}", "openvino", '
-                    f'"{self.precision}", "NPU")); kit.Session.load(cfg)')
+        if preset := backends.get(self.backend).preset_for(self.device):
+            return (f'cfg = kit.backends.get("{self.backend}").{preset}(kit.LoadConfig("{self.model}", '
+                    f'"{self.backend}", "{self.precision}", "{self.device}")); kit.Session.load(cfg)')
         return f'kit.load("{self.model}", "{self.backend}", "{self.precision}", "{self.device}")'
 
 

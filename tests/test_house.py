@@ -426,3 +426,38 @@ def test_imports_only_go_down_the_floors() -> None:
     assert set(crossings) <= set(KNOWN_CROSSINGS), {k: v for k, v in crossings.items() if k not in KNOWN_CROSSINGS}
     fixed = set(KNOWN_CROSSINGS) - set(crossings)
     assert not fixed, f"fixed, so drop them from KNOWN_CROSSINGS: {fixed}"
+
+
+
+def backend_name_tests(source: str, names: set[str]) -> list[str]:
+    """`x == "openvino"`, `x in ("openvino", "ortgenai")`, `case "openvino":`: each test of a value against a
+    backend's name, with its line."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+        elif isinstance(node, ast.MatchValue):
+            operands = [node.value]
+        else:
+            continue
+        for op in operands:
+            consts = op.elts if isinstance(op, ast.Tuple | ast.List | ast.Set) else [op]
+            if any(isinstance(c, ast.Constant) and c.value in names for c in consts):
+                found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_nothing_above_the_backends_branches_on_a_backend_name() -> None:
+    """bench/measure.py tested `route.backend == "openvino" and route.resolved_runtime == "genai"`, the doctor
+    `backend == "openvino" and device == "NPU"`, the runner `backend == "openvino"`: a new backend meant editing
+    them all. Above the backends a backend's name is data (a default, a recommendation); what differs between
+    backends is an attribute or a hook of backends.base.Backend."""
+    names = set(kit.backends.names())
+    assert {"openvino", "transformers"} <= names
+    shapes = ('if route.backend == "openvino": pass\nif b != "transformers": pass\n'
+              'x = cfg.backend in ("ortgenai", "other")\nmatch b:\n    case "llamacpp": pass\n')
+    assert len(backend_name_tests(shapes, names)) == 4  # the check sees each shape of the branch it forbids
+    found = [f"{path.relative_to(ROOT)}:{hit}" for path in sorted(PACKAGE.rglob("*.py"))
+             if "backends" not in path.relative_to(PACKAGE).parts
+             for hit in backend_name_tests(path.read_text(encoding="utf-8"), names)]
+    assert not found, "\n".join(found)

@@ -146,6 +146,10 @@ class OpenVINOBackend(Backend):
     exporter: ClassVar[tuple[str, ...]] = EXPORTER
     exporter_modules: ClassVar[dict[str, str]] = {"torch": "torch", "optimum.intel": "optimum-intel", "nncf": "nncf"}
     npu_preset = staticmethod(npu_preset)  # kit.backends.get("openvino").npu_preset(cfg) in notebooks
+
+    @classmethod
+    def preset_for(cls, device: str) -> str | None:
+        return "npu_preset" if device == "NPU" else None
     export_command = staticmethod(export_command)  # the optimum-cli command an export runs (shown in notebooks)
 
     @classmethod
@@ -394,6 +398,10 @@ class OpenVINOBackend(Backend):
                 pass
 
         return threaded_stream(lambda emit: self.pipeline.generate(ids, config, Emit(emit)))
+
+    def free_for_logits(self) -> None:
+        if self.runtime != "optimum":  # logits come from a second, optimum-intel copy: free the pipeline's
+            self.close()
 
     def close(self) -> None:
         self.__dict__.pop("pipeline", None)

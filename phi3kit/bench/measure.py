@@ -16,6 +16,7 @@ from typing import Any
 
 import psutil
 
+from ..backends import get
 from ..backends.base import Log
 from ..config import GenerationConfig
 from ..errors import last_line
@@ -44,7 +45,7 @@ def weights_mb(folder: Path) -> float:
 def weights_read_mb(route: Route, folder: Path, model_config: dict[str, Any]) -> float:
     """The bytes one decode step reads: the weights as the runtime holds them (PyTorch converts the checkpoint)."""
     size = weights_mb(folder)
-    if route.backend == "transformers":
+    if get(route.backend).converts_on_load:
         stored = _BYTES.get(str(model_config.get("dtype") or model_config.get("torch_dtype") or "float32"), 4)
         return size * _BYTES.get(route.precision, stored) / stored
     return size
@@ -61,14 +62,16 @@ def export_seconds(export: Any) -> tuple[float, bool]:
 
 
 def memory_problem(route: Route, source: Any) -> str | None:
-    """PyTorch holds the whole model at the route's precision: refuse up front what would swap or be killed."""
-    if route.backend != "transformers":
+    """A runtime that holds the whole model at the route's precision (PyTorch): refuse up front what would swap or
+    be killed."""
+    if not get(route.backend).converts_on_load:
         return None
     need_gb = weights_read_mb(route, source.path, source.config) * 2**20 * TORCH_RAM_FACTOR / 1e9
     free_gb = psutil.virtual_memory().available / 1e9
     if need_gb > free_gb:
-        return (f"PyTorch {route.precision} needs about {need_gb:.1f} GB of RAM here, {free_gb:.1f} GB is available. "
-                "Fix: close other programs, or compare bf16 / the OpenVINO and ONNX Runtime GenAI routes instead.")
+        return (f"{route.label} holds the whole model at {route.precision}: about {need_gb:.1f} GB of RAM here, "
+                f"{free_gb:.1f} GB is available. Fix: close other programs, or compare a smaller precision or the "
+                "routes that run an export (OpenVINO, ONNX Runtime GenAI) instead.")
     return None
 
 
@@ -138,9 +141,8 @@ def _measure(route: Route, model: str, s: Settings, r: RouteResult, log: Log) ->
             greedy = GenerationConfig(max_new_tokens=s.agreement_tokens)
             r.greedy = [_generate(session, ids, greedy).token_ids
                         for ids in agreement_prompts(model, session, s.agreement_prompts)]
-            if route.backend == "openvino" and route.resolved_runtime == "genai":
-                session.backend.close()  # perplexity loads the same export through optimum-intel: free this copy
-                gc.collect()
+            session.backend.free_for_logits()  # e.g. OpenVINO GenAI: perplexity loads a second copy of the export
+            gc.collect()
             window = min(s.quality_window, session.context_length)
             segments, name = quality_segments(model, session.tokenizer, s.quality_tokens, window)
             ppl = perplexity(session, segments)

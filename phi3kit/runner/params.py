@@ -94,8 +94,15 @@ def _coerce_one(notebook: str, name: str, kind: str, value: str, default: str) -
     return value
 
 
-# Notebook -> the backend its `model`, `precision`, `device`... parameters load with (the notebook's own call).
-NOTEBOOK_BACKENDS = {"openvino": "openvino", "directml": "ortgenai"}
+# Notebook -> the backend its `model`, `precision`, `device`... parameters load with (the notebook's own call),
+# and the LoadConfig options its other parameters fill (LoadConfig field -> notebook parameter).
+NOTEBOOK_ROUTES: dict[str, tuple[str, dict[str, str]]] = {
+    "openvino": ("openvino", {"runtime": "runtime"}),
+    "directml": ("ortgenai", {"fallback_to_cpu": "fallback_to_cpu", "build_target": "build_target",
+                              "group_size": "block_size"}),
+}
+NOTEBOOK_BACKENDS = {stem: backend for stem, (backend, _) in NOTEBOOK_ROUTES.items()}
+_LOAD_PARAMETERS = {"model", "precision", "device", "prefer"}
 
 
 def _defaults(known: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -129,19 +136,18 @@ def check_values(notebook: str | Path, parameters: dict[str, Any]) -> None:
         for route in parse_routes(str(values.get("routes", ""))):
             refuse_unknown(route)
         parse_lengths(str(values.get("prompt_lengths", "")))
-    backend = NOTEBOOK_BACKENDS.get(notebook.stem)
-    if backend is None or not set(parameters) & {"model", "precision", "device", "runtime", "prefer",
-                                                 "fallback_to_cpu", "build_target", "block_size"}:
+    if notebook.stem not in NOTEBOOK_ROUTES:
+        return
+    backend, fields = NOTEBOOK_ROUTES[notebook.stem]
+    if not set(parameters) & (_LOAD_PARAMETERS | set(fields.values())):
         return  # the defaults are the notebook's own business (e.g. DML on a machine without it)
     from ..backends import get
     from ..exporting import complete, plan
 
     options: dict[str, Any] = {"device": values.get("device", "CPU"), "prefer": values.get("prefer") or None}
-    if backend == "openvino":
-        options["runtime"] = values.get("runtime") or None
-    else:
-        options.update(fallback_to_cpu=bool(values.get("fallback_to_cpu")),
-                       build_target=values.get("build_target") or None, group_size=values.get("block_size") or None)
+    for option, name in fields.items():  # a flag stays a bool; an empty text or 0 means the default (None)
+        flag = isinstance(getattr(LoadConfig(), option), bool)
+        options[option] = bool(values.get(name)) if flag else values.get(name) or None
     cfg = complete(LoadConfig(model=str(values.get("model")), backend=backend, precision=values.get("precision"),
                               **options))
     plan(cfg)
