@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import ExportSettingError, Phi3kitError
+from .errors import ExportSettingError, GenerationConfigError
 
 # One default model for every entry point (kit.load, kit.export, LoadConfig, the CLI): the pocket model runs
 # offline in seconds. Real checkpoints are named explicitly (a hub id, a folder).
@@ -112,5 +112,3 @@ class GenerationConfig:
             raise GenerationConfigError(f"top_k must be >= 0 (0 disables it), got {self.top_k}.")
 
 
-class GenerationConfigError(Phi3kitError, ValueError):
-    """A generation setting is out of range."""

@@ -117,3 +117,25 @@ def last_line(exc: BaseException) -> str:
 
 class GridError(Phi3kitError, ValueError):
     """A grid file cannot be used as written."""
+
+
+class GenerationConfigError(Phi3kitError, ValueError):
+    """A generation setting is out of range."""
+
+
+class TuneError(Phi3kitError, ValueError):
+    """A tuning request that cannot be run as asked."""
+
+
+class BenchError(Phi3kitError, ValueError):
+    """A benchmark setting cannot be used (route syntax, prompt length)."""
+
+
+class PackError(Phi3kitError, RuntimeError):
+    """A pack cannot be made or used as it is (a damaged copy, a folder that is not a pack, an unsafe index)."""
+
+
+class PackDamagedError(PackError):
+    """The pack's files differ from its index: a run that failed (exit 1), not input the kit refused."""
+
+    exit_code = 1

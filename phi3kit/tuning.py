@@ -23,15 +23,11 @@ from typing import Any
 
 from .backends.base import Candidate, Log  # noqa: F401 - Candidate: tuning's public name
 from .config import GenerationConfig
-from .errors import CachedEntryError, Phi3kitError, StorageError, UnknownChoiceError, last_line
+from .errors import CachedEntryError, StorageError, TuneError, UnknownChoiceError, last_line
 from .tuned import TUNED_DIR, _shape_problem, describe, identity, require_storable, save_choice, stored, stored_path  # noqa: F401
 
 # What is minimized: the time to a whole answer (a 256-token prompt, a 128-token answer), decode alone, or TTFT.
 OBJECTIVES = ("answer", "decode", "ttft")
-
-
-class TuneError(Phi3kitError, ValueError):
-    """A tuning request that cannot be run as asked."""
 
 
 # --- the choice: a pure function of the measured samples --------------------------------------------------

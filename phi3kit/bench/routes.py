@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .. import backends
 from ..config import LoadConfig
-from ..errors import Phi3kitError, UnknownChoiceError
+from ..errors import BenchError, Phi3kitError, UnknownChoiceError
 
 DEFAULT_ROUTES = "transformers:fp32,openvino:int4,openvino:int8,ortgenai:int4"
 REFERENCE = "transformers:fp32"
@@ -17,9 +17,6 @@ ROUTE_FORMAT = ("backend[/runtime]:precision[@device][{key=value;...}], e.g. ope
 # Options that are load settings (LoadConfig fields); any other key is a runtime property (runtime_config).
 LOAD_OPTIONS = {"accuracy_level": int, "group_size": int, "ratio": float, "build_target": str, "prefer": str,
                 "tuned": lambda v: {"true": True, "false": False}[v.lower()]}
-
-class BenchError(Phi3kitError, ValueError):
-    """A benchmark setting cannot be used (route syntax, prompt length)."""
 
 
 @dataclass(frozen=True)
