@@ -6,12 +6,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from . import env
 from .errors import ExportSettingError, GenerationConfigError
 
 # One default model for every entry point (kit.load, kit.export, LoadConfig, the CLI): the pocket model runs
 # offline in seconds. Real checkpoints are named explicitly (a hub id, a folder).
 DEFAULT_MODEL = "pocket"
-HEADLESS_ENV = "PHI3KIT_HEADLESS"  # set in the kernels the kit runs headless: no one can click a panel there
+HEADLESS_ENV = env.HEADLESS  # set in the kernels the kit runs headless: no one can click a panel there
 # Below this, logits / temperature overflow (a logit of 70 in fp16 already at 1e-3): the sampler sees inf and NaN
 # and the runtime fails with its own traceback. Sampling that cold is greedy decoding in all but name.
 MIN_TEMPERATURE = 0.01

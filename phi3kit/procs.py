@@ -29,6 +29,8 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .env import environment
+
 Log = Callable[[str], None]
 
 # Runs as `python -c SUPERVISOR PARENT_PID CMD...`: waits for CMD, passes on its exit code, and kills CMD's
@@ -76,7 +78,7 @@ class ChildNotTiedWarning(RuntimeWarning):
 
 def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """`env` (default: this process's environment) with the kit's children told to write UTF-8."""
-    return {**(os.environ if env is None else env), **CHILD_ENV}
+    return {**(environment() if env is None else env), **CHILD_ENV}
 
 
 def pipe_options(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -11,10 +11,10 @@ start headless, or plain Python without a kernel) it prints a note instead, and 
 from __future__ import annotations
 
 import html
-import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from . import env
 from .conversation import Conversation
 from .errors import Phi3kitError
 
@@ -41,9 +41,7 @@ def has_widget_frontend() -> bool:
     The kernels `phi3kit run` starts (and the tests') carry PHI3KIT_HEADLESS; a kernel has an IPython
     shell with a `kernel` (a terminal IPython has none).
     """
-    from .config import HEADLESS_ENV
-
-    if os.environ.get(HEADLESS_ENV):
+    if env.switch(env.HEADLESS):
         return False
     try:
         from IPython import get_ipython

@@ -8,18 +8,17 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .. import __version__
+from .. import __version__, env
 from ..errors import Phi3kitError
 from . import machine, measure, models, notebooks, talk, workshop
 from .common import eof_keys
 
-DEBUG_ENV = "PHI3KIT_DEBUG"  # set to 1 (like --debug): errors the kit refuses keep their traceback
+DEBUG_ENV = env.DEBUG  # set to 1 (like --debug): errors the kit refuses keep their traceback
 DESCRIPTION = __doc__
 
 # Every subcommand, in the order `phi3kit --help` lists them.
@@ -68,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def debugging(args: argparse.Namespace | None = None) -> bool:
     """--debug, or PHI3KIT_DEBUG set to anything but '', 0, false or no."""
-    flag = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    flag = env.switch(DEBUG_ENV)
     return flag or bool(getattr(args, "debug", False))
 
 
