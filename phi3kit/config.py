@@ -77,6 +77,14 @@ class LoadConfig:
         return asdict(self)
 
 
+# The longest answer by default, in new tokens: GenerationConfig, `phi3kit generate`, the notebooks' parameters
+# (a literal there, for papermill: tests/test_house.py checks it is this one). A chat turn (`phi3kit chat`, the chat
+# panel) gets twice as much; a benchmark's timed run (`phi3kit bench`, compare.ipynb) always makes its own number.
+MAX_NEW_TOKENS = 128
+CHAT_MAX_NEW_TOKENS = 2 * MAX_NEW_TOKENS
+BENCH_NEW_TOKENS = 64
+
+
 @dataclass
 class GenerationConfig:
     """How to decode. Greedy by default so runs are reproducible.
@@ -86,7 +94,7 @@ class GenerationConfig:
     route that happens to stop early would look better than it is.
     """
 
-    max_new_tokens: int = 128
+    max_new_tokens: int = MAX_NEW_TOKENS
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0

@@ -15,6 +15,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from . import env
+from .config import CHAT_MAX_NEW_TOKENS
 from .conversation import Conversation
 from .errors import Phi3kitError
 
@@ -62,7 +63,7 @@ def bubble(role: str, text: str, cls: str = "", footer: str = "") -> str:
 class ChatPanel:
     """Text box, send / stop / reset buttons, the streamed transcript, a trim notice, metrics."""
 
-    def __init__(self, session: Session, system: str | None = None, *, max_new_tokens: int = 256,
+    def __init__(self, session: Session, system: str | None = None, *, max_new_tokens: int = CHAT_MAX_NEW_TOKENS,
                  context_length: int | None = None, interactive: bool | None = None, **options: Any) -> None:
         import ipywidgets as w
 
@@ -195,7 +196,7 @@ class ChatPanel:
         return f"<ChatPanel {'interactive' if self.interactive else 'headless'}: {self.conversation!r}>"
 
 
-def chat(session: Session, system: str | None = None, *, max_new_tokens: int = 256,
+def chat(session: Session, system: str | None = None, *, max_new_tokens: int = CHAT_MAX_NEW_TOKENS,
          context_length: int | None = None, interactive: bool | None = None, **options: Any) -> ChatPanel:
     """A chat panel for `session`; shown when it is a cell's last expression (in any notebook frontend).
 

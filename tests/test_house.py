@@ -482,3 +482,36 @@ def test_environment_variables_are_read_in_one_place() -> None:
              if path.relative_to(ROOT).as_posix() not in allowed
              for hit in environment_reads(path.read_text(encoding="utf-8"))]
     assert not found, "\n".join(found)
+
+
+def parameter_defaults(notebook: Path) -> dict[str, object]:
+    """The literal defaults of a notebook's `parameters` cell (what papermill reads)."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    return {node.target.id: ast.literal_eval(node.value) for node in ast.parse(source).body
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None}
+
+
+def test_one_max_new_tokens_default() -> None:
+    """`max_new_tokens` had five defaults (GenerationConfig, the CLI's generate and chat, the chat panel, the
+    notebooks), each written on its own: config.py names them once, and the notebooks' literals (papermill reads a
+    literal) are checked against it, in every language."""
+    from phi3kit import config, widgets
+    from phi3kit.bench.report import Settings
+    from phi3kit.cli import build_parser
+
+    assert kit.GenerationConfig().max_new_tokens == config.MAX_NEW_TOKENS
+    parser = build_parser()
+    assert parser.parse_args(["generate", "q"]).max_new_tokens == config.MAX_NEW_TOKENS
+    assert parser.parse_args(["tune"]).new_tokens == config.MAX_NEW_TOKENS
+    assert parser.parse_args(["chat"]).max_new_tokens == config.CHAT_MAX_NEW_TOKENS
+    assert inspect.signature(widgets.chat).parameters["max_new_tokens"].default == config.CHAT_MAX_NEW_TOKENS
+    assert parser.parse_args(["bench"]).max_new_tokens == Settings().max_new_tokens == config.BENCH_NEW_TOKENS
+    notebooks = sorted((ROOT / "notebooks").rglob("*.ipynb"))
+    assert len(notebooks) >= 4 * 6
+    for notebook in notebooks:
+        if "results" in notebook.parts:
+            continue
+        want = config.BENCH_NEW_TOKENS if notebook.stem == "compare" else config.MAX_NEW_TOKENS
+        assert parameter_defaults(notebook).get("max_new_tokens") == want, notebook

@@ -18,7 +18,7 @@ import psutil
 
 from ..backends import get
 from ..backends.base import Log
-from ..config import GenerationConfig
+from ..config import BENCH_NEW_TOKENS, GenerationConfig
 from ..errors import last_line
 from ..procs import run_logged
 from .machine import hardware, memory_bandwidth_gbs
@@ -182,7 +182,7 @@ def measure_isolated(route: Route, model: str, settings: Settings, log: Log = pr
 
 
 def run(model: str = "pocket", routes: str | Sequence[str | Route] = DEFAULT_ROUTES,
-        prompt_lengths: str | int | Sequence[int] = (128,), max_new_tokens: int = 64, runs: int = 3, *,
+        prompt_lengths: str | int | Sequence[int] = (128,), max_new_tokens: int = BENCH_NEW_TOKENS, runs: int = 3, *,
         warmup: int = 1, quality: bool = True, reference: str = REFERENCE, quality_tokens: int = 1024,
         agreement_prompts: int = 8, agreement_tokens: int = 32, isolate: bool = True, bandwidth: bool = False,
         cache_dir: str | None = None, log: Log = print) -> BenchReport:

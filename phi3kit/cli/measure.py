@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from .. import bench
-from ..config import DEFAULT_MODEL
+from ..config import BENCH_NEW_TOKENS, DEFAULT_MODEL, MAX_NEW_TOKENS
 from .common import folder_arg, load_config, model_args
 
 
@@ -38,7 +38,7 @@ def add_tune(sub: Any) -> None:
                    help="answer: time to a whole answer (default); decode: tokens/s; ttft: time to first token")
     p.add_argument("--runs", type=int, default=3, help="timed runs per candidate (the default runs twice as many)")
     p.add_argument("--prompt-tokens", type=int, default=256)
-    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=MAX_NEW_TOKENS)
     p.add_argument("--only", default=None, help="comma separated candidate names (default: all for the device)")
     p.add_argument("--dry-run", action="store_true", help="measure and show, store nothing")
     p.set_defaults(func=cmd_tune)
@@ -68,7 +68,8 @@ def add_bench(sub: Any) -> None:
     p.add_argument("--routes", default=bench.DEFAULT_ROUTES,
                    help="comma separated backend[/runtime]:precision[@device]")
     p.add_argument("--prompt-lengths", default="128", help="prompt sizes in tokens, comma separated (default 128)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per timed run, always all of them")
+    p.add_argument("--max-new-tokens", type=int, default=BENCH_NEW_TOKENS,
+                   help="tokens per timed run, always all of them")
     p.add_argument("--runs", type=int, default=3, help="timed runs per prompt length (medians are reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--no-quality", action="store_true", help="skip perplexity and greedy agreement")

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from ..config import CHAT_MAX_NEW_TOKENS, MAX_NEW_TOKENS
 from ..errors import Phi3kitError
 from ..text import replace_undecodable, undecodable, utf8_text
 from .common import eof_keys, generation_args, generation_config, load_config, model_args
@@ -35,7 +36,7 @@ def add_generate(sub: Any) -> None:
     model_args(p)
     p.add_argument("prompt")
     p.add_argument("--system", default=None)
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
     generation_args(p)
     p.add_argument("--json", action="store_true", help="print metrics as JSON")
     p.set_defaults(func=cmd_generate)
@@ -103,7 +104,7 @@ def add_chat(sub: Any) -> None:
     p = sub.add_parser("chat", help="chat in the terminal (multi-turn, history trimmed to the context window)")
     model_args(p)
     p.add_argument("--system", default=None, help="system prompt, kept for the whole chat")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=CHAT_MAX_NEW_TOKENS)
     p.add_argument("--context-length", type=int, default=None,
                    help="trim the history to this many tokens (default: the model's context window)")
     generation_args(p)

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..config import MAX_NEW_TOKENS
 from ..errors import GridError, ParameterError, UnknownChoiceError
 from ..safefs import storage_error
 from ..text import utf8_text
@@ -127,7 +128,8 @@ def check_values(notebook: str | Path, parameters: dict[str, Any]) -> None:
     notebook = Path(notebook)
     values = {**_defaults(notebook_parameters(notebook)), **parameters}
     if "max_new_tokens" in parameters or "do_sample" in parameters:
-        GenerationConfig(max_new_tokens=values.get("max_new_tokens", 128), do_sample=bool(values.get("do_sample")))
+        GenerationConfig(max_new_tokens=values.get("max_new_tokens", MAX_NEW_TOKENS),
+                         do_sample=bool(values.get("do_sample")))
     if "group_size" in parameters:  # the NPU notebook's: LoadConfig's own range check
         LoadConfig(group_size=values["group_size"])
     if "routes" in parameters or "prompt_lengths" in parameters:  # the compare notebook's benchmark
