@@ -325,9 +325,7 @@ def _openvino(facts: Facts) -> Any:
         facts.openvino_error = f"openvino is not installed ({getattr(exc, 'name', None) or exc})"
         return None
     facts.npu_problem = next((d.pop("problem") for d in facts.openvino_devices if "problem" in d), "")
-    from .devices import core
-
-    return core()
+    return backends.get("openvino").cpu_probe()
 
 
 def _npu_library() -> str:

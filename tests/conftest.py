@@ -69,13 +69,10 @@ def fake_openvino(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeCore]:
     properties): the kit's device list and NPU probe then read that machine, so a test means the same on a
     CPU-only box, a GPU box and an NPU laptop.
 
-    Patched where the kit asks OpenVINO: `phi3kit.devices.core` (device lists, doctor's rows) and
-    `phi3kit.backends.openvino.npu_info` (the NPU driver check, the compile-failure message).
+    Patched where the kit asks OpenVINO: `phi3kit.backends.openvino.devices.core`, the process's one Core (device
+    lists, the doctor's rows, the NPU probe behind the driver check and the compile-failure message).
     """
-    from phi3kit import devices
-    from phi3kit.backends import openvino as ov_backend
-
-    real_npu_info = ov_backend.npu_info
+    from phi3kit.backends.openvino import devices
 
     def install(machine: dict[str, dict[str, object]] | list[str], **changes: dict[str, object]) -> FakeCore:
         props = dict(machine) if isinstance(machine, dict) else {d: DEVICE_PROPS[d.split(".")[0]] for d in machine}
@@ -83,7 +80,6 @@ def fake_openvino(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeCore]:
             props[device] = {**props[device], **values}
         core = FakeCore(props)
         monkeypatch.setattr(devices, "core", lambda: core)
-        monkeypatch.setattr(ov_backend, "npu_info", lambda c=None: real_npu_info(core if c is None else c))
         return core
 
     return install

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from phi3kit.backends.openvino_npu import decode_compiler_version, npu_driver_problem, npu_info
+from phi3kit.backends.openvino.npu import decode_compiler_version, npu_driver_problem, npu_info
 from phi3kit.cli import main
 from phi3kit.diagnostics import (
     MAX_PATH,
@@ -223,7 +223,7 @@ def test_this_machines_facts_agree_with_openvino_and_numpy() -> None:
     import openvino as ov
     from numpy._core._multiarray_umath import __cpu_features__
 
-    from phi3kit.backends.npu_library import NPULibraryUnavailableError, import_library
+    from phi3kit.backends.openvino.npu_library import NPULibraryUnavailableError, import_library
 
     f = gather()
     core = ov.Core()
@@ -336,8 +336,9 @@ def test_a_gpu_family_is_accepted_where_openvino_lists_gpu_0_and_gpu_1(monkeypat
     check or the doctor's device test going back to exact names; an index that is not there being accepted."""
     import phi3kit as kit
     from phi3kit import backends
+    from phi3kit.backends.openvino.devices import device_available, openvino_devices
     from phi3kit.bench.routes import Route, problem
-    from phi3kit.devices import device_available, device_family, openvino_devices
+    from phi3kit.devices import device_family
     from phi3kit.errors import DeviceNotFoundError
 
     canned_machine(monkeypatch, fake_openvino, IGPU_ARC_LAPTOP)

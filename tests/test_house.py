@@ -382,9 +382,36 @@ FLOORS = {
 }
 COMMANDS = {m for m, floor in FLOORS.items() if floor == 5}
 # Crossings still standing (the house issue's remaining steps), each with why it is still there. May only shrink.
-KNOWN_CROSSINGS = {
-    ("phi3kit.pocket", "phi3kit"): "pocket/ready.py, a build script, runs the kit's exports",
-}
+KNOWN_CROSSINGS: dict[tuple[str, str], str] = {}
+# Each runtime library and the one backend package (phi3kit/backends/<name>/) that may import it.
+RUNTIME_HOMES = {"openvino": "openvino", "openvino_genai": "openvino", "openvino_tokenizers": "openvino",
+                 "optimum": "openvino", "nncf": "openvino", "intel_npu_acceleration_library": "openvino",
+                 "onnxruntime": "ortgenai", "onnxruntime_genai": "ortgenai", "llama_cpp": "llamacpp"}
+SHARED_BACKEND_MODULES = ("base", "longrope")  # the interface and the helpers every backend may use
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def absolute_imports(path: Path) -> set[str]:
+    """Every absolutely imported module name in the file, module level and inside functions (TYPE_CHECKING blocks
+    too: a runtime named there is still a tie to it)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module)
+    return out
+
+
+def own_backend(module: str) -> str | None:
+    """The backend package a phi3kit module belongs to ('phi3kit.backends.openvino.npu' -> 'openvino'), else None."""
+    parts = module.split(".")
+    if len(parts) > 2 and parts[1] == "backends" and parts[2] not in SHARED_BACKEND_MODULES:
+        return parts[2]
+    return None
 
 
 def floor_of(module: str) -> tuple[str, int]:
@@ -400,18 +427,9 @@ def floor_of(module: str) -> tuple[str, int]:
 def test_imports_only_go_down_the_floors() -> None:
     """Every import, inside functions too: down a floor or on the same one; commands leave each other alone
     (bench excepted); nothing above the backends reaches into one backend's own modules."""
-    shared = ("base", "longrope")  # the interface and the helpers every backend may use
-    part_of = {"openvino_npu": "openvino"}  # a backend's second file, until each backend is one package
-
-    def own_backend(name: str) -> str | None:
-        parts = name.split(".")
-        if len(parts) > 2 and parts[1] == "backends" and parts[2] not in shared:
-            return part_of.get(parts[2], parts[2])
-        return None
-
     crossings = {}
     for path in PACKAGE.rglob("*.py"):
-        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        module = module_name(path)
         room, floor = floor_of(module)
         for target in module_imports(path):
             if not target.startswith("phi3kit") or target == module:
@@ -475,8 +493,7 @@ def test_environment_variables_are_read_in_one_place() -> None:
     """PHI3KIT_CACHE, _DEBUG, _HEADLESS and _SKIP_PREFLIGHT were read in four files with three rules for a switch
     (PHI3KIT_SKIP_PREFLIGHT=on skipped nothing, PHI3KIT_HEADLESS=0 counted as set): phi3kit/env.py reads them all."""
     allowed = {"phi3kit/env.py",
-               "phi3kit/pocket/train.py",  # a training script that sets TOKENIZERS_PARALLELISM for itself
-               "phi3kit/backends/llamacpp.py"}  # PHI3KIT_LLAMA_CPP: moves to env.LLAMA_CPP with the backends' split
+               "phi3kit/pocket/train.py"}  # a training script that sets TOKENIZERS_PARALLELISM for itself
     assert environment_reads("import os\nos.environ.get('X')\nfrom os import getenv\n")
     found = [f"{path.relative_to(ROOT).as_posix()}:{hit}" for path in sorted(PACKAGE.rglob("*.py"))
              if path.relative_to(ROOT).as_posix() not in allowed
@@ -515,3 +532,54 @@ def test_one_max_new_tokens_default() -> None:
             continue
         want = config.BENCH_NEW_TOKENS if notebook.stem == "compare" else config.MAX_NEW_TOKENS
         assert parameter_defaults(notebook).get("max_new_tokens") == want, notebook
+
+
+def test_a_runtime_library_is_imported_only_by_its_backend_package() -> None:
+    """diagnostics.py imported intel_npu_acceleration_library and devices.py imported openvino: the doctor and the
+    catalog then depended on one runtime, and a new backend could not be one package. Catches: any import of a
+    runtime library (module level or in a function) outside phi3kit/backends/<its backend>/."""
+    assert set(RUNTIME_HOMES) <= ROUTE_RUNTIMES | {"onnxruntime"}
+    outside = []
+    for path in PACKAGE.rglob("*.py"):
+        module = module_name(path)
+        for name in absolute_imports(path):
+            home = RUNTIME_HOMES.get(name.split(".")[0])
+            if home is not None and own_backend(module) != home:
+                outside.append(f"{module} imports {name} (only phi3kit.backends.{home} may)")
+    assert not outside, outside
+    # the check sees imports inside functions: the OpenVINO runtime's are all there
+    runtime = absolute_imports(PACKAGE / "backends" / "openvino" / "runtime.py")
+    assert {"openvino", "openvino_genai", "optimum.intel"} <= runtime
+
+
+def test_above_the_backends_only_the_registry_and_the_interface() -> None:
+    """The base class promised a backend is one file plus a registry line, while diagnostics.py imported
+    backends.openvino and llamacpp.py imported ortgenai's helpers. Catches: a module above the backends floor (or a
+    backend, or a shared helper) importing `phi3kit.backends.<name>...` of a backend other than its own; above the
+    floor only `phi3kit.backends` and `phi3kit.backends.base` are doors."""
+    doors = {"phi3kit.backends", "phi3kit.backends.base"}
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        module = module_name(path)
+        mine = own_backend(module)
+        for target in module_imports(path):
+            if not target.startswith("phi3kit.backends.") or target in doors:
+                continue
+            if mine is None and floor_of(module)[1] > FLOORS["phi3kit.backends"]:
+                found.append(f"{module} imports {target}")
+            elif own_backend(target) is not None and own_backend(target) != mine:
+                found.append(f"{module} imports {target}")
+    assert not found, found
+
+
+def test_each_backend_is_one_package_and_one_registry_line() -> None:
+    """docs/architecture.md's recipe for a new backend: one package, one registry line. Catches: a backend's module
+    left loose beside the packages, or a registry line pointing outside the backend's package."""
+    from phi3kit import backends
+
+    loose = {p.stem for p in (PACKAGE / "backends").glob("*.py")} - {"__init__", *SHARED_BACKEND_MODULES}
+    assert loose <= {"transformers"}, loose  # torch/transformers serve several backends: no runtime of its own
+    for name, target in backends.REGISTRY.items():
+        module = target.split(":")[0]
+        assert module == "phi3kit.backends.transformers" or own_backend(module) in set(RUNTIME_HOMES.values()), name
+        assert issubclass(backends.get(name), backends.Backend)

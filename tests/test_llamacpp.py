@@ -132,7 +132,7 @@ def test_converter_is_fetched_once_into_the_cache(tmp_path: Path, monkeypatch: p
     """No PHI3KIT_LLAMA_CPP: the installed version's sdist is downloaded (here: a stand-in copied by a child
     process in place of pip) and its converter kept as a cache entry; the next export finds it there."""
     monkeypatch.delenv(llamacpp.SOURCES_ENV, raising=False)
-    monkeypatch.setattr(llamacpp, "installed_version", lambda: "9.9.9")
+    monkeypatch.setattr(llamacpp.fetch, "installed_version", lambda: "9.9.9")  # where fetch looks it up
     archive = fake_sdist(tmp_path / "llama_cpp_python-9.9.9.tar.gz")
     commands: list[list[str]] = []
 
@@ -141,7 +141,7 @@ def test_converter_is_fetched_once_into_the_cache(tmp_path: Path, monkeypatch: p
         commands.append(cmd)
         return cmd
 
-    monkeypatch.setattr(llamacpp, "sdist_command", download)
+    monkeypatch.setattr(llamacpp.fetch, "sdist_command", download)
     cache = ExportCache(tmp_path / "cache")
     tree = llamacpp.converter_tree(cache, log=lambda m: None)
     assert (tree / "convert_hf_to_gguf.py").read_text() == "print('converter')\n"

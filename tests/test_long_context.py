@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import phi3kit as kit
-from phi3kit.backends.openvino_npu import npu_limits, npu_preset
+from phi3kit.backends.openvino.npu import npu_limits, npu_preset
 from phi3kit.context import Limits, memory_window
 from phi3kit.generate import Response
 

@@ -16,22 +16,21 @@ from kit_checks import assert_agrees_with_pytorch
 
 import phi3kit as kit
 from phi3kit import pocket
-from phi3kit.backends import npu_library
-from phi3kit.backends.npu_library import (
+from phi3kit.backends.openvino import OpenVINOBackend, export_command, npu_library
+from phi3kit.backends.openvino.npu import (
+    NPUDriverError,
+    check_npu_context,
+    npu_blob_dir,
+    npu_compile_failure,
+    npu_preset,
+)
+from phi3kit.backends.openvino.npu_library import (
     NPULibraryBackend,
     NPULibraryLimitError,
     NPULibraryUnavailableError,
     import_library,
     second_model_problem,
     unavailable_message,
-)
-from phi3kit.backends.openvino import OpenVINOBackend, export_command
-from phi3kit.backends.openvino_npu import (
-    NPUDriverError,
-    check_npu_context,
-    npu_blob_dir,
-    npu_compile_failure,
-    npu_preset,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,7 +140,7 @@ def test_npu_pipeline_failure_is_explained(fake_openvino) -> None:  # type: igno
 
 
 def test_compile_failure_message_names_the_driver_seen() -> None:
-    from phi3kit.backends.openvino_npu import NPUInfo
+    from phi3kit.backends.openvino.npu import NPUInfo
 
     msg = npu_compile_failure(RuntimeError("a\nZE_RESULT_ERROR_UNSUPPORTED_FEATURE\n"),
                               NPUInfo("Intel(R) AI Boost", 2408, "5.4", []), platform="win32")

@@ -1,4 +1,5 @@
-"""Backend registry. Entries are import strings so `import phi3kit` stays light."""
+"""Backend registry: one line per backend package (phi3kit/backends/<name>/). Entries are import strings so
+`import phi3kit` stays light."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ REGISTRY: dict[str, str] = {
     "openvino": "phi3kit.backends.openvino:OpenVINOBackend",
     "ortgenai": "phi3kit.backends.ortgenai:OrtGenAIBackend",
     "llamacpp": "phi3kit.backends.llamacpp:LlamaCppBackend",
-    "npu-library": "phi3kit.backends.npu_library:NPULibraryBackend",
+    "npu-library": "phi3kit.backends.openvino.npu_library:NPULibraryBackend",
 }
 
 

@@ -55,7 +55,7 @@ class Backend(abc.ABC):
     Templating, detokenizing, stopping and metrics live in `phi3kit.generate`, and where a model comes
     from (catalog, hub, cache, pack) in `phi3kit.exporting`, so a backend says what its exports are
     made of, builds one into a folder, checks a ready-made folder, and turns prompt ids into new ids.
-    Adding a backend means one new file and one line in the registry.
+    Adding a backend means one new package (phi3kit/backends/<name>/) and one line in the registry.
     """
 
     name: ClassVar[str]
@@ -123,6 +123,12 @@ class Backend(abc.ABC):
     @classmethod
     def status(cls) -> str | None:
         """One line for the doctor about what this backend finds here beyond its devices, or None."""
+        return None
+
+    @classmethod
+    def cpu_probe(cls) -> Any:
+        """The runtime's own view of the CPU for the doctor (an object whose get_property("CPU",
+        "OPTIMIZATION_CAPABILITIES") lists what it computes in, as OpenVINO's Core does), or None."""
         return None
 
     @classmethod

@@ -13,7 +13,7 @@ BANNER = "The pocket model is a tiny teaching model with Phi-3's architecture, n
 
 MODEL_DIR: Path = Path(__file__).resolve().parent / "model"
 # The pocket ready-made for OpenVINO and ONNX Runtime GenAI, so it runs where there is no PyTorch to export with:
-# `python -m phi3kit.pocket.ready` rebuilds them (after a retrain) with the kit's own export.
+# `python tools/make_pocket_ready.py` rebuilds them (after a retrain) with the kit's own export.
 READY_DIR: Path = Path(__file__).resolve().parent / "ready"
 QA_FILE: Path = Path(__file__).resolve().parent / "qa.jsonl"
 TRAIN_COMMAND = "python -m phi3kit.pocket.train"
@@ -39,5 +39,5 @@ def ready_dir(name: str) -> Path:
     folder = READY_DIR / name
     if not folder.is_dir():
         raise FileNotFoundError(f"the pocket's ready-made folder {name!r} is missing in {READY_DIR}; rebuild them "
-                                "with `python -m phi3kit.pocket.ready`")
+                                "with `python tools/make_pocket_ready.py`")
     return folder

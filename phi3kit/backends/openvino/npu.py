@@ -11,11 +11,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..cache import ExportCache
-from ..config import LoadConfig
-from ..context import Limits
-from ..devices import device_family
-from ..errors import DeviceNotFoundError, UnknownChoiceError, last_line
+from ...cache import ExportCache
+from ...config import LoadConfig
+from ...context import Limits
+from ...devices import device_family
+from ...errors import DeviceNotFoundError, UnknownChoiceError, last_line
 
 # OpenVINO's "GenAI on NPU" guide: LLMs for the NPU must be exported with symmetric 4-bit weights and
 # ratio 1.0, channel-wise (group size -1: fastest) or group-wise 128 (the guide's advice for models
@@ -114,10 +114,10 @@ def decode_compiler_version(value: int) -> str:
 
 def npu_info(core: Any = None) -> NPUInfo | None:
     """The NPU's properties, or None when OpenVINO lists no NPU."""
-    if core is None:
-        import openvino as ov
+    if core is None:  # the process's one Core (creating another loads every device plugin again)
+        from . import devices
 
-        core = ov.Core()
+        core = devices.core()
     npu = next((d for d in core.available_devices if is_npu(d)), None)
     if npu is None:
         return None

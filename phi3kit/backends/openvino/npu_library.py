@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..config import GenerationConfig, LoadConfig
-from ..errors import MissingDependencyError, Phi3kitError
-from .base import Backend, Token, hf_stream
+from ...config import GenerationConfig, LoadConfig
+from ...errors import MissingDependencyError, Phi3kitError
+from ..base import Backend, Token, hf_stream
 
 PACKAGE = "intel-npu-acceleration-library"
 DTYPES = {"int4": "int4", "int8": "int8", "fp16": "float16"}  # our precision -> the library's dtype name

@@ -1,4 +1,4 @@
-"""Rebuild the pocket's ready-made folders: `python -m phi3kit.pocket.ready` (needs the full environment).
+"""Rebuild the pocket's ready-made folders: `python tools/make_pocket_ready.py` (needs the full environment).
 
 The pocket ships converted for OpenVINO (int4, int4-cw) and ONNX Runtime GenAI (int4 for the CPU and
 for DirectML), so it runs in the lean environment, which has no PyTorch to export with. Each folder
@@ -15,7 +15,9 @@ import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
-from . import READY_DIR
+import phi3kit as kit
+from phi3kit.pocket import READY_DIR
+from phi3kit.safefs import remove_tree
 
 # name -> (backend, precision, options): the shipped folders, the catalog's `shipped:` rows.
 FOLDERS = {
@@ -28,7 +30,7 @@ README = """# The pocket model, ready-made
 
 The kit's own exports of the pocket model (`../model`), shipped so that `model="pocket"` runs with
 OpenVINO GenAI and ONNX Runtime GenAI where no PyTorch is installed (requirements/lean.txt).
-Rebuild them with `python -m phi3kit.pocket.ready` after retraining the pocket.
+Rebuild them with `python tools/make_pocket_ready.py` after retraining the pocket.
 
 | folder | backend | precision | made with |
 |---|---|---|---|
@@ -50,9 +52,6 @@ def _scrub(folder: Path) -> None:
 
 
 def build(dest: Path = READY_DIR, log=print) -> None:  # type: ignore[no-untyped-def]
-    import phi3kit as kit
-    from phi3kit.safefs import remove_tree
-
     dest.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="phi3kit-pocket-ready-") as cache:
