@@ -583,3 +583,15 @@ def test_each_backend_is_one_package_and_one_registry_line() -> None:
         module = target.split(":")[0]
         assert module == "phi3kit.backends.transformers" or own_backend(module) in set(RUNTIME_HOMES.values()), name
         assert issubclass(backends.get(name), backends.Backend)
+
+
+def test_no_module_over_400_lines() -> None:
+    """runner.py (676 lines), cli.py (492), diagnostics.py (453) and three backends (up to 678) each held several
+    jobs, and a newcomer could not find a behaviour in one obvious file. Catches: any module of phi3kit/ growing
+    past 400 lines (the message names the largest)."""
+    sizes = sorted(((len(p.read_text(encoding="utf-8").splitlines()), p.relative_to(ROOT).as_posix())
+                    for p in PACKAGE.rglob("*.py")), reverse=True)
+    assert len(sizes) > 20
+    largest, where = sizes[0]
+    assert largest <= 400, f"{where} has {largest} lines (split it by job); over 400: " + \
+        ", ".join(f"{w} ({n})" for n, w in sizes if n > 400)
