@@ -595,3 +595,24 @@ def test_no_module_over_400_lines() -> None:
     largest, where = sizes[0]
     assert largest <= 400, f"{where} has {largest} lines (split it by job); over 400: " + \
         ", ".join(f"{w} ({n})" for n, w in sizes if n > 400)
+
+
+def test_every_error_class_is_a_phi3kit_error_in_errors_py() -> None:
+    """11 error classes lived beside the code that raised them, one of them (CacheCorruptError) no Phi3kitError, so
+    `except Phi3kitError` missed it and the CLI printed a traceback. Catches: a public exception class defined
+    outside phi3kit/errors.py, or one there that is not a Phi3kitError (with an exit code)."""
+    from phi3kit import errors
+
+    outside = []
+    for path in PACKAGE.rglob("*.py"):
+        if path == PACKAGE / "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_") and any(
+                    ast.unparse(b).split(".")[-1].endswith(("Error", "Exception")) for b in node.bases):
+                outside.append(f"{path.relative_to(ROOT).as_posix()}: {node.name}")
+    assert not outside, outside
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, BaseException)]
+    assert len(classes) >= 25
+    for cls in classes:
+        assert issubclass(cls, errors.Phi3kitError) and cls.exit_code in (1, 2), cls

@@ -38,6 +38,7 @@ from .install import (
     amx_compiled,
     import_llama,
     installed_version,
+    missing,
     physical_cores,
     system_info,
 )
@@ -71,7 +72,7 @@ class LlamaCppBackend(LlamaCppRuntime, Backend):
     @classmethod
     def devices(cls, runtime: str) -> list[str]:
         if importlib.util.find_spec("llama_cpp") is None:
-            raise LlamaCppMissingError()
+            raise missing()
         return ["CPU"]
 
     @classmethod

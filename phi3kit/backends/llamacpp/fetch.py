@@ -14,7 +14,7 @@ from ...cache import ExportCache
 from ...errors import ExportError
 from ...procs import run_logged
 from ..base import Log
-from .install import PACKAGE, LlamaCppMissingError, installed_version
+from .install import PACKAGE, installed_version, missing
 
 SOURCES_ENV = env.LLAMA_CPP  # a llama.cpp checkout, or an extracted llama-cpp-python sdist
 
@@ -72,7 +72,7 @@ def converter_tree(cache: ExportCache, log: Log = print) -> Path:
         return tree
     version = installed_version()
     if version is None:
-        raise LlamaCppMissingError()
+        raise missing()
     key = {"backend": "llamacpp", "kind": "converter", "model": f"llama.cpp converter ({PACKAGE} {version} sdist)",
            PACKAGE: version}
 

@@ -15,7 +15,8 @@ from ...cache import ExportCache
 from ...config import LoadConfig
 from ...context import Limits
 from ...devices import device_family
-from ...errors import DeviceNotFoundError, UnknownChoiceError, last_line
+from ...errors import NPUDriverError as NPUDriverError  # defined in errors.py; its import name here kept
+from ...errors import UnknownChoiceError, last_line
 
 # OpenVINO's "GenAI on NPU" guide: LLMs for the NPU must be exported with symmetric 4-bit weights and
 # ratio 1.0, channel-wise (group size -1: fastest) or group-wise 128 (the guide's advice for models
@@ -157,10 +158,6 @@ def npu_compile_failure(exc: BaseException, info: NPUInfo | None, platform: str 
     return (f"The NPU could not compile this model ({last_line(exc)}). NPU seen: {seen}. The usual causes: an NPU "
             f"driver older than this OpenVINO needs (update it: {url}), or an export without the NPU preset "
             "(int4 needs sym=True, ratio=1.0, group_size -1 or 128: use npu_preset()).")
-
-
-class NPUDriverError(DeviceNotFoundError):
-    """The NPU is there, but its driver (or the compiler inside it) cannot run this model."""
 
 
 def npu_limits(props: dict[str, Any], context_length: int) -> Limits:
