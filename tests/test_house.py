@@ -616,3 +616,16 @@ def test_every_error_class_is_a_phi3kit_error_in_errors_py() -> None:
     assert len(classes) >= 25
     for cls in classes:
         assert issubclass(cls, errors.Phi3kitError) and cls.exit_code in (1, 2), cls
+
+
+def test_one_way_to_run_a_kit_function_in_a_fresh_python() -> None:
+    """The runner's grid, bench's isolated routes and llama.cpp's export tools each wrote their own `python -c`
+    child (two with their own JSON job files). Catches: a fourth copy outside procs.py, and a child that dies
+    before writing its result read as a result (the grid and bench report its exit code and stderr instead)."""
+    from phi3kit.procs import run_json_job
+
+    copies = [p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*.py") if p.name != "procs.py"
+              and re.search(r"from phi3kit\.[\w.]+ import \w+; \w+\(\)", p.read_text(encoding="utf-8"))]
+    assert not copies, copies
+    result, rc, lines = run_json_job("phi3kit.no_such_module:main", {"job": 1})
+    assert result is None and rc != 0 and any("No module named 'phi3kit.no_such_module'" in line for line in lines)

@@ -6,8 +6,6 @@ import gc
 import hashlib
 import json
 import os
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -20,7 +18,7 @@ from ..backends import get
 from ..backends.base import Log
 from ..config import BENCH_NEW_TOKENS, GenerationConfig
 from ..errors import last_line
-from ..procs import run_logged
+from ..procs import json_job_main, run_json_job
 from .machine import hardware, memory_bandwidth_gbs
 from .prompts import Prompts
 from .quality import agreement_prompts, fill_agreement, perplexity, quality_segments
@@ -156,29 +154,21 @@ def _measure(route: Route, model: str, s: Settings, r: RouteResult, log: Log) ->
 
 # --- running routes in their own processes ------------------------------------------------------------
 def worker_main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of a route's own process: read the job, measure, write the result as JSON."""
-    job_path, out_path = argv if argv is not None else sys.argv[1:3]
-    job = json.loads(Path(job_path).read_text(encoding="utf-8"))
-    result = measure(Route(**job["route"]), job["model"], Settings(**job["settings"]),
-                     log=lambda m: print(m, flush=True))
-    Path(out_path).write_text(json.dumps(asdict(result)), encoding="utf-8")
+    """Entry point of a route's own process (procs.run_json_job): measure, write the result."""
+    json_job_main(lambda job: asdict(measure(Route(**job["route"]), job["model"], Settings(**job["settings"]),
+                                             log=lambda m: print(m, flush=True))), argv)
 
 
 def measure_isolated(route: Route, model: str, settings: Settings, log: Log = print) -> RouteResult:
     """`measure` in a fresh Python process: its memory is returned afterwards and its peak RSS is its own."""
-    with tempfile.TemporaryDirectory(prefix="phi3kit-bench-") as tmp:
-        job, out = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        job.write_text(json.dumps({"route": asdict(route), "model": model, "settings": asdict(settings)}),
-                       encoding="utf-8")
-        cmd = [sys.executable, "-c", "from phi3kit.bench.measure import worker_main; worker_main()", str(job), str(out)]
-        rc, lines = run_logged(cmd, log)
-        tail = lines[-20:]
-        if out.is_file():
-            return RouteResult.from_dict(json.loads(out.read_text(encoding="utf-8")))
-        killed = " (killed: out of memory?)" if rc in (-9, 137) else ""
-        note = f"its process exited with code {rc}{killed}: " + " | ".join(x for x in tail[-3:] if x)
-        return RouteResult(route=route.label, backend=route.backend, runtime=route.resolved_runtime,
-                           precision=route.precision, device=route.device, status="failed", note=note)
+    job = {"route": asdict(route), "model": model, "settings": asdict(settings)}
+    result, rc, lines = run_json_job("phi3kit.bench.measure:worker_main", job, log)
+    if result is not None:
+        return RouteResult.from_dict(result)
+    killed = " (killed: out of memory?)" if rc in (-9, 137) else ""
+    note = f"its process exited with code {rc}{killed}: " + " | ".join(x for x in lines[-3:] if x)
+    return RouteResult(route=route.label, backend=route.backend, runtime=route.resolved_runtime,
+                       precision=route.precision, device=route.device, status="failed", note=note)
 
 
 def run(model: str = "pocket", routes: str | Sequence[str | Route] = DEFAULT_ROUTES,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GridError, UnknownChoiceError
+from ..procs import json_job_main, run_json_job
 from ..safefs import atomic_path, atomic_write, free_path, writable_dir
 from . import kernel
 from .handouts import render_html
@@ -133,37 +133,21 @@ class _NothingWritten(Exception):
 
 
 def _execute_main() -> None:
-    """Entry point of a run's own process: read the job, execute it, write the outcome as JSON."""
-    import json
-    import sys
-
-    job = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
-    result = _execute(job["notebook"], job["out"], job["parameters"], job["html"], job["timeout_s"])
-    Path(sys.argv[2]).write_text(json.dumps(result), encoding="utf-8")
+    """Entry point of a run's own process (procs.run_json_job): execute the job, write the outcome."""
+    json_job_main(lambda job: _execute(job["notebook"], job["out"], job["parameters"], job["html"], job["timeout_s"]))
 
 
 def _execute_in_process(notebook: str, out: str, parameters: dict[str, Any], html: bool,
                         timeout_s: int | None) -> tuple[str, str, float, str | None]:
     """`_execute` in a fresh Python process (works from a script, a notebook or stdin alike)."""
-    import json
-    import sys
-    import tempfile
-
-    from ..procs import run
-
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="phi3kit-run-") as tmp:
-        job, result = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        job.write_text(json.dumps({"notebook": notebook, "out": out, "parameters": parameters, "html": html,
-                                   "timeout_s": timeout_s}), encoding="utf-8")
-        proc = run([sys.executable, "-c", "from phi3kit.runner.grid import _execute_main; _execute_main()",
-                    str(job), str(result)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                   encoding="utf-8", errors="replace")
-        if result.is_file():
-            status, error, seconds, page = json.loads(result.read_text(encoding="utf-8"))
-            return status, error, seconds, page
-    tail = " | ".join(line for line in proc.stderr.splitlines()[-3:] if line.strip())
-    return "failed", f"the run's process exited with code {proc.returncode}: {tail}", time.perf_counter() - start, None
+    job = {"notebook": notebook, "out": out, "parameters": parameters, "html": html, "timeout_s": timeout_s}
+    result, rc, lines = run_json_job("phi3kit.runner.grid:_execute_main", job)
+    if result is not None:
+        status, error, seconds, page = result
+        return status, error, seconds, page
+    tail = " | ".join(line for line in lines[-3:] if line.strip())
+    return "failed", f"the run's process exited with code {rc}: {tail}", time.perf_counter() - start, None
 
 
 def run_grid(grid: Grid, output_dir: str | Path, jobs: int = 1, html: bool = True, overwrite: bool = False,
