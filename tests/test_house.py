@@ -629,3 +629,35 @@ def test_one_way_to_run_a_kit_function_in_a_fresh_python() -> None:
     assert not copies, copies
     result, rc, lines = run_json_job("phi3kit.no_such_module:main", {"job": 1})
     assert result is None and rc != 0 and any("No module named 'phi3kit.no_such_module'" in line for line in lines)
+
+
+def test_load_options_are_written_once_for_the_cli_and_bench_routes() -> None:
+    """The options beyond model/backend/precision/device were listed in config.py, bench/routes.py and cli.py, each
+    with its own parsing (the CLI had no --accuracy-level, routes no --trust-remote-code: by design, but nowhere
+    said). Catches: an option the CLI or a bench route sets that does not reach LoadConfig as its value."""
+    from dataclasses import fields
+
+    from phi3kit.bench.routes import Route
+    from phi3kit.cli import build_parser
+    from phi3kit.cli.common import load_config
+    from phi3kit.config import LOAD_OPTIONS, LoadConfig
+
+    samples = {"runtime": ("optimum", "optimum"), "cache_dir": ("some-cache", "some-cache"),
+               "group_size": ("64", 64), "ratio": ("0.5", 0.5), "prefer": ("export", "export"),
+               "trust_remote_code": ("true", True), "tuned": ("false", False), "accuracy_level": ("1", 1),
+               "build_target": ("cpu", "cpu")}
+    assert set(LOAD_OPTIONS) == set(samples) and set(LOAD_OPTIONS) <= {f.name for f in fields(LoadConfig)}
+    argv = ["export"]
+    for name, option in LOAD_OPTIONS.items():
+        if option.flag:
+            switch = isinstance(getattr(LoadConfig(), name), bool)
+            argv += [option.flag] if switch else [option.flag, samples[name][0]]
+    cfg = load_config(build_parser().parse_args(argv))
+    route = Route("openvino", "int4", options=tuple((n, samples[n][0]) for n, o in LOAD_OPTIONS.items()
+                                                   if o.in_routes)).config("pocket")
+    for name, option in LOAD_OPTIONS.items():
+        if option.flag:
+            assert getattr(cfg, name) == samples[name][1], name
+        if option.in_routes:
+            assert getattr(route, name) == samples[name][1], name
+    assert route.runtime_config == {}  # none of them taken for a runtime property

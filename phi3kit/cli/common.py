@@ -6,7 +6,7 @@ import argparse
 import os
 
 from .. import backends
-from ..config import DEFAULT_MODEL, GenerationConfig, LoadConfig
+from ..config import DEFAULT_MODEL, LOAD_OPTIONS, GenerationConfig, LoadConfig
 
 
 def eof_keys() -> str:
@@ -17,20 +17,21 @@ def eof_keys() -> str:
 def model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"hub id, local folder, or 'pocket' (default: {DEFAULT_MODEL})")
-    p.add_argument("--backend", default="openvino", help=f"one of: {', '.join(backends.names())}")
+    p.add_argument("--backend", default=LoadConfig().backend, help=f"one of: {', '.join(backends.names())}")
     p.add_argument("--precision", default=None,
                    help="int4 | int8 | fp16 | fp32 (default: the backend's own, int4 where it quantizes, fp32 for "
                         "transformers)")
-    p.add_argument("--device", default="CPU", help="CPU, GPU, NPU, AUTO... (what the runtime reports)")
-    p.add_argument("--runtime", default=None, help="openvino: genai (default) | optimum")
-    p.add_argument("--cache-dir", default=None, help="export cache (default: PHI3KIT_CACHE or the user cache dir)")
-    p.add_argument("--group-size", type=int, default=None, help="int4 group size (OpenVINO default 128)")
-    p.add_argument("--ratio", type=float, default=None, help="share of int4 layers (OpenVINO default 0.6)")
-    p.add_argument("--prefer", default=None, choices=("ready-made", "export"),
-                   help="ready-made: a folder its publisher converted, used as it is; export: the kit's own export "
-                        "from the checkpoint (default: ready-made where the catalog has one)")
-    p.add_argument("--trust-remote-code", action="store_true", help="run the model repo's own code (off by default)")
-    p.add_argument("--untuned", action="store_true", help="ignore what `phi3kit tune` stored: the runtime defaults")
+    p.add_argument("--device", default=LoadConfig().device, help="CPU, GPU, NPU, AUTO... (what the runtime reports)")
+    for name, option in LOAD_OPTIONS.items():
+        if not option.flag:
+            continue
+        default = getattr(LoadConfig(), name)
+        if isinstance(default, bool):  # a switch: the flag sets the opposite of LoadConfig's default
+            p.add_argument(option.flag, dest=name, action="store_const", const=not default, default=default,
+                           help=option.help)
+        else:
+            p.add_argument(option.flag, dest=name, type=option.parse, default=default, help=option.help,
+                           choices=option.choices or None)
 
 
 def folder_arg(path: str | None, option: str) -> str | None:
@@ -47,9 +48,8 @@ def folder_arg(path: str | None, option: str) -> str | None:
 
 def load_config(a: argparse.Namespace) -> LoadConfig:
     folder_arg(a.cache_dir, "--cache-dir")
-    return LoadConfig(model=a.model, backend=a.backend, precision=a.precision, device=a.device, runtime=a.runtime,
-                      cache_dir=a.cache_dir, group_size=a.group_size, ratio=a.ratio, prefer=a.prefer,
-                      trust_remote_code=a.trust_remote_code, tuned=not a.untuned)
+    given = {name: getattr(a, name) for name, option in LOAD_OPTIONS.items() if option.flag}
+    return LoadConfig(model=a.model, backend=a.backend, precision=a.precision, device=a.device, **given)
 
 
 def generation_args(p: argparse.ArgumentParser) -> None:
