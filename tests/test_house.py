@@ -661,3 +661,17 @@ def test_load_options_are_written_once_for_the_cli_and_bench_routes() -> None:
         if option.in_routes:
             assert getattr(route, name) == samples[name][1], name
     assert route.runtime_config == {}  # none of them taken for a runtime property
+
+
+def test_installed_versions_are_asked_in_one_place() -> None:
+    """"version or 'not installed'" was written three times (machine.py, the llama.cpp and ONNX Runtime GenAI
+    backends), and the doctor and stored tunings compared against the text "not installed". Catches: another
+    module asking importlib.metadata for a version (machine.installed_version, library_version, major_minor)."""
+    from phi3kit import machine
+
+    askers = [p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*.py") if p.name != "machine.py"
+              and re.search(r"PackageNotFoundError|\"not installed\"", p.read_text(encoding="utf-8"))]
+    assert not askers, askers
+    assert machine.installed_version("no-such-distribution-here") is None
+    assert machine.library_version("no-such-distribution-here") == machine.major_minor("no-such") == "not installed"
+    assert machine.major_minor("pytest").count(".") == 1

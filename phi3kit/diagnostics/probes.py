@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 
 from .. import backends
-from ..machine import cpu_info, library_version
+from ..machine import cpu_info, installed_version
 from ..safefs import free_bytes
 from .facts import LONG_PATHS_KEY, Facts
 
@@ -90,7 +90,7 @@ def _nvidia_gpus() -> list[str]:
 
 
 def _ort(facts: Facts) -> None:
-    facts.ort_flavour = next((f"{p} {v}" for p in ORT_FLAVOURS if (v := library_version(p)) != "not installed"), "")
+    facts.ort_flavour = next((f"{p} {v}" for p in ORT_FLAVOURS if (v := installed_version(p))), "")
     try:
         backend = backends.get(ORT_BACKEND)
     except Exception as exc:  # noqa: BLE001 - a report row, not a crash

@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil
 
-from ..machine import ISA_FLAGS, LIBRARIES, library_version
+from ..machine import ISA_FLAGS, LIBRARIES, NOT_INSTALLED, library_version
 from .advice import Recommendation, recommend
 from .facts import DOWNLOAD_GB, NEEDS, Facts, Need
 from .probes import gather
@@ -95,7 +95,7 @@ def report(facts: Facts) -> Report:
         r.add("OpenVINO devices", "NPU", "not found (no NPU, or no NPU driver)")
     elif facts.npu_problem:
         r.add("OpenVINO devices", "NPU problem", facts.npu_problem)
-    r.add("ONNX Runtime GenAI", "package", facts.ort_flavour or "not installed")
+    r.add("ONNX Runtime GenAI", "package", facts.ort_flavour or NOT_INSTALLED)
     r.add("ONNX Runtime GenAI", "devices", ", ".join(facts.ort_devices) or "-")
     r.add("NVIDIA", "GPUs", ", ".join(facts.nvidia_gpus) or "none found (nvidia-smi)")
     r.add("NPU library (seed route)", "intel-npu-acceleration-library", facts.npu_library)

@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from ...cache import ExportCache
 from ...config import LoadConfig
 from ...errors import ExportError
+from ...machine import major_minor
 from ...sources import ModelSource
 from ..base import Backend, Log
 from .fetch import SOURCES_ENV, converter_tree, extract_converter, llama_cpp_tree, sdist_command
@@ -99,8 +100,7 @@ class LlamaCppBackend(LlamaCppRuntime, Backend):
 
     @classmethod
     def runtime_versions(cls) -> dict[str, str]:
-        version = installed_version()
-        return {PACKAGE: ".".join(version.split(".")[:2]) if version else "not installed"}
+        return {PACKAGE: major_minor(PACKAGE)}
 
     @classmethod
     def recipe(cls, cfg: LoadConfig) -> str:

@@ -8,6 +8,7 @@ import re
 from functools import cache
 from typing import Any
 
+from ... import machine
 from ...errors import LlamaCppBuildError as LlamaCppBuildError  # defined in errors.py; its import name here kept
 from ...errors import LlamaCppMissingError
 
@@ -43,12 +44,7 @@ def import_llama() -> Any:
 
 
 def installed_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(PACKAGE)
-    except PackageNotFoundError:
-        return None
+    return machine.installed_version(PACKAGE)
 
 
 @cache
