@@ -202,7 +202,7 @@ def pack(model: str, routes: str | Sequence[str], out: str | Path, *, revision: 
         cfg = LoadConfig(model=model, backend=route.backend, precision=route.precision, device=route.device,
                          runtime=route.runtime, revision=revision, cache_dir=str(out))
         log(f"--- {route.label}")
-        _, export = prepare(cfg, log, check_device=False, adopt=True)
+        export = prepare(cfg, log, check_device=False, adopt=True).export
         folders = [p for p in (export.path, export.tokenizer_dir) if p is not None]
         inside = [f for f in folders if out.resolve() in f.resolve().parents]
         if export.route == "checkpoint":

@@ -675,3 +675,22 @@ def test_installed_versions_are_asked_in_one_place() -> None:
     assert machine.installed_version("no-such-distribution-here") is None
     assert machine.library_version("no-such-distribution-here") == machine.major_minor("no-such") == "not installed"
     assert machine.major_minor("pytest").count(".") == 1
+
+
+def test_prepare_settles_the_choices_that_the_load_carries() -> None:
+    """prepare() handed back only (source, export): Session.load ran complete() a second time for the precision
+    and asked the registry for the backend again, and __repr__ a third time. Catches: the load working a choice
+    out again instead of carrying prepare's (its config differs from prepare's, or generate.py imports the
+    resolvers again)."""
+    from phi3kit.exporting import prepare
+
+    cfg = kit.LoadConfig(model="pocket", backend="transformers")
+    prepared = prepare(cfg, lambda m: None)
+    source, export = prepared  # still unpacks as the tuple it was
+    assert (source, export) == (prepared.source, prepared.export) and prepared.plan.route == "checkpoint"
+    assert prepared.config.precision == "fp32" and prepared.backend is kit.backends.get("transformers")
+    with kit.Session.load(cfg, log=lambda m: None) as session:
+        assert session.config == prepared.config
+    imported = {a.name for node in ast.walk(ast.parse((PACKAGE / "generate.py").read_text(encoding="utf-8")))
+                if isinstance(node, ast.ImportFrom) for a in node.names}
+    assert not imported & {"complete", "plan", "get"}, imported & {"complete", "plan", "get"}

@@ -13,7 +13,7 @@ from .common import load_config, model_args
 def cmd_export(a: argparse.Namespace) -> int:
     from ..exporting import prepare
 
-    _, exp = prepare(load_config(a))
+    exp = prepare(load_config(a)).export
     print(f"{'reused' if exp.cached else 'built'} {exp.path} ({exp.seconds:.1f} s)")
     return 0
 
