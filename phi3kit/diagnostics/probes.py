@@ -17,12 +17,10 @@ from ..machine import cpu_info, installed_version
 from ..safefs import free_bytes
 from .facts import LONG_PATHS_KEY, Facts
 
-# Every library a route may run on: the doctor's table and every benchmark's hardware record list them.
 ORT_BACKEND = "ortgenai"  # the registry name of the ONNX Runtime GenAI route
 ORT_FLAVOURS = ("onnxruntime-genai-cuda", "onnxruntime-genai-directml", "onnxruntime-genai")
 
 
-# --- gathering facts ------------------------------------------------------------------------------
 def windows_release(release: str, version: str, build: int | None = None) -> str:
     """'11' for Windows 11, which platform.release() calls '10' (Python < 3.12): its builds start at 22000."""
     if build is None:

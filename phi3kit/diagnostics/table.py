@@ -15,7 +15,6 @@ from .facts import DOWNLOAD_GB, NEEDS, Facts, Need
 from .probes import gather
 
 
-# --- the report -----------------------------------------------------------------------------------
 def fit(need: Need, facts: Facts) -> str:
     """Whether this machine can do one export, judged against the estimates."""
     ram = "fits" if facts.ram_total_gb >= need.export_peak_ram_gb else "too little RAM"

@@ -18,7 +18,6 @@ from .kernel import tidy
 from .params import absolute_paths, check_parameters, check_types, check_values, find_notebook
 from .results import GridResult, GridRun, collect_records, write_results
 
-# --- batch runs over a parameter grid ----------------------------------------------------------------
 GRID_KEYS = ("notebook", "grid", "fixed")
 
 
@@ -62,7 +61,6 @@ class Grid:
         from ..cache import slug
 
         return slug("_".join(f"{k}-{parameters[k]}" for k in self.grid), limit=120) if self.grid else "run"
-
 
 
 def load_grid(path: str | Path, overrides: dict[str, Any] | None = None) -> Grid:
