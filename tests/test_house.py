@@ -44,8 +44,6 @@ def test_every_module_name_gives_the_module() -> None:
     """`phi3kit/__init__` once bound the functions doctor, export and chat over the modules of the same
     names: `import phi3kit.chat as m` gave a function, and the README's `phi3kit.chat.Conversation` raised."""
     for name in submodules():
-        if name == "phi3kit.pocket.train":  # a script: importing it is harmless, but slow (torch)
-            continue
         module = importlib.import_module(name)
         parent, _, short = name.rpartition(".")
         assert getattr(sys.modules[parent], short) is module, f"{parent}.{short} is not the module {name}"
@@ -492,8 +490,7 @@ def environment_reads(source: str) -> list[str]:
 def test_environment_variables_are_read_in_one_place() -> None:
     """PHI3KIT_CACHE, _DEBUG, _HEADLESS and _SKIP_PREFLIGHT were read in four files with three rules for a switch
     (PHI3KIT_SKIP_PREFLIGHT=on skipped nothing, PHI3KIT_HEADLESS=0 counted as set): phi3kit/env.py reads them all."""
-    allowed = {"phi3kit/env.py",
-               "phi3kit/pocket/train.py"}  # a training script that sets TOKENIZERS_PARALLELISM for itself
+    allowed = {"phi3kit/env.py"}
     assert environment_reads("import os\nos.environ.get('X')\nfrom os import getenv\n")
     found = [f"{path.relative_to(ROOT).as_posix()}:{hit}" for path in sorted(PACKAGE.rglob("*.py"))
              if path.relative_to(ROOT).as_posix() not in allowed
