@@ -79,12 +79,26 @@ def cpu_info(core: Any = None, probe: Callable[[], dict[str, Any]] | None = None
     return name, isa, source
 
 
-def library_version(name: str) -> str:
-    """The installed version of a distribution, or "not installed"."""
+NOT_INSTALLED = "not installed"  # what a report shows for a distribution that is absent
+
+
+def installed_version(name: str) -> str | None:
+    """The installed version of a distribution, or None: the one place the kit asks importlib.metadata."""
     try:
         return version(name)
     except PackageNotFoundError:
-        return "not installed"
+        return None
+
+
+def library_version(name: str) -> str:
+    """The installed version of a distribution, or "not installed" (for reports)."""
+    return installed_version(name) or NOT_INSTALLED
+
+
+def major_minor(name: str) -> str:
+    """The installed version's major.minor (what an export's cache key records), or "not installed"."""
+    found = installed_version(name)
+    return ".".join(found.split(".")[:2]) if found else NOT_INSTALLED
 
 
 def hardware() -> dict[str, Any]:

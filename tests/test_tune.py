@@ -121,12 +121,12 @@ def test_the_choice_applies_on_the_next_load_and_only_where_measured(tuned_cache
     monkeypatch.setattr(tuned, "hardware", another_cpu)
     assert stored(s.config, s.export) is None  # a changed CPU invalidates it
     monkeypatch.undo()
-    versions = tuned.library_version
+    versions = tuned.installed_version
 
-    def newer(lib: str) -> str:
+    def newer(lib: str) -> str | None:
         return "2099.1" if lib == "openvino" else versions(lib)
 
-    monkeypatch.setattr(tuned, "library_version", newer)
+    monkeypatch.setattr(tuned, "installed_version", newer)
     assert stored(s.config, s.export) is None  # so does another library version
 
 

@@ -19,6 +19,7 @@ class TransformersBackend(Backend):
     precisions: ClassVar[tuple[str, ...]] = tuple(_DTYPES)
     default_precision: ClassVar[str] = "fp32"
     reads_checkpoint: ClassVar[bool] = True  # PyTorch reads the checkpoint as it is
+    converts_on_load: ClassVar[bool] = True  # ...and holds it at the route's dtype
 
     @classmethod
     def devices(cls, runtime: str) -> list[str]:

@@ -12,11 +12,11 @@ import os
 import platform as platform_module
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .. import backends, drivers
+from .. import backends, drivers, hub
 from ..config import LoadConfig
 from ..devices import device_family
 from ..errors import MissingDependencyError, Phi3kitError, UnknownChoiceError
@@ -220,7 +220,7 @@ def check_model(model: str, targets: Sequence[Target], problems: dict[str, drive
             out.append(result)
             continue
         try:
-            with _hub_offline(not download):
+            with contextlib.nullcontext() if download else hub.offline():
                 session = Session.load(replace(t.cfg, model=model), log=lambda m: None)
         except Exception as exc:  # noqa: BLE001 - not in the cache, or failing to load: said in the row
             result.status = "SKIPPED" if not download else "FAIL"
@@ -244,28 +244,6 @@ def check_model(model: str, targets: Sequence[Target], problems: dict[str, drive
                 res.status, res.reason, res.answer_s = lo.status, lo.reason, lo.seconds
                 out.append(res)
     return out
-
-
-@contextlib.contextmanager
-def _hub_offline(offline: bool) -> Iterator[None]:
-    """Loads here read the hub cache and packs only, unless a download was asked for."""
-    before = os.environ.get("HF_HUB_OFFLINE")
-    if offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        constants = sys.modules.get("huggingface_hub.constants")
-        if constants is not None:
-            previous = getattr(constants, "HF_HUB_OFFLINE", False)
-            constants.HF_HUB_OFFLINE = True  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        if offline:
-            if before is None:
-                os.environ.pop("HF_HUB_OFFLINE", None)
-            else:
-                os.environ["HF_HUB_OFFLINE"] = before
-            if constants is not None:
-                constants.HF_HUB_OFFLINE = previous  # type: ignore[attr-defined]
 
 
 def _machine_name() -> str:

@@ -71,6 +71,10 @@ class OpenVINOBackend(Backend):
     npu_blob_dir = staticmethod(npu_blob_dir)  # the NPU notebook's CACHE_DIR: the one the preset sets
 
     @classmethod
+    def preset_for(cls, device: str) -> str | None:
+        return "npu_preset" if device == "NPU" else None
+
+    @classmethod
     def for_device(cls, cfg: LoadConfig) -> LoadConfig:
         return npu_preset(cfg) if is_npu(cfg.device) else cfg
     export_command = staticmethod(export_command)  # the optimum-cli command an export runs (shown in notebooks)
@@ -290,6 +294,10 @@ class OpenVINOBackend(Backend):
         if self.runtime == "optimum":
             return hf_stream(self.model, "cpu", prompt_ids, gen, stop_ids)
         return genai_stream(self.pipeline, prompt_ids, gen, stop_ids)
+
+    def free_for_logits(self) -> None:
+        if self.runtime != "optimum":  # logits come from a second, optimum-intel copy: free the pipeline's
+            self.close()
 
     def close(self) -> None:
         self.__dict__.pop("pipeline", None)

@@ -16,7 +16,8 @@ from ...config import LoadConfig
 from ...context import Limits
 from ...devices import device_family
 from ...drivers import judge, rule_for
-from ...errors import DeviceNotFoundError, UnknownChoiceError, last_line
+from ...errors import NPUDriverError as NPUDriverError  # defined in errors.py; its import name here kept
+from ...errors import UnknownChoiceError, last_line
 from ...machine import library_version
 
 # OpenVINO's "GenAI on NPU" guide: LLMs for the NPU must be exported with symmetric 4-bit weights and
@@ -161,10 +162,6 @@ def npu_compile_failure(exc: BaseException, info: NPUInfo | None, platform: str 
     return (f"The NPU could not compile this model ({last_line(exc)}). NPU seen: {seen}. The usual causes: an NPU "
             f"driver older than this OpenVINO needs (update it: {driver_url(platform)}), or an export without the NPU "
             "preset (int4 needs sym=True, ratio=1.0, group_size -1 or 128: use npu_preset()).")
-
-
-class NPUDriverError(DeviceNotFoundError):
-    """The NPU is there, but its driver (or the compiler inside it) cannot run this model."""
 
 
 def npu_limits(props: dict[str, Any], context_length: int) -> Limits:

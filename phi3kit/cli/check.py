@@ -1,4 +1,4 @@
-"""The `phi3kit check` subcommand: registered by `add_parser(sub)`, so the command line's module stays a list."""
+"""Proving this machine's routes (`check`), and reading a room's reports (`check --room`)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import argparse
 from typing import Any
 
 
-def add_parser(sub: Any) -> None:
-    """Add `check` to the command line's subparsers."""
+def add_check(sub: Any) -> None:
     p = sub.add_parser("check", help="prove this machine's routes: known answers, the device that really ran, "
                                      "drivers; --room merges many machines' reports")
     p.add_argument("-o", "--output-dir", default=None,
@@ -24,7 +23,7 @@ def add_parser(sub: Any) -> None:
                    help="with --model: add the long-prompt canary (a fact early in a prompt near the route's limit; "
                         "minutes on a CPU)")
     p.add_argument("--csv", default=None, help="with --room: also write the table as CSV")
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_check)
 
 
 def room_text(table: Any) -> str:
@@ -41,10 +40,10 @@ def room_text(table: Any) -> str:
     return "\n".join(lines)
 
 
-def run(a: argparse.Namespace) -> int:
+def cmd_check(a: argparse.Namespace) -> int:
     """Exit 0 when every route PASSes (SKIPPED is not a failure), 1 on a FAIL; refused input exits 2 upstream."""
     if a.room:
-        from .room import read_room, room_table
+        from ..checking import read_room, room_table
 
         table = room_table(read_room(a.room))
         print(room_text(table))
@@ -53,7 +52,7 @@ def run(a: argparse.Namespace) -> int:
 
             atomic_write(a.csv, table.to_csv())
         return 0
-    from .run import check_machine
+    from ..checking import check_machine
 
     report = check_machine(a.output_dir, routes=a.backend, devices=a.device, runtimes=a.runtime, models=a.model,
                            long=a.long, download=a.download, log=lambda m: None)
