@@ -46,7 +46,7 @@ def plan(only: Sequence[str] = (), devices: Sequence[str] = (),
     routes that cannot run here come back SKIPPED with why."""
     targets: list[Target] = []
     skipped: list[RouteResult] = []
-    for name in only:  # a mistyped backend is refused, not reported as "not installed"
+    for name in only:  # a mistyped backend is refused, not reported as missing
         if name not in backends.names():
             raise UnknownChoiceError("backend to check", name, backends.names())
     for name in only or backends.names():
