@@ -133,9 +133,12 @@ class Backend(abc.ABC):
 
     @classmethod
     def for_device(cls, cfg: LoadConfig) -> LoadConfig:
-        """`cfg` with the settings the kit recommends for its device (OpenVINO: the NPU preset); as it is elsewhere.
+        """`cfg` through the preset its device needs (`preset_for`: OpenVINO's NPU preset); as it is elsewhere.
         `phi3kit check` loads each route this way, as a learner following the notebooks would."""
-        return cfg
+        from ..devices import device_family
+
+        preset = cls.preset_for(device_family(cfg.device))
+        return getattr(cls, preset)(cfg) if preset else cfg
 
     @classmethod
     def device_name(cls, cfg: LoadConfig) -> str | None:

@@ -73,10 +73,6 @@ class OpenVINOBackend(Backend):
     @classmethod
     def preset_for(cls, device: str) -> str | None:
         return "npu_preset" if device == "NPU" else None
-
-    @classmethod
-    def for_device(cls, cfg: LoadConfig) -> LoadConfig:
-        return npu_preset(cfg) if is_npu(cfg.device) else cfg
     export_command = staticmethod(export_command)  # the optimum-cli command an export runs (shown in notebooks)
 
     @classmethod
