@@ -13,7 +13,7 @@ import gc
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,11 +33,9 @@ def quiet(message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache holding the pocket model's int8 OpenVINO export, built once; tests damage copies of it."""
-    root = tmp_path_factory.mktemp("built-cache")
-    kit.export("pocket", "openvino", "int8", cache_dir=str(root), log=quiet)
-    return root
+def built(tmp_path_factory: pytest.TempPathFactory, pocket_exports: Callable[..., Path]) -> Path:
+    """A cache holding the pocket model's int8 OpenVINO export (the run's, copied); tests damage copies of it."""
+    return pocket_exports(tmp_path_factory.mktemp("built-cache"), ("openvino", "int8"))
 
 
 def copy_cache(built: Path, to: Path) -> Path:
