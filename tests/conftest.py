@@ -115,3 +115,17 @@ def pocket_exports() -> Callable[..., Path]:
         return Path(folder)
 
     return make
+
+
+# --- sessions a test file keeps for itself (a module-level `_sessions` dict), closed when the file is done -----------
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Close the sessions of a file that keeps them in `_sessions` once its last test has run: each holds a compiled
+    model and its runtime's threads, which would otherwise live on through every later file."""
+    module = getattr(item, "module", None)
+    if module is None or (nextitem is not None and getattr(nextitem, "module", None) is module):
+        return
+    sessions = getattr(module, "_sessions", None)
+    if isinstance(sessions, dict):
+        for session in sessions.values():
+            session.close()
+        sessions.clear()
