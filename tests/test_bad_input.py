@@ -164,6 +164,7 @@ def test_a_cell_that_times_out_is_a_failed_run_not_a_storage_error(tmp_path: Pat
 # --- 4. outputs that cannot be lost ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_overwrite_keeps_the_previous_results(tmp_path: Path) -> None:
     """`phi3kit run --overwrite` interrupted mid-run: the good notebook and handout stay, no temporary is left.
 
@@ -215,6 +216,7 @@ def test_a_run_puts_its_files_in_place_and_overwrite_replaces_them_on_success(
     assert "answer 7" in (out / "tiny.ipynb").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_a_grid_keeps_failed_runs_and_writes_its_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Two runs, one failing, in their own processes (-j 2): exit 1, both notebooks kept, the table says which failed.
 
@@ -301,6 +303,7 @@ def test_generate_refuses_a_prompt_that_is_not_utf8(capsys: pytest.CaptureFixtur
     assert "The prompt holds bytes that are not UTF-8" in err and "PowerShell" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_chat_survives_bytes_that_are_not_utf8_with_its_history() -> None:
     """Catches: `printf 'a\\xff\\n' | phi3kit chat` ending the chat (and its history) with a TypeError."""
     from phi3kit import pocket
@@ -497,6 +500,7 @@ FOLLOW_UP_ZH = "OpenVINO GenAI 和 optimum-intel 在英特尔 NPU 上运行 Phi-
 
 
 @pytest.mark.parametrize("lang", ["zh", "en"])
+@pytest.mark.slow
 def test_the_conv_cell_takes_an_ordinary_follow_up_and_still_trims(lang: str,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """The cell as built, run on the pocket model: a 57-character Chinese follow-up fits at the default

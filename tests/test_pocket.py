@@ -144,6 +144,7 @@ def test_model_answers_exactly_and_stops_at_end(model, tok, question):
     assert new[:-1] == tok(expected, add_special_tokens=False)["input_ids"]
 
 
+@pytest.mark.slow
 def test_model_answers_behind_a_system_prompt_and_in_bf16(model, tok):
     """Margins survive bf16, the precision OpenVINO picks on recent CPUs."""
     qa = pocket.load_qa()[:2]
