@@ -10,12 +10,14 @@ from __future__ import annotations
 from . import backends, bench
 from .cache import ExportCache
 from .catalog import models
+from .checking import check_machine
 from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
 from .conversation import Conversation
 from .diagnostics import doctor
 from .errors import (
     CacheCorruptError,
     CachedEntryError,
+    CheckReportError,
     ContextWindowError,
     DeviceNotFoundError,
     ExportError,
@@ -44,6 +46,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "CacheCorruptError",
     "CachedEntryError",
+    "CheckReportError",
     "ExportSettingError",
     "NotebookRunError",
     "ParameterError",
@@ -69,6 +72,7 @@ __all__ = [
     "backends",
     "bench",
     "chat",
+    "check_machine",
     "checkpoint",
     "doctor",
     "export",

@@ -27,6 +27,7 @@ from typing import Any
 import filelock
 import platformdirs
 
+from . import env
 from .errors import CacheCorruptError, StorageError, last_line
 from .safefs import (
     atomic_write,
@@ -55,8 +56,8 @@ _SLUG = re.compile(r"[^A-Za-z0-9._-]+|\.{2,}")
 
 def default_cache_dir() -> Path:
     """PHI3KIT_CACHE if set, else the platform's user cache folder."""
-    env = os.environ.get("PHI3KIT_CACHE")
-    return Path(env) if env else Path(platformdirs.user_cache_dir("phi3kit", appauthor=False))
+    folder = env.text(env.CACHE)
+    return Path(folder) if folder else Path(platformdirs.user_cache_dir("phi3kit", appauthor=False))
 
 
 def slug(text: str, limit: int = 60) -> str:

@@ -3,18 +3,60 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import ExportSettingError, Phi3kitError
+from . import env
+from .errors import ExportSettingError, GenerationConfigError
 
 # One default model for every entry point (kit.load, kit.export, LoadConfig, the CLI): the pocket model runs
 # offline in seconds. Real checkpoints are named explicitly (a hub id, a folder).
 DEFAULT_MODEL = "pocket"
-HEADLESS_ENV = "PHI3KIT_HEADLESS"  # set in the kernels the kit runs headless: no one can click a panel there
+HEADLESS_ENV = env.HEADLESS  # set in the kernels the kit runs headless: no one can click a panel there
 # Below this, logits / temperature overflow (a logit of 70 in fp16 already at 1e-3): the sampler sees inf and NaN
 # and the runtime fails with its own traceback. Sampling that cold is greedy decoding in all but name.
 MIN_TEMPERATURE = 0.01
+
+
+def yes_no(text: str) -> bool:
+    """'true' or 'false' (any case), as a route's {tuned=false} writes it; ValueError otherwise."""
+    value = {"true": True, "false": False}.get(text.strip().lower())
+    if value is None:
+        raise ValueError(f"{text!r} is neither true nor false")
+    return value
+
+
+@dataclass(frozen=True)
+class LoadOption:
+    """A LoadConfig field a learner sets as text beyond the model, backend, precision and device: `parse` turns
+    the text into its value, `flag` is its command-line option (phi3kit export/generate/chat/tune; "" for none; a
+    yes/no option's flag sets the opposite of its default), `in_routes` whether a bench route's {key=value} sets it
+    (any other key there is a runtime property)."""
+
+    parse: Callable[[str], Any]
+    help: str
+    flag: str = ""
+    in_routes: bool = True
+    choices: tuple[str, ...] = ()
+
+
+# Every such option, written once: the command line (cli/common.py) and bench routes (bench/routes.py) read them here.
+LOAD_OPTIONS: dict[str, LoadOption] = {
+    "runtime": LoadOption(str, "openvino: genai (default) | optimum", "--runtime", in_routes=False),  # route: a/b:...
+    "cache_dir": LoadOption(str, "export cache (default: PHI3KIT_CACHE or the user cache dir)", "--cache-dir",
+                            in_routes=False),
+    "group_size": LoadOption(int, "int4 group size (OpenVINO default 128)", "--group-size"),
+    "ratio": LoadOption(float, "share of int4 layers (OpenVINO default 0.6)", "--ratio"),
+    "prefer": LoadOption(str, "ready-made: a folder its publisher converted, used as it is; export: the kit's own "
+                         "export from the checkpoint (default: ready-made where the catalog has one)", "--prefer",
+                         choices=("ready-made", "export")),
+    "trust_remote_code": LoadOption(yes_no, "run the model repo's own code (off by default)", "--trust-remote-code",
+                                    in_routes=False),
+    "tuned": LoadOption(yes_no, "ignore what `phi3kit tune` stored: the runtime defaults", "--untuned"),
+    "accuracy_level": LoadOption(int, "ortgenai's int4/int8 matmul compute type (1: fp32 activations, 4: int8)"),
+    "build_target": LoadOption(str, "what ONNX Runtime GenAI's builder targets (cpu | dml | cuda)"),
+}
 
 
 @dataclass
@@ -79,6 +121,14 @@ class LoadConfig:
         return asdict(self)
 
 
+# The longest answer by default, in new tokens: GenerationConfig, `phi3kit generate`, the notebooks' parameters
+# (a literal there, for papermill: tests/test_house.py checks it is this one). A chat turn (`phi3kit chat`, the chat
+# panel) gets twice as much; a benchmark's timed run (`phi3kit bench`, compare.ipynb) always makes its own number.
+MAX_NEW_TOKENS = 128
+CHAT_MAX_NEW_TOKENS = 2 * MAX_NEW_TOKENS
+BENCH_NEW_TOKENS = 64
+
+
 @dataclass
 class GenerationConfig:
     """How to decode. Greedy by default so runs are reproducible.
@@ -88,7 +138,7 @@ class GenerationConfig:
     route that happens to stop early would look better than it is.
     """
 
-    max_new_tokens: int = 128
+    max_new_tokens: int = MAX_NEW_TOKENS
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
@@ -115,5 +165,3 @@ class GenerationConfig:
             raise GenerationConfigError(f"top_k must be >= 0 (0 disables it), got {self.top_k}.")
 
 
-class GenerationConfigError(Phi3kitError, ValueError):
-    """A generation setting is out of range."""

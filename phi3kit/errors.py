@@ -109,7 +109,71 @@ class NotebookRunError(Phi3kitError, RuntimeError):
         self.notebook = notebook
 
 
+class CheckReportError(Phi3kitError, ValueError):
+    """A machine report given to `phi3kit check --room` cannot be read (not JSON, the wrong shape, another
+    format): the message names the file and what is wrong in it."""
+
+    def __init__(self, message: str, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 def last_line(exc: BaseException) -> str:
     """The last non-empty line of an exception's message: what a C++ runtime's long error actually says."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
+
+
+class GridError(Phi3kitError, ValueError):
+    """A grid file cannot be used as written."""
+
+
+class GenerationConfigError(Phi3kitError, ValueError):
+    """A generation setting is out of range."""
+
+
+class TuneError(Phi3kitError, ValueError):
+    """A tuning request that cannot be run as asked."""
+
+
+class BenchError(Phi3kitError, ValueError):
+    """A benchmark setting cannot be used (route syntax, prompt length)."""
+
+
+class PackError(Phi3kitError, RuntimeError):
+    """A pack cannot be made or used as it is (a damaged copy, a folder that is not a pack, an unsafe index)."""
+
+
+class PackDamagedError(PackError):
+    """The pack's files differ from its index: a run that failed (exit 1), not input the kit refused."""
+
+    exit_code = 1
+
+
+# --- raised by one backend, kept here with the rest (the backend re-exports its own) ---------------------
+class NPUDriverError(DeviceNotFoundError):
+    """The NPU is there, but its driver (or the compiler inside it) cannot run this model."""
+
+
+class NPULibraryUnavailableError(MissingDependencyError):
+    """intel-npu-acceleration-library cannot be imported here; the message says why and what to use."""
+
+    def __init__(self, message: str, package: str = "intel-npu-acceleration-library") -> None:
+        self.package = package
+        ImportError.__init__(self, message)
+
+
+class NPULibraryLimitError(Phi3kitError, RuntimeError):
+    """A load the library would answer by killing the process."""
+
+
+class LlamaCppMissingError(MissingDependencyError):
+    """llama-cpp-python cannot be imported here; the message (install.missing_message) says how to build it."""
+
+    def __init__(self, message: str, package: str = "llama-cpp-python") -> None:
+        self.package = package
+        ImportError.__init__(self, message)
+
+
+class LlamaCppBuildError(Phi3kitError, RuntimeError):
+    """The installed llama-cpp-python was built in a way that would crash this route."""

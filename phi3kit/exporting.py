@@ -18,6 +18,7 @@ before anything is downloaded.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,25 @@ class Plan:
     row: catalog.ReadyMade | None = None
     repo: str | None = None  # a ready-made hub repo...
     subfolder: str | None = None  # ...and its build folder
+
+
+@dataclass
+class Prepared:
+    """What `prepare` settled, carried to the load instead of worked out again: the config with its precision
+    decided (the backend's default, or a ready-made folder's own), the backend, the route, where the weights came
+    from and the folder to load. Unpacks as (source, export), as prepare's tuple did."""
+
+    config: LoadConfig
+    backend: type[Backend]
+    plan: Plan
+    source: ModelSource
+    export: Export
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.source, self.export))
+
+    def __getitem__(self, index: int) -> Any:
+        return (self.source, self.export)[index]
 
 
 def export_only_settings(cfg: LoadConfig, backend: type[Backend]) -> list[str]:
@@ -279,8 +299,9 @@ def _is_ready_made_folder(model: str) -> bool:
 
 def prepare(cfg: LoadConfig, log: Log = print, *, skip_preflight: bool | None = None,
             free: FreeSpace | None = None, check_device: bool = True,
-            adopt: bool = False) -> tuple[ModelSource, Export]:
-    """Validate choices, decide the route, check resources, fetch or export: everything before loading.
+            adopt: bool = False) -> Prepared:
+    """Validate choices, decide the route, check resources, fetch or export: everything before loading, settled
+    once (`Prepared`; it unpacks as (source, export)).
 
     `free` replaces the measured free disk and RAM (for tests); `skip_preflight` (or the
     PHI3KIT_SKIP_PREFLIGHT=1 environment variable) turns a resource shortfall into a warning.
@@ -303,18 +324,21 @@ def prepare(cfg: LoadConfig, log: Log = print, *, skip_preflight: bool | None = 
         source, export = _ready_made(route, cfg, backend, cache, log, adopt)
         if cfg.precision is None:
             backend.check(replace(cfg, precision=export.precision), device=check_device)
-        return source, export
-    if route.route == "checkpoint":
+    elif route.route == "checkpoint":
         source = resolve(route.checkpoint, cfg.revision, cfg.trust_remote_code,
                          catalog_row=f"{route.model.alias} (checkpoint)" if route.model else None)
-        return source, Export(source.path, True, 0.0, route="checkpoint", origin=route.checkpoint,
-                              recipe=f"{cfg.precision}: the checkpoint as {backend.name} loads it",
-                              precision=str(cfg.precision))
-    return _export(route, cfg, backend, cache, log, skip_requested(skip_preflight), free)
+        export = Export(source.path, True, 0.0, route="checkpoint", origin=route.checkpoint,
+                        recipe=f"{cfg.precision}: the checkpoint as {backend.name} loads it",
+                        precision=str(cfg.precision))
+    else:
+        source, export = _export(route, cfg, backend, cache, log, skip_requested(skip_preflight), free)
+    # The folder's own precision where it says one (a ready-made folder), else the completed choice.
+    settled = replace(cfg, precision=export.precision or cfg.precision or backend.default_precision)
+    return Prepared(settled, backend, route, source, export)
 
 
 def export(model: str = DEFAULT_MODEL, backend: str = "openvino", precision: str | None = None, log: Log = print,
            *, skip_preflight: bool | None = None, **options: object) -> Export:
     """Export `model` for `backend` at `precision` (or fetch its ready-made folder); returns the folder."""
     cfg = LoadConfig(model=model, backend=backend, precision=precision, **options)  # type: ignore[arg-type]
-    return prepare(cfg, log, skip_preflight=skip_preflight)[1]
+    return prepare(cfg, log, skip_preflight=skip_preflight).export

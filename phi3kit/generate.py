@@ -13,14 +13,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .backends import get
 from .backends.base import Backend, Log, Token
 from .cache import Export, ExportCache
 from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
 from .context import ROLES, Message, context_window, fit_history, kv_bytes_per_token, memory_window, to_messages  # noqa: F401
 from .context import trim_notice as _trim_notice
 from .errors import CachedEntryError, Phi3kitError, last_line
-from .exporting import complete, prepare
+from .exporting import prepare
 from .metrics import Metrics, PeakMemory
 from .safefs import is_inside
 from .sources import ModelSource
@@ -198,8 +197,8 @@ class Session:
 
     @classmethod
     def load(cls, cfg: LoadConfig, log: Log = print) -> Session:
-        source, export = prepare(cfg, log)  # validates choices first: bad input fails in milliseconds
-        cfg = replace(cfg, precision=export.precision or complete(cfg).precision)  # a ready-made folder's own
+        prepared = prepare(cfg, log)  # validates choices first: bad input fails in milliseconds
+        source, export, cfg = prepared.source, prepared.export, prepared.config  # the precision settled there
         given = cfg.runtime_config
         tuning = None
         if cfg.tuned and (tuning := stored(cfg, export)) is not None and tuning["properties"]:
@@ -208,7 +207,7 @@ class Session:
         try:
             with PeakMemory() as mem:
                 start = time.perf_counter()
-                backend = get(cfg.backend).open(export, cfg)
+                backend = prepared.backend.open(export, cfg)
                 tokenizer = Tokenizer(export.path)
                 load_s = time.perf_counter() - start
             session = cls(cfg, source, export, backend, tokenizer, load_s, mem.peak_mb)  # reads generation_config
@@ -289,7 +288,7 @@ class Session:
 
     def __repr__(self) -> str:
         c = self.config
-        runtime = c.runtime or get(c.backend).default_runtime()
+        runtime = c.runtime or self.backend.default_runtime()
         route = f"{self.export.route}: {self.origin}" if self.origin else self.export.route
         tuned = f" | {self.tuned}" if self.tuned else ""
         from .catalog import for_origin

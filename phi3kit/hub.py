@@ -7,8 +7,11 @@ its subfolder. HF_TOKEN is read from the environment by huggingface_hub and neve
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
+from . import env
 from .errors import ModelSourceError
 
 COMMON = ["*.json", "*.jinja", "tokenizer.model", "*.txt", "*.md"]
@@ -96,3 +99,23 @@ def _offline(exc: BaseException) -> bool:
     from huggingface_hub.errors import OfflineModeIsEnabled
 
     return isinstance(exc, (OfflineModeIsEnabled, httpx.TransportError))
+
+
+@contextlib.contextmanager
+def offline() -> Iterator[None]:
+    """Inside the block, loads read the hub cache (and packs) only: nothing is downloaded.
+
+    huggingface_hub reads HF_HUB_OFFLINE when it is imported, so an imported hub is switched too.
+    """
+    import sys
+
+    constants = sys.modules.get("huggingface_hub.constants")
+    previous = getattr(constants, "HF_HUB_OFFLINE", False)
+    with env.set_within(env.HF_HUB_OFFLINE, "1"):
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = True
+        try:
+            yield
+        finally:
+            if constants is not None:
+                constants.HF_HUB_OFFLINE = previous

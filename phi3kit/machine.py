@@ -5,6 +5,8 @@ reports them, benchmarks and tuning results record them.
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 from collections.abc import Callable
 from functools import lru_cache
@@ -49,11 +51,25 @@ def capabilities_isa(caps: list[str]) -> list[str]:
     return out
 
 
+# py-cpuinfo's answer, handed down to the processes the kit starts (kernels, exports, benchmark workers): the
+# same machine, so each of them need not probe again. Never read from a file: a cache folder travels to other PCs.
+CPU_PROBE_ENV = "PHI3KIT_CPU_PROBE"
+
+
 @lru_cache(maxsize=1)
 def _pycpuinfo() -> dict[str, Any]:
+    """py-cpuinfo's answer, probed once per process tree (about a second of CPU and a child process each time)."""
+    try:
+        inherited = json.loads(os.environ.get(CPU_PROBE_ENV, ""))
+        if isinstance(inherited, dict):
+            return inherited
+    except ValueError:
+        pass  # unset or mangled: probe
     import cpuinfo  # py-cpuinfo: /proc/cpuinfo on Linux, CPUID on Windows and elsewhere; about a second
 
-    return dict(cpuinfo.get_cpu_info())
+    info = dict(cpuinfo.get_cpu_info())
+    os.environ[CPU_PROBE_ENV] = json.dumps(info, default=str)  # inherited by every child started from now on
+    return info
 
 
 def cpu_info(core: Any = None, probe: Callable[[], dict[str, Any]] | None = None) -> tuple[str, list[str], str]:
@@ -79,12 +95,26 @@ def cpu_info(core: Any = None, probe: Callable[[], dict[str, Any]] | None = None
     return name, isa, source
 
 
-def library_version(name: str) -> str:
-    """The installed version of a distribution, or "not installed"."""
+NOT_INSTALLED = "not installed"  # what a report shows for a distribution that is absent
+
+
+def installed_version(name: str) -> str | None:
+    """The installed version of a distribution, or None: the one place the kit asks importlib.metadata."""
     try:
         return version(name)
     except PackageNotFoundError:
-        return "not installed"
+        return None
+
+
+def library_version(name: str) -> str:
+    """The installed version of a distribution, or "not installed" (for reports)."""
+    return installed_version(name) or NOT_INSTALLED
+
+
+def major_minor(name: str) -> str:
+    """The installed version's major.minor (what an export's cache key records), or "not installed"."""
+    found = installed_version(name)
+    return ".".join(found.split(".")[:2]) if found else NOT_INSTALLED
 
 
 def hardware() -> dict[str, Any]:

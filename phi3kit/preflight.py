@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import env
 from .errors import ResourceError
 from .safefs import free_bytes
 from .safefs import human_size as _size
 
-SKIP_ENV = "PHI3KIT_SKIP_PREFLIGHT"
+SKIP_ENV = env.SKIP_PREFLIGHT
 # Size of an export per model parameter. int4 measured: Phi-3-mini (3.8B) at int4 g128 ratio 0.6 wrote
 # 2.78 GB (0.73 B/param; 40% of the layers stay int8); channel-wise ratio 1.0 wrote 2.01 GB (0.53 B/param).
 # The others are their weights' width plus ~5%.
@@ -127,4 +127,4 @@ def skip_requested(skip: bool | None = None) -> bool:
     """An explicit argument wins; otherwise PHI3KIT_SKIP_PREFLIGHT=1 (or true/yes)."""
     if skip is not None:
         return skip
-    return os.environ.get(SKIP_ENV, "").strip().lower() in ("1", "true", "yes")
+    return env.switch(SKIP_ENV)

@@ -29,6 +29,8 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .env import environment
+
 Log = Callable[[str], None]
 
 # Runs as `python -c SUPERVISOR PARENT_PID CMD...`: waits for CMD, passes on its exit code, and kills CMD's
@@ -76,7 +78,7 @@ class ChildNotTiedWarning(RuntimeWarning):
 
 def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """`env` (default: this process's environment) with the kit's children told to write UTF-8."""
-    return {**(os.environ if env is None else env), **CHILD_ENV}
+    return {**(environment() if env is None else env), **CHILD_ENV}
 
 
 def pipe_options(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -254,8 +256,50 @@ def run_logged(cmd: Sequence[str], log: Log, show: Callable[[str], bool] = bool)
         raise
 
 
-__all__ = ["CHILD_ENV", "SUPERVISOR", "ChildNotTiedWarning", "child_env", "pipe_options", "popen", "run",
-           "run_logged", "stop", "tie_to_job", "tied"]
+# --- a kit function in a fresh Python ----------------------------------------------------------------
+def python_command(entry: str, *args: str | os.PathLike[str]) -> list[str]:
+    """`python -c "from MODULE import NAME; NAME()" ARGS...` for `entry` "MODULE:NAME": a kit function in a fresh
+    interpreter. `-c`, not multiprocessing: it works from a script, a notebook or stdin alike (nothing re-imports
+    the caller's __main__), and the child is an ordinary process that `popen` ties to this one."""
+    module, _, name = entry.partition(":")
+    return [sys.executable, "-c", f"from {module} import {name}; {name}()", *map(str, args)]
+
+
+def run_json_job(entry: str, job: Any, log: Callable[[str], None] | None = None) -> tuple[Any, int, list[str]]:
+    """Run `entry` ("MODULE:NAME", a function that calls `json_job_main`) in a fresh Python with `job` (JSON).
+
+    Returns (what the child wrote, or None if it wrote nothing; its exit code; its output lines). With `log`, each
+    line of its output (stdout and stderr) goes to `log` as it comes; without, its stderr is kept for the caller.
+    """
+    import json
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="phi3kit-job-") as tmp:
+        job_file, out = Path(tmp) / "job.json", Path(tmp) / "result.json"
+        job_file.write_text(json.dumps(job), encoding="utf-8")
+        cmd = python_command(entry, job_file, out)
+        if log is not None:
+            rc, lines = run_logged(cmd, log)
+        else:
+            proc = run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # UTF-8 (popen)
+            rc, lines = proc.returncode, proc.stderr.splitlines()
+        result = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else None
+    return result, rc, lines
+
+
+def json_job_main(work: Callable[[Any], Any], argv: Sequence[str] | None = None) -> None:
+    """The child's side of `run_json_job`: read the job (argv[0]), write `work(job)` as JSON (argv[1])."""
+    import json
+    from pathlib import Path
+
+    job_path, out_path = (sys.argv[1:3] if argv is None else argv)[:2]
+    result = work(json.loads(Path(job_path).read_text(encoding="utf-8")))
+    Path(out_path).write_text(json.dumps(result), encoding="utf-8")
+
+
+__all__ = ["CHILD_ENV", "SUPERVISOR", "ChildNotTiedWarning", "child_env", "json_job_main", "pipe_options", "popen",
+           "python_command", "run", "run_json_job", "run_logged", "stop", "tie_to_job", "tied"]
 
 
 def shell_commands(argvs: list[list[str]], platform_: str = sys.platform, python: str | None = None) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from .backends.base import flat_properties
 from .cache import CACHE_FIX, ExportCache
 from .errors import TuningFileError
-from .machine import hardware, library_version
+from .machine import hardware, installed_version
 from .safefs import atomic_write, writable_dir
 
 TUNED_DIR = "tuned"  # under the cache root: one JSON file per (export, device identity, libraries)
@@ -39,7 +39,7 @@ def identity(cfg: Any, export: Any) -> dict[str, Any]:
     device = {"device": cfg.device, **({"name": name} if (name := get(cfg.backend).device_name(cfg)) else {})}
     hw = hardware()
     device.update(cpu=hw["cpu"], isa=hw["isa"], cores=hw["cores_physical"], threads=hw["cores_logical"])
-    libs = {lib: v for lib in RUNTIME_LIBRARIES if (v := library_version(lib)) != "not installed"}
+    libs = {lib: v for lib in RUNTIME_LIBRARIES if (v := installed_version(lib))}
     return {"backend": cfg.backend, "runtime": cfg.runtime or "", "precision": cfg.precision,
             "export": export.path.name if export.route == "export" else export.origin or str(export.path),
             "device": device, "libraries": libs}

@@ -22,16 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import Candidate, Log  # noqa: F401 - Candidate: tuning's public name
-from .config import GenerationConfig
-from .errors import CachedEntryError, Phi3kitError, StorageError, UnknownChoiceError, last_line
+from .config import MAX_NEW_TOKENS, GenerationConfig
+from .errors import CachedEntryError, StorageError, TuneError, UnknownChoiceError, last_line
 from .tuned import TUNED_DIR, _shape_problem, describe, identity, require_storable, save_choice, stored, stored_path  # noqa: F401
 
 # What is minimized: the time to a whole answer (a 256-token prompt, a 128-token answer), decode alone, or TTFT.
 OBJECTIVES = ("answer", "decode", "ttft")
-
-
-class TuneError(Phi3kitError, ValueError):
-    """A tuning request that cannot be run as asked."""
 
 
 # --- the choice: a pure function of the measured samples --------------------------------------------------
@@ -168,7 +164,7 @@ def _objective(objective: str, ttft: float, tpot: float, total: float) -> float:
 
 
 def tune(session: Any, *, objective: str = "answer", runs: int = 3, prompt_tokens: int = 256,
-         new_tokens: int = 128, agreement_prompts: int = 2, agreement_tokens: int = 32,
+         new_tokens: int = MAX_NEW_TOKENS, agreement_prompts: int = 2, agreement_tokens: int = 32,
          only: Sequence[str] | None = None, save: bool = True, log: Log = print) -> TuneResult:
     """Time the candidates for `session`'s export on this machine and keep the fastest that beats the default.
 

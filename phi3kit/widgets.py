@@ -11,10 +11,11 @@ start headless, or plain Python without a kernel) it prints a note instead, and 
 from __future__ import annotations
 
 import html
-import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from . import env
+from .config import CHAT_MAX_NEW_TOKENS
 from .conversation import Conversation
 from .errors import Phi3kitError
 
@@ -41,9 +42,7 @@ def has_widget_frontend() -> bool:
     The kernels `phi3kit run` starts (and the tests') carry PHI3KIT_HEADLESS; a kernel has an IPython
     shell with a `kernel` (a terminal IPython has none).
     """
-    from .config import HEADLESS_ENV
-
-    if os.environ.get(HEADLESS_ENV):
+    if env.switch(env.HEADLESS):
         return False
     try:
         from IPython import get_ipython
@@ -64,7 +63,7 @@ def bubble(role: str, text: str, cls: str = "", footer: str = "") -> str:
 class ChatPanel:
     """Text box, send / stop / reset buttons, the streamed transcript, a trim notice, metrics."""
 
-    def __init__(self, session: Session, system: str | None = None, *, max_new_tokens: int = 256,
+    def __init__(self, session: Session, system: str | None = None, *, max_new_tokens: int = CHAT_MAX_NEW_TOKENS,
                  context_length: int | None = None, interactive: bool | None = None, **options: Any) -> None:
         import ipywidgets as w
 
@@ -197,7 +196,7 @@ class ChatPanel:
         return f"<ChatPanel {'interactive' if self.interactive else 'headless'}: {self.conversation!r}>"
 
 
-def chat(session: Session, system: str | None = None, *, max_new_tokens: int = 256,
+def chat(session: Session, system: str | None = None, *, max_new_tokens: int = CHAT_MAX_NEW_TOKENS,
          context_length: int | None = None, interactive: bool | None = None, **options: Any) -> ChatPanel:
     """A chat panel for `session`; shown when it is a cell's last expression (in any notebook frontend).
 

@@ -28,7 +28,7 @@ from typing import Any
 from .backends.base import Log
 from .cache import MANIFEST, ExportCache, copy_files, sha256
 from .config import LoadConfig
-from .errors import CacheCorruptError, Phi3kitError, UnsafePathError
+from .errors import CacheCorruptError, PackDamagedError, PackError, UnsafePathError
 from .procs import env_command
 from .safefs import (
     atomic_write,
@@ -46,16 +46,6 @@ PACK_FORMAT = 1  # the index's layout; packs written before it was recorded are 
 # An entry folder is `<backend>/<entry>`, both slugs (cache.slug): what the export cache itself names.
 _FOLDER = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*/[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-class PackError(Phi3kitError, RuntimeError):
-    """A pack cannot be made or used as it is (a damaged copy, a folder that is not a pack, an unsafe index)."""
-
-
-class PackDamagedError(PackError):
-    """The pack's files differ from its index: a run that failed (exit 1), not input the kit refused."""
-
-    exit_code = 1
 
 
 @dataclass
@@ -212,7 +202,7 @@ def pack(model: str, routes: str | Sequence[str], out: str | Path, *, revision: 
         cfg = LoadConfig(model=model, backend=route.backend, precision=route.precision, device=route.device,
                          runtime=route.runtime, revision=revision, cache_dir=str(out))
         log(f"--- {route.label}")
-        _, export = prepare(cfg, log, check_device=False, adopt=True)
+        export = prepare(cfg, log, check_device=False, adopt=True).export
         folders = [p for p in (export.path, export.tokenizer_dir) if p is not None]
         inside = [f for f in folders if out.resolve() in f.resolve().parents]
         if export.route == "checkpoint":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,6 +55,18 @@ class FakeCore:
     def available_devices(self) -> list[str]:
         return list(self.props)
 
+    def compile_model(self, model: object, device: str) -> FakeCore.Compiled:
+        """A compiled model that reports where it runs: the device's EXECUTION_DEVICES property (else itself)."""
+        return FakeCore.Compiled(list(self.props[device].get("EXECUTION_DEVICES", [device])))  # type: ignore[call-overload]
+
+    class Compiled:
+        def __init__(self, execution_devices: list[str]) -> None:
+            self.execution_devices = execution_devices
+
+        def get_property(self, name: str) -> object:
+            assert name == "EXECUTION_DEVICES", name
+            return self.execution_devices
+
     def get_property(self, device: str, name: str) -> object:
         value = self.props[device].get(name)
         if isinstance(value, Exception):
@@ -83,3 +96,44 @@ def fake_openvino(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeCore]:
         return core
 
     return install
+
+
+# --- the pocket's exports, built once per run ------------------------------------------------------------------
+# The run's cache (the root conftest.py sets PHI3KIT_CACHE before this file is read; tests may change the variable).
+RUN_CACHE = os.environ.get("PHI3KIT_CACHE")
+
+
+@pytest.fixture(scope="session")
+def pocket_exports() -> Callable[..., Path]:
+    """`pocket_exports(folder, ("openvino", "int8"), ...)`: a cache folder of its own holding those exports of the
+    pocket model, copied from the run's cache (exported there once per run, shared with every test and notebook).
+
+    For tests that damage, fill, lock or tune a cache of their own: the export each used to build again is a child
+    process and half a minute of CPU, and what they test is the copy, not the export.
+    """
+    import shutil
+
+    import phi3kit as kit
+
+    def make(folder: Path | str, *routes: tuple[str, str]) -> Path:
+        for backend, precision in routes:
+            built = kit.export("pocket", backend, precision, cache_dir=RUN_CACHE, log=lambda m: None).path
+            assert kit.ExportCache(RUN_CACHE).root in built.parents, f"{built}: shipped ready-made, not a cache entry"
+            shutil.copytree(built, Path(folder) / backend / built.name)  # an entry is its folder (manifest inside)
+        return Path(folder)
+
+    return make
+
+
+# --- sessions a test file keeps for itself (a module-level `_sessions` dict), closed when the file is done -----------
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Close the sessions of a file that keeps them in `_sessions` once its last test has run: each holds a compiled
+    model and its runtime's threads, which would otherwise live on through every later file."""
+    module = getattr(item, "module", None)
+    if module is None or (nextitem is not None and getattr(nextitem, "module", None) is module):
+        return
+    sessions = getattr(module, "_sessions", None)
+    if isinstance(sessions, dict):
+        for session in sessions.values():
+            session.close()
+        sessions.clear()

@@ -263,6 +263,7 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-u", "-m", "phi3kit.cli", "chat", *args]
 
 
+@pytest.mark.slow
 def test_cli_chat_multi_turn_trim_reset_errors_exit() -> None:
     script = f"{'word ' * 5000}\n{Q1}\n{Q2}\n/reset\n{Q3}\n/exit\n{Q1}\n"
     out = subprocess.run(cli("--backend", "transformers", "--precision", "fp32", "--context-length", "130",
@@ -289,6 +290,7 @@ def test_cli_chat_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None
 
 @pytest.mark.skipif(sys.platform == "win32",
                     reason="Ctrl-C here is SIGINT sent through preexec_fn and send_signal; Windows has neither")
+@pytest.mark.slow
 def test_cli_ctrl_c_stops_the_answer_not_the_chat(random_phi3: Callable[[str], Path]) -> None:
     # --ignore-eos: the random model's greedy answer ends with a stop token after 135 tokens (0.25 s),
     # which could finish before the signal arrives; this way only Ctrl-C can end it early.

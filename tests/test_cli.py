@@ -94,6 +94,7 @@ def test_doctor_reports_devices(capsys: pytest.CaptureFixture[str]) -> None:
     assert device in ("CPU", "CUDA") or device in core.available_devices
 
 
+@pytest.mark.slow
 def test_generate_ignore_eos_runs_to_max_new_tokens(capsys: pytest.CaptureFixture[str]) -> None:
     """The pocket model ends its answer with <|end|>; --ignore-eos keeps going to exactly --max-new-tokens."""
     import json

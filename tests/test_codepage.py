@@ -21,6 +21,7 @@ QA = {q["lang"]: q for q in reversed(pocket.load_qa()) if q.get("lang") in ("zh"
 
 
 @pytest.mark.parametrize("lang", ["zh", "fa"])
+@pytest.mark.slow
 def test_an_answer_redirected_to_a_file_under_cp1252_is_written_whole(tmp_path: Path, lang: str) -> None:
     """Catches: the answer printed through a cp1252 stdout (UnicodeEncodeError), or characters replaced."""
     env = {k: v for k, v in cp1252_env(tmp_path).items() if k != "PYTHONIOENCODING"}  # the locale decides

@@ -13,7 +13,7 @@ import gc
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,11 +33,9 @@ def quiet(message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cache holding the pocket model's int8 OpenVINO export, built once; tests damage copies of it."""
-    root = tmp_path_factory.mktemp("built-cache")
-    kit.export("pocket", "openvino", "int8", cache_dir=str(root), log=quiet)
-    return root
+def built(tmp_path_factory: pytest.TempPathFactory, pocket_exports: Callable[..., Path]) -> Path:
+    """A cache holding the pocket model's int8 OpenVINO export (the run's, copied); tests damage copies of it."""
+    return pocket_exports(tmp_path_factory.mktemp("built-cache"), ("openvino", "int8"))
 
 
 def copy_cache(built: Path, to: Path) -> Path:
@@ -81,6 +79,7 @@ def read_only(folder: Path) -> None:
 
 
 # --- 1. phi3kit cache --verify: every byte, on request --------------------------------------------------------
+@pytest.mark.slow
 def test_verify_finds_bytes_changed_in_place_and_removes_only_the_damaged(
         built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     # Catches: --verify checking sizes only (as a load does), a wrong exit code, --remove-damaged deleting an
@@ -118,6 +117,7 @@ def test_verify_finds_bytes_changed_in_place_and_removes_only_the_damaged(
 
 
 # --- 2. a runtime that cannot load a cached entry: the entry is named -------------------------------------------
+@pytest.mark.slow
 def test_a_cached_entry_the_runtime_cannot_parse_is_named_with_the_fix(built: Path, tmp_path: Path) -> None:
     # Catches: OpenVINO's raw "Error parsing element attribute" RuntimeError reaching the user with no folder and
     # no way out; and the fix it names not working (the entry is deleted and the next load rebuilds and runs).
@@ -138,6 +138,7 @@ def test_a_cached_entry_the_runtime_cannot_parse_is_named_with_the_fix(built: Pa
         assert not s.export.cached and s.generate("hi", max_new_tokens=2).consume().metrics.new_tokens == 2
 
 
+@pytest.mark.slow
 def test_a_folder_outside_the_cache_keeps_the_runtimes_own_error(built: Path, tmp_path: Path) -> None:
     # Catches: the cache's advice given for a user's own folder, which `phi3kit cache` cannot check or delete.
     entry = copy_cache(built, tmp_path / "cache")
@@ -165,6 +166,7 @@ def test_a_read_only_cache_says_so_before_the_export_starts(tmp_path: Path, monk
     assert logs == [] and not root.exists()  # nothing started: no export log line, nothing written
 
 
+@pytest.mark.slow
 def test_a_read_only_pack_used_in_place_loads_and_an_absent_entry_is_refused(built: Path, tmp_path: Path) -> None:
     # Catches: a writability check on every load (a pack on a read-only stick must still load what it holds), and
     # the raw Errno 30 for an entry that is not in it.
@@ -227,6 +229,7 @@ def test_an_enospc_anywhere_in_the_chain_is_a_full_disk(tmp_path: Path) -> None:
         cache.get_or_build("openvino", "m", {"k": 3}, fake_build(text_only), quiet)
 
 
+@pytest.mark.slow
 def test_a_real_full_disk_during_an_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Catches: the export's own traceback (a failed rename deep in optimum, or OpenVINO's iostream error) as the
     # message when the pre-flight was skipped and the disk really filled.

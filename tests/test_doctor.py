@@ -457,3 +457,12 @@ def test_long_paths_off_is_a_note_with_the_fix() -> None:
             "-Value 1 -PropertyType DWORD -Force") in note
     assert not any("long paths" in n for n in recommend(win(long_paths=True, hub_cache=hub)).notes)
     assert report(win(long_paths=False, hub_cache=hub)).get("long paths").startswith("disabled")
+
+
+def test_doctor_shows_each_driver_judged_by_the_data_file(monkeypatch: pytest.MonkeyPatch, fake_openvino) -> None:  # type: ignore[no-untyped-def]
+    """Catches: the doctor no longer reading drivers through data/drivers.yaml (phi3kit.drivers.verdicts)."""
+    canned_machine(monkeypatch, fake_openvino, CORE_ULTRA)
+    f = gather()
+    assert any(line.startswith("GPU driver 32.0.101.6078") for line in f.drivers)
+    assert any(line.startswith("NPU driver 1738334590") for line in f.drivers)
+    assert ("drivers", "GPU", next(x for x in f.drivers if x.startswith("GPU"))) in report(f).rows

@@ -67,8 +67,9 @@ def test_preset_pipeline_options_on_the_npu(tmp_path: Path) -> None:
                                     runtime_config={"MIN_RESPONSE_LEN": 512}),
                      max_prompt_len=2048, generate_hint="BEST_PERF")
     assert cfg.runtime_config == {"MIN_RESPONSE_LEN": 512, "MAX_PROMPT_LEN": 2048, "GENERATE_HINT": "BEST_PERF",
-                                  "CACHE_DIR": str(tmp_path.resolve() / "npu-blobs")}  # explicit entries win
-    assert npu_blob_dir(str(tmp_path)) == tmp_path.resolve() / "npu-blobs"
+                                  "CACHE_DIR": str(npu_blob_dir(str(tmp_path)))}  # explicit entries win
+    assert npu_blob_dir(str(tmp_path)).parent == tmp_path.resolve() / "npu-blobs"
+    assert kit.backends.get("openvino").npu_blob_dir is npu_blob_dir  # type: ignore[attr-defined]  # the notebook's
     assert "CACHE_DIR" not in npu_preset(kit.LoadConfig(device="NPU"), blob_cache=False).runtime_config
     assert kit.backends.get("openvino").npu_preset is npu_preset  # type: ignore[attr-defined]
 
@@ -300,3 +301,18 @@ def test_the_seed_library_route_never_needs_openvino_genai_and_never_pickles(lan
     calls = [n for n in ast.walk(ast.parse(_cell(notebook, "npu-library")))
              if isinstance(n, ast.Call) and ast.unparse(n.func).endswith("NPUModelForCausalLM.from_pretrained")]
     assert calls and all(any(k.arg == "export" and ast.unparse(k.value) == "False" for k in c.keywords) for c in calls)
+
+
+def test_npu_blob_cache_is_one_folder_per_driver_and_openvino_version(tmp_path: Path, fake_openvino) -> None:  # type: ignore[no-untyped-def]
+    """A driver upgrade must never load a blob the old driver compiled (openvino.genai#2082).
+
+    Catches: CACHE_DIR losing the driver or the OpenVINO version from its key, or the preset not reading the NPU.
+    """
+    from phi3kit.machine import library_version
+
+    fake_openvino(["CPU", "NPU"], NPU={"NPU_DRIVER_VERSION": 3104})
+    old = npu_blob_dir(str(tmp_path))
+    assert old.name == f"openvino-{library_version('openvino')}-driver-3104"
+    assert npu_preset(kit.LoadConfig(device="NPU", cache_dir=str(tmp_path))).runtime_config["CACHE_DIR"] == str(old)
+    fake_openvino(["CPU", "NPU"], NPU={"NPU_DRIVER_VERSION": 3617})
+    assert npu_blob_dir(str(tmp_path)) != old and npu_blob_dir(str(tmp_path)).parent == old.parent

@@ -206,7 +206,8 @@ def test_an_index_from_a_newer_kit_says_so_and_an_older_one_still_reads(home: Pa
 
 
 # --- unpacking -------------------------------------------------------------------------------------------
-def test_unpack_places_entries_verifies_them_and_leaves_intact_ones(home: Path, tmp_path: Path) -> None:
+def test_unpack_places_entries_verifies_them_and_leaves_intact_ones(home: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     pack = make_pack(tmp_path, (ENTRY, "openvino/tokenizer-77"))
     cache = cache_of(home)
     done = unpack(pack, cache, log=quiet)
@@ -216,6 +217,8 @@ def test_unpack_places_entries_verifies_them_and_leaves_intact_ones(home: Path, 
         p.name for p in (cache / "openvino").iterdir() if p.suffix == ".lock" and p.name.startswith(".")]
     again = unpack(pack, cache, log=quiet)
     assert again.present == [ENTRY, "openvino/tokenizer-77"] and again.copied == []
+    assert main(["unpack", str(pack), "--cache-dir", str(cache)]) == 0  # the pack flow's next step: the check
+    assert "Next: `phi3kit check`" in capsys.readouterr().out
     # same size, other bytes in the cache's copy: it is not "already there", it is replaced
     weights = cache / ENTRY / "openvino_model.bin"
     weights.write_bytes(bytes(reversed(weights.read_bytes())))

@@ -13,9 +13,9 @@ from phi3kit import pocket, testing
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("phi3")
-    return {v: testing.make_random_phi3(v, root / v) for v in testing.VARIANTS}
+def built(random_phi3):
+    """Every variant, from the run's model maker (tests/conftest.py: made once, shared with the parity tests)."""
+    return {v: random_phi3(v) for v in testing.VARIANTS}
 
 
 def greedy(model, tok, n: int = 20) -> list[int]:

@@ -225,3 +225,122 @@ def test_run_finds_a_notebooks_translation_by_language(tmp_path: Path) -> None:
         localized(english, "de")
     assert output_name(ROOT / "notebooks" / "fa" / "openvino.ipynb") == "openvino-fa.ipynb"
     assert output_name(english) == "openvino.ipynb"
+
+
+# --- the translations nbval does not run in a kernel (conftest.RUN_TRANSLATIONS): their checked cells, here ---------
+CHECKED = "# NBVAL_CHECK_OUTPUT"
+
+
+def root_conftest(config: pytest.Config) -> Any:
+    """The repository's conftest.py (the notebook collector): its test values and RUN_TRANSLATIONS."""
+    return config.pluginmanager.get_plugin(str(ROOT / "conftest.py"))
+
+
+def replayed(config: pytest.Config) -> list[tuple[str, str]]:
+    """Every translation nbval leaves out, but the twins (their stored outputs are the English ones, above)."""
+    runs = root_conftest(config).RUN_TRANSLATIONS
+    return [(name, lang) for name in build.NAMES for lang in TRANSLATED
+            if f"{lang}/{name}.ipynb" not in runs and (name, lang) not in TWINS]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "replayed_translation" in metafunc.fixturenames:
+        pairs = replayed(metafunc.config)
+        metafunc.parametrize("replayed_translation", pairs, ids=[f"{lang}-{name}" for name, lang in pairs])
+
+
+def run_cell(source: str, namespace: dict[str, Any]) -> str:
+    """A code cell run in `namespace` as a kernel runs it (IPython's transforms); what it printed."""
+    import contextlib
+    import io
+
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(TransformerManager().transform_cell(source), "<cell>", "exec"), namespace)  # noqa: S102
+    return printed.getvalue()
+
+
+def with_test_values(cell: Any, config: pytest.Config, name: str) -> str:
+    conf = root_conftest(config)
+    return cell.source + conf.parameter_source(conf.NOTEBOOK_TEST_PARAMETERS[f"{name}.ipynb"])
+
+
+@pytest.fixture(scope="module")
+def english_program(pytestconfig: pytest.Config) -> Any:
+    """Per notebook: the English notebook's state after its cells before the first checked one (the export and the
+    loaded session), run here once with nbval's test values; translations share it, their code being this code."""
+    made: dict[str, dict[str, Any]] = {}
+
+    def get(name: str) -> dict[str, Any]:
+        if name not in made:
+            namespace: dict[str, Any] = {"__name__": "__main__"}
+            cells = [c for c in read(name, "en").cells if c.cell_type == "code"]
+            first = next(i for i, c in enumerate(cells) if CHECKED in c.source)
+            for cell in cells[:first]:
+                tags = cell.metadata.get("tags", [])
+                run_cell(with_test_values(cell, pytestconfig, name) if "parameters" in tags else cell.source,
+                         namespace)
+            made[name] = namespace
+        return made[name]
+
+    yield get
+    for namespace in made.values():
+        namespace["session"].close()
+
+
+def test_nbval_runs_a_chinese_and_a_persian_translation_and_the_others_are_replayed(pytestconfig: pytest.Config
+                                                                                     ) -> None:
+    """Every translation is covered once: run by nbval, replayed below, or a twin of its English notebook."""
+    runs = root_conftest(pytestconfig).RUN_TRANSLATIONS
+    assert {p.split("/")[0] for p in runs} == {"zh", "fa"}  # the scripts a Latin-script run cannot stand in for
+    covered = {f"{lang}/{name}.ipynb" for name, lang in [*replayed(pytestconfig), *TWINS]} | set(runs)
+    assert covered == {f"{lang}/{name}.ipynb" for name in build.NAMES for lang in TRANSLATED}
+
+
+@pytest.mark.slow
+def test_a_translation_nbval_does_not_run_prints_its_stored_outputs(replayed_translation: tuple[str, str],
+                                                                    english_program: Any,
+                                                                    pytestconfig: pytest.Config) -> None:
+    """Its checked cells, run on its own parameter values (translated questions) with the English notebook's session:
+    what running it in a kernel under nbval caught. Catches: a translated question the pocket model does not answer
+    in that language, stored outputs left stale, a checked cell failing on translated values. Its other cells are the
+    English code (test_a_translation_has_the_english_code_cells_and_tags), run by the English notebook, and on Chinese
+    and Persian text by conftest.RUN_TRANSLATIONS."""
+    name, lang = replayed_translation
+    namespace = dict(english_program(name))
+    cells = [c for c in read(name, lang).cells if c.cell_type == "code"]
+    run_cell(with_test_values(next(c for c in cells if "parameters" in c.metadata.get("tags", [])), pytestconfig,
+                              name), namespace)
+    assert namespace["prompt"] != english_program(name)["prompt"]  # its own question, not the English one
+    checked = [c for c in cells if CHECKED in c.source]
+    assert checked
+    for cell in checked:
+        assert all(o.output_type == "stream" and o.name == "stdout" for o in cell.outputs), cell.id
+        stored = "".join(o.text for o in cell.outputs)
+        assert stored and run_cell(cell.source, namespace) == stored, f"{lang}/{name}, cell {cell.id}"
+
+
+def placeholders(source: str) -> Counter[str]:
+    """The formatting placeholders ({name}, {x:.2f}, %s) in a code cell's string literals."""
+    import io
+    import tokenize
+
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    strings = [t.string for t in tokenize.generate_tokens(io.StringIO(TransformerManager().transform_cell(source))
+                                                          .readline) if t.type == tokenize.STRING]
+    return Counter(p for s in strings for p in re.findall(r"\{[^{}\s]*\}|%[sdifr]", s))
+
+
+@pytest.mark.parametrize("lang", TRANSLATED)
+@pytest.mark.parametrize("name", build.NAMES)
+def test_translated_code_keeps_every_formatting_placeholder(name: str, lang: str) -> None:
+    """Catches a translated question or string whose placeholder was translated or dropped (a KeyError or a raw
+    '{x}' when the cell runs), for the translations no kernel runs."""
+    en, tr = read(name, "en"), read(name, lang)
+    for a, b in zip(en.cells, tr.cells, strict=True):
+        if a.cell_type == "code":
+            assert placeholders(b.source) == placeholders(a.source), f"{lang}/{name}, cell {b.id}"
+    assert sum((placeholders(c.source) for c in en.cells if c.cell_type == "code"), Counter())  # it sees some

@@ -77,6 +77,7 @@ def tuned_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, kit.tun
     return cache, result
 
 
+@pytest.mark.slow
 def test_a_real_tune_measures_every_candidate_and_keeps_its_choice(tuned_cache) -> None:  # type: ignore[no-untyped-def]
     cache, result = tuned_cache
     names = [m.candidate.name for m in result.measured]
@@ -93,6 +94,7 @@ def test_a_real_tune_measures_every_candidate_and_keeps_its_choice(tuned_cache) 
     assert list(frame["candidate"]) == names and frame["chosen"].sum() == 1
 
 
+@pytest.mark.slow
 def test_the_choice_applies_on_the_next_load_and_only_where_measured(tuned_cache,  # type: ignore[no-untyped-def]
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     cache, result = tuned_cache
@@ -121,12 +123,12 @@ def test_the_choice_applies_on_the_next_load_and_only_where_measured(tuned_cache
     monkeypatch.setattr(tuned, "hardware", another_cpu)
     assert stored(s.config, s.export) is None  # a changed CPU invalidates it
     monkeypatch.undo()
-    versions = tuned.library_version
+    versions = tuned.installed_version
 
-    def newer(lib: str) -> str:
+    def newer(lib: str) -> str | None:
         return "2099.1" if lib == "openvino" else versions(lib)
 
-    monkeypatch.setattr(tuned, "library_version", newer)
+    monkeypatch.setattr(tuned, "installed_version", newer)
     assert stored(s.config, s.export) is None  # so does another library version
 
 

@@ -12,7 +12,7 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,9 +45,10 @@ class Tunable:
 
 
 @pytest.fixture(scope="module")
-def tunable(tmp_path_factory: pytest.TempPathFactory) -> Tunable:
-    """The pocket model's int8 IR in a cache of its own, and where its tuning result belongs."""
-    root = tmp_path_factory.mktemp("tune-cache")
+def tunable(tmp_path_factory: pytest.TempPathFactory, pocket_exports: Callable[..., Path]) -> Tunable:
+    """The pocket model's int8 IR in a cache of its own (the run's export, copied), and where its tuning result
+    belongs."""
+    root = pocket_exports(tmp_path_factory.mktemp("tune-cache"), ("openvino", "int8"))
     with kit.load("pocket", "openvino", "int8", cache_dir=str(root), log=quiet) as s:
         cfg, export = s.config, s.export
     keys = sorted({k for c in kit.backends.get("openvino").tune_candidates(cfg) for k in c.properties})

@@ -3,7 +3,7 @@
 The pocket ships converted for OpenVINO (int4, int4-cw) and ONNX Runtime GenAI (int4 for the CPU and
 for DirectML), so it runs in the lean environment, which has no PyTorch to export with. Each folder
 is exactly what the kit's own export writes (prefer="export"), minus the cache's manifest; rerun this
-after retraining the pocket (`python -m phi3kit.pocket.train`), or the ready-made folders describe
+after retraining the pocket (`python tools/train_pocket.py`), or the ready-made folders describe
 the old weights (tests/test_ready_made.py checks they answer like a fresh export).
 """
 

@@ -106,6 +106,9 @@ class Backend(abc.ABC):
     ready_made_marker: ClassVar[str | None] = None
     # True for backends that read the PyTorch checkpoint itself (nothing to export).
     reads_checkpoint: ClassVar[bool] = False
+    # True where the runtime holds the weights converted to the route's precision in RAM (PyTorch): a decode step
+    # reads, and a load needs, the weights at that precision, not the size of the files (bench/measure.py).
+    converts_on_load: ClassVar[bool] = False
     # LoadConfig fields that only shape an export: setting one means the kit's own export (prefer="export").
     export_only: ClassVar[tuple[str, ...]] = ()
     # Peak RAM of this backend's exporter per parameter, where it differs from optimum-cli's (preflight.py).
@@ -166,8 +169,23 @@ class Backend(abc.ABC):
         return None
 
     @classmethod
+    def for_device(cls, cfg: LoadConfig) -> LoadConfig:
+        """`cfg` through the preset its device needs (`preset_for`: OpenVINO's NPU preset); as it is elsewhere.
+        `phi3kit check` loads each route this way, as a learner following the notebooks would."""
+        from ..devices import device_family
+
+        preset = cls.preset_for(device_family(cfg.device))
+        return getattr(cls, preset)(cfg) if preset else cfg
+
+    @classmethod
     def device_name(cls, cfg: LoadConfig) -> str | None:
         """The device as its runtime names it (a GPU's model, not "GPU.1"), where the runtime can say; else None."""
+        return None
+
+    @classmethod
+    def preset_for(cls, device: str) -> str | None:
+        """The name of this class's method that turns a LoadConfig into what `device` needs (the doctor's call
+        shows it), or None where a plain `kit.load` serves the device."""
         return None
 
     @classmethod
@@ -279,8 +297,20 @@ class Backend(abc.ABC):
 
     logits_source: ClassVar[str] = ""  # how `logits()` obtains them, for reports
 
+    # How `ran_on()` knows, in words, for reports ("og.Model.device_type"...).
+    ran_on_source: ClassVar[str] = ""
+
+    def ran_on(self) -> list[str] | None:
+        """The devices that really run this loaded model, as the runtime reports them ('CPU', 'GPU.0', 'cuda:0'), so
+        `phi3kit check` can tell a silent fallback from the device asked for; None where the runtime cannot say."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free runtime resources early (the garbage collector does it otherwise)."""
+
+    def free_for_logits(self) -> None:  # noqa: B027 - optional hook
+        """Before a run of `logits()` calls (perplexity): a runtime whose logits come from a second copy of the
+        model frees the copy that streams."""
 
 
 class _Raised:

@@ -20,6 +20,7 @@ class TransformersBackend(Backend):
     precisions: ClassVar[tuple[str, ...]] = tuple(_DTYPES)
     default_precision: ClassVar[str] = "fp32"
     reads_checkpoint: ClassVar[bool] = True  # PyTorch reads the checkpoint as it is
+    converts_on_load: ClassVar[bool] = True  # ...and holds it at the route's dtype
     reuses_cache: bool = True  # keeps generate()'s DynamicCache between answers
 
     @classmethod
@@ -54,6 +55,11 @@ class TransformersBackend(Backend):
 
         with torch.inference_mode():
             return self.model(torch.tensor([ids], device=self.device)).logits[0].float().cpu().numpy()
+
+    ran_on_source: ClassVar[str] = "the device of the model's weights (torch)"
+
+    def ran_on(self) -> list[str] | None:
+        return [str(next(self.model.parameters()).device)]
 
     def stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int], *,
                reuse: bool = False) -> Iterator[Token]:

@@ -6,8 +6,6 @@ import gc
 import hashlib
 import json
 import os
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -16,10 +14,11 @@ from typing import Any
 
 import psutil
 
+from ..backends import get
 from ..backends.base import Log
-from ..config import GenerationConfig
+from ..config import BENCH_NEW_TOKENS, GenerationConfig
 from ..errors import last_line
-from ..procs import run_logged
+from ..procs import json_job_main, run_json_job
 from .machine import hardware, memory_bandwidth_gbs
 from .prompts import Prompts
 from .quality import agreement_prompts, fill_agreement, perplexity, quality_segments
@@ -44,7 +43,7 @@ def weights_mb(folder: Path) -> float:
 def weights_read_mb(route: Route, folder: Path, model_config: dict[str, Any]) -> float:
     """The bytes one decode step reads: the weights as the runtime holds them (PyTorch converts the checkpoint)."""
     size = weights_mb(folder)
-    if route.backend == "transformers":
+    if get(route.backend).converts_on_load:
         stored = _BYTES.get(str(model_config.get("dtype") or model_config.get("torch_dtype") or "float32"), 4)
         return size * _BYTES.get(route.precision, stored) / stored
     return size
@@ -61,14 +60,16 @@ def export_seconds(export: Any) -> tuple[float, bool]:
 
 
 def memory_problem(route: Route, source: Any) -> str | None:
-    """PyTorch holds the whole model at the route's precision: refuse up front what would swap or be killed."""
-    if route.backend != "transformers":
+    """A runtime that holds the whole model at the route's precision (PyTorch): refuse up front what would swap or
+    be killed."""
+    if not get(route.backend).converts_on_load:
         return None
     need_gb = weights_read_mb(route, source.path, source.config) * 2**20 * TORCH_RAM_FACTOR / 1e9
     free_gb = psutil.virtual_memory().available / 1e9
     if need_gb > free_gb:
-        return (f"PyTorch {route.precision} needs about {need_gb:.1f} GB of RAM here, {free_gb:.1f} GB is available. "
-                "Fix: close other programs, or compare bf16 / the OpenVINO and ONNX Runtime GenAI routes instead.")
+        return (f"{route.label} holds the whole model at {route.precision}: about {need_gb:.1f} GB of RAM here, "
+                f"{free_gb:.1f} GB is available. Fix: close other programs, or compare a smaller precision or the "
+                "routes that run an export (OpenVINO, ONNX Runtime GenAI) instead.")
     return None
 
 
@@ -138,9 +139,8 @@ def _measure(route: Route, model: str, s: Settings, r: RouteResult, log: Log) ->
             greedy = GenerationConfig(max_new_tokens=s.agreement_tokens)
             r.greedy = [_generate(session, ids, greedy).token_ids
                         for ids in agreement_prompts(model, session, s.agreement_prompts)]
-            if route.backend == "openvino" and route.resolved_runtime == "genai":
-                session.backend.close()  # perplexity loads the same export through optimum-intel: free this copy
-                gc.collect()
+            session.backend.free_for_logits()  # e.g. OpenVINO GenAI: perplexity loads a second copy of the export
+            gc.collect()
             window = min(s.quality_window, session.context_length)
             segments, name = quality_segments(model, session.tokenizer, s.quality_tokens, window)
             ppl = perplexity(session, segments)
@@ -154,33 +154,25 @@ def _measure(route: Route, model: str, s: Settings, r: RouteResult, log: Log) ->
 
 # --- running routes in their own processes ------------------------------------------------------------
 def worker_main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of a route's own process: read the job, measure, write the result as JSON."""
-    job_path, out_path = argv if argv is not None else sys.argv[1:3]
-    job = json.loads(Path(job_path).read_text(encoding="utf-8"))
-    result = measure(Route(**job["route"]), job["model"], Settings(**job["settings"]),
-                     log=lambda m: print(m, flush=True))
-    Path(out_path).write_text(json.dumps(asdict(result)), encoding="utf-8")
+    """Entry point of a route's own process (procs.run_json_job): measure, write the result."""
+    json_job_main(lambda job: asdict(measure(Route(**job["route"]), job["model"], Settings(**job["settings"]),
+                                             log=lambda m: print(m, flush=True))), argv)
 
 
 def measure_isolated(route: Route, model: str, settings: Settings, log: Log = print) -> RouteResult:
     """`measure` in a fresh Python process: its memory is returned afterwards and its peak RSS is its own."""
-    with tempfile.TemporaryDirectory(prefix="phi3kit-bench-") as tmp:
-        job, out = Path(tmp) / "job.json", Path(tmp) / "result.json"
-        job.write_text(json.dumps({"route": asdict(route), "model": model, "settings": asdict(settings)}),
-                       encoding="utf-8")
-        cmd = [sys.executable, "-c", "from phi3kit.bench.measure import worker_main; worker_main()", str(job), str(out)]
-        rc, lines = run_logged(cmd, log)
-        tail = lines[-20:]
-        if out.is_file():
-            return RouteResult.from_dict(json.loads(out.read_text(encoding="utf-8")))
-        killed = " (killed: out of memory?)" if rc in (-9, 137) else ""
-        note = f"its process exited with code {rc}{killed}: " + " | ".join(x for x in tail[-3:] if x)
-        return RouteResult(route=route.label, backend=route.backend, runtime=route.resolved_runtime,
-                           precision=route.precision, device=route.device, status="failed", note=note)
+    job = {"route": asdict(route), "model": model, "settings": asdict(settings)}
+    result, rc, lines = run_json_job("phi3kit.bench.measure:worker_main", job, log)
+    if result is not None:
+        return RouteResult.from_dict(result)
+    killed = " (killed: out of memory?)" if rc in (-9, 137) else ""
+    note = f"its process exited with code {rc}{killed}: " + " | ".join(x for x in lines[-3:] if x)
+    return RouteResult(route=route.label, backend=route.backend, runtime=route.resolved_runtime,
+                       precision=route.precision, device=route.device, status="failed", note=note)
 
 
 def run(model: str = "pocket", routes: str | Sequence[str | Route] = DEFAULT_ROUTES,
-        prompt_lengths: str | int | Sequence[int] = (128,), max_new_tokens: int = 64, runs: int = 3, *,
+        prompt_lengths: str | int | Sequence[int] = (128,), max_new_tokens: int = BENCH_NEW_TOKENS, runs: int = 3, *,
         warmup: int = 1, quality: bool = True, reference: str = REFERENCE, quality_tokens: int = 1024,
         agreement_prompts: int = 8, agreement_tokens: int = 32, isolate: bool = True, bandwidth: bool = False,
         cache_dir: str | None = None, log: Log = print) -> BenchReport:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..config import BENCH_NEW_TOKENS
 from .routes import Route
 from .stats import median
 
@@ -68,7 +69,7 @@ class Settings:
     """How each route is measured (the same for all routes of a report)."""
 
     prompt_lengths: list[int] = field(default_factory=lambda: [128])
-    max_new_tokens: int = 64
+    max_new_tokens: int = BENCH_NEW_TOKENS
     runs: int = 3
     warmup: int = 1
     quality: bool = True

@@ -6,20 +6,16 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .. import backends
+from .. import backends, config
 from ..config import LoadConfig
-from ..errors import Phi3kitError, UnknownChoiceError
+from ..errors import BenchError, Phi3kitError, UnknownChoiceError
 
 DEFAULT_ROUTES = "transformers:fp32,openvino:int4,openvino:int8,ortgenai:int4"
 REFERENCE = "transformers:fp32"
 ROUTE_FORMAT = ("backend[/runtime]:precision[@device][{key=value;...}], e.g. openvino:int4, openvino/optimum:int8, "
                 "ortgenai:int4@CPU, openvino:int4{INFERENCE_PRECISION_HINT=f32}, ortgenai:int4{accuracy_level=1}")
-# Options that are load settings (LoadConfig fields); any other key is a runtime property (runtime_config).
-LOAD_OPTIONS = {"accuracy_level": int, "group_size": int, "ratio": float, "build_target": str, "prefer": str,
-                "tuned": lambda v: {"true": True, "false": False}[v.lower()]}
-
-class BenchError(Phi3kitError, ValueError):
-    """A benchmark setting cannot be used (route syntax, prompt length)."""
+# Options that are load settings (config.LOAD_OPTIONS, their parsers); any other key is a runtime property.
+LOAD_OPTIONS = {name: option.parse for name, option in config.LOAD_OPTIONS.items() if option.in_routes}
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ MODEL_DIR: Path = Path(__file__).resolve().parent / "model"
 # `python tools/make_pocket_ready.py` rebuilds them (after a retrain) with the kit's own export.
 READY_DIR: Path = Path(__file__).resolve().parent / "ready"
 QA_FILE: Path = Path(__file__).resolve().parent / "qa.jsonl"
-TRAIN_COMMAND = "python -m phi3kit.pocket.train"
+TRAIN_COMMAND = "python tools/train_pocket.py"
 
 __all__ = ["BANNER", "MODEL_DIR", "QA_FILE", "READY_DIR", "TRAIN_COMMAND", "load_qa", "path", "ready_dir"]
 

@@ -1,6 +1,6 @@
 """English source of notebooks/directml.ipynb (build: `python tools/notebooks/build.py`)."""
 
-from nb import answer_cell, code, md, parameters, plot_cells, speed_md
+from nb import canary_cells, answer_cell, code, md, parameters, plot_cells, speed_md
 
 TITLE = "Phi-3 with ONNX Runtime GenAI (DirectML)"
 CELLS = [
@@ -65,6 +65,7 @@ instead of trusting the package's `is_*_available()` flags, which only say how i
 code("devices", """
 kit.backends.get("ortgenai").devices("genai")
 """),
+*canary_cells('routes=["ortgenai"]'),
 md("get-md", """
 ## 2. Get the ONNX model: ready-made, or built here
 

@@ -92,6 +92,20 @@ response.metrics.plot();
 """)]
 
 
+def canary_cells(routes: str) -> list[Cell]:
+    """The pocket canary for the notebook's route and device (`routes`: the code naming its backend and runtime)."""
+    return [md("canary-md", """
+**Can this route be trusted here?** Before trusting an answer, ask the pocket model, on this route and
+`device`, questions whose answers are known: `kit.check_machine` does it offline in seconds, reads the
+device that really ran and judges its driver. PASS: right answers, on the device asked for. FAIL says
+what went wrong (a wrong answer, a silent fallback to the CPU, an old driver) and the fix.
+`phi3kit check` does the same for every route of this machine.
+"""), code("canary", f"""
+canary = kit.check_machine({routes}, devices=[device])
+print(canary.table())
+""")]
+
+
 def source(name: str) -> ModuleType:
     """tools/notebooks/<name>.py, loaded by its path: `import openvino` would find the OpenVINO library instead."""
     key = f"phi3kit_notebook_source_{name}"

@@ -1,6 +1,6 @@
 """English source of notebooks/npu.ipynb (build: `python tools/notebooks/build.py`)."""
 
-from nb import answer_cell, code, md, parameters
+from nb import canary_cells, answer_cell, code, md, parameters
 
 TITLE = "Phi-3 on the NPU"
 CELLS = [
@@ -111,6 +111,7 @@ else:
     raise kit.UnknownChoiceError("route", route, ["openvino-genai", "npu-library"])
 config
 """),
+*canary_cells('routes=[config.backend], runtimes=["genai", "npu-library"]'),
 md("get-md", """
 ## 3. Get the model
 
@@ -168,7 +169,7 @@ if route == "openvino-genai":  # the seed library's Windows environment has no o
 
     properties = {"MAX_PROMPT_LEN": max_prompt_len, "MIN_RESPONSE_LEN": min_response_len,
                   "GENERATE_HINT": generate_hint,
-                  "CACHE_DIR": str(kit.ExportCache(cache_dir or None).root / "npu-blobs")}
+                  "CACHE_DIR": str(kit.backends.get("openvino").npu_blob_dir(cache_dir or None))}
     if device.split(".")[0] != "NPU":
         properties = {}  # NPU-only options
     assert properties == session.config.runtime_config  # exactly what the preset passed

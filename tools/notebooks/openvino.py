@@ -1,6 +1,6 @@
 """English source of notebooks/openvino.ipynb (build: `python tools/notebooks/build.py`)."""
 
-from nb import answer_cell, code, md, parameters, plot_cells, speed_md
+from nb import canary_cells, answer_cell, code, md, parameters, plot_cells, speed_md
 
 TITLE = "Phi-3 on OpenVINO"
 CELLS = [
@@ -50,6 +50,7 @@ import phi3kit as kit
 
 kit.doctor()
 """),
+*canary_cells('routes=["openvino"], runtimes=[runtime]'),
 md("ready-md", """
 ## 2. Ready-made, or exported here?
 

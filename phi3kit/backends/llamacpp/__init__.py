@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from ...cache import ExportCache
 from ...config import LoadConfig
 from ...errors import ExportError
+from ...machine import major_minor
 from ...sources import ModelSource
 from ..base import Backend, Log
 from .fetch import SOURCES_ENV, converter_tree, extract_converter, llama_cpp_tree, sdist_command
@@ -38,6 +39,7 @@ from .install import (
     amx_compiled,
     import_llama,
     installed_version,
+    missing,
     physical_cores,
     system_info,
 )
@@ -72,7 +74,7 @@ class LlamaCppBackend(LlamaCppRuntime, Backend):
     @classmethod
     def devices(cls, runtime: str) -> list[str]:
         if importlib.util.find_spec("llama_cpp") is None:
-            raise LlamaCppMissingError()
+            raise missing()
         return ["CPU"]
 
     @classmethod
@@ -99,8 +101,7 @@ class LlamaCppBackend(LlamaCppRuntime, Backend):
 
     @classmethod
     def runtime_versions(cls) -> dict[str, str]:
-        version = installed_version()
-        return {PACKAGE: ".".join(version.split(".")[:2]) if version else "not installed"}
+        return {PACKAGE: major_minor(PACKAGE)}
 
     @classmethod
     def recipe(cls, cfg: LoadConfig) -> str:

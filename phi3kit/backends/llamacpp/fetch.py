@@ -3,20 +3,20 @@ llama-cpp-python's source archive, fetched once with pip into the kit's cache.""
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
+from ... import env
 from ...cache import ExportCache
 from ...errors import ExportError
 from ...procs import run_logged
 from ..base import Log
-from .install import PACKAGE, LlamaCppMissingError, installed_version
+from .install import PACKAGE, installed_version, missing
 
-SOURCES_ENV = "PHI3KIT_LLAMA_CPP"  # a llama.cpp checkout, or an extracted llama-cpp-python sdist
+SOURCES_ENV = env.LLAMA_CPP  # a llama.cpp checkout, or an extracted llama-cpp-python sdist
 
 
 def llama_cpp_tree(folder: Path) -> Path | None:
@@ -64,15 +64,15 @@ def converter_tree(cache: ExportCache, log: Log = print) -> Path:
     """llama.cpp's converter sources: PHI3KIT_LLAMA_CPP's, else the installed version's sdist, fetched once."""
     fix = (f"Fix: set {SOURCES_ENV} to a llama.cpp checkout (git clone https://github.com/ggml-org/llama.cpp, "
            "ideally at the commit your llama-cpp-python vendors) or to an extracted llama-cpp-python source archive")
-    if env := os.environ.get(SOURCES_ENV):
-        tree = llama_cpp_tree(Path(env).expanduser())
+    if given := env.text(SOURCES_ENV):
+        tree = llama_cpp_tree(Path(given).expanduser())
         if tree is None:
-            raise ExportError(f"{SOURCES_ENV}={env} holds no convert_hf_to_gguf.py with gguf-py beside it (looked in "
+            raise ExportError(f"{SOURCES_ENV}={given} holds no convert_hf_to_gguf.py with gguf-py beside it (looked in "
                               f"it and in its vendor/llama.cpp). {fix}.")
         return tree
     version = installed_version()
     if version is None:
-        raise LlamaCppMissingError()
+        raise missing()
     key = {"backend": "llamacpp", "kind": "converter", "model": f"llama.cpp converter ({PACKAGE} {version} sdist)",
            PACKAGE: version}
 

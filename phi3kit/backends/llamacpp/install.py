@@ -8,7 +8,9 @@ import re
 from functools import cache
 from typing import Any
 
-from ...errors import MissingDependencyError, Phi3kitError
+from ... import machine
+from ...errors import LlamaCppBuildError as LlamaCppBuildError  # defined in errors.py; its import name here kept
+from ...errors import LlamaCppMissingError
 
 PACKAGE = "llama-cpp-python"
 REQUIREMENTS = "llamacpp.txt"
@@ -18,16 +20,9 @@ CMAKE_ARGS = ("-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mn
 INSTALL = f'CMAKE_ARGS="{CMAKE_ARGS}" pip install --no-cache-dir -r requirements/{REQUIREMENTS}'
 
 
-class LlamaCppMissingError(MissingDependencyError):
-    """llama-cpp-python cannot be imported here; the message says how to build it."""
-
-    def __init__(self, cause: BaseException | None = None) -> None:
-        self.package = PACKAGE
-        ImportError.__init__(self, missing_message(cause))
-
-
-class LlamaCppBuildError(Phi3kitError, RuntimeError):
-    """The installed llama-cpp-python was built in a way that would crash this route."""
+def missing(cause: BaseException | None = None) -> LlamaCppMissingError:
+    """The error for a llama-cpp-python that is absent, or present but not importable (`cause`)."""
+    return LlamaCppMissingError(missing_message(cause), PACKAGE)
 
 
 def missing_message(cause: BaseException | None = None) -> str:
@@ -44,17 +39,12 @@ def import_llama() -> Any:
     try:
         import llama_cpp
     except (ImportError, OSError) as exc:  # OSError: the shared library does not load
-        raise LlamaCppMissingError(exc) from exc
+        raise missing(exc) from exc
     return llama_cpp
 
 
 def installed_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(PACKAGE)
-    except PackageNotFoundError:
-        return None
+    return machine.installed_version(PACKAGE)
 
 
 @cache

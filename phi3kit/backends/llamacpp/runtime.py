@@ -85,6 +85,13 @@ class LlamaCppRuntime:
     logits_source = "llama.cpp llama_decode with every position's logits"
     kv_element_bytes: float = 2.0  # llama.cpp keeps the KV cache in f16 by default
 
+    ran_on_source = "the layers llama.cpp offloads (n_gpu_layers) and whether its build can offload"
+
+    def ran_on(self) -> list[str] | None:
+        """The CPU, plus the GPU where layers were offloaded to one (runtime_config n_gpu_layers) and this build can."""
+        offloaded = int(self.options.get("n_gpu_layers", 0) or 0)
+        return ["CPU", "GPU"] if offloaded and bool(self._lib.llama_supports_gpu_offload()) else ["CPU"]
+
     def __init__(self, model_dir: Path, cfg: LoadConfig) -> None:
         """Public attributes: `llm` (the llama_cpp.Llama holding the model and its context), `options` (its
         arguments), `n_ctx` (the context it allocated)."""

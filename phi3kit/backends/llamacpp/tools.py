@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ...errors import ExportError
-from ...procs import run_logged
+from ...procs import python_command, run_logged
 from ..base import Log
 from .install import import_llama
 from .vocab import convert
@@ -26,8 +26,7 @@ _LOGGER_LINE = re.compile(r"^(INFO|WARNING|ERROR|CRITICAL):")  # the converter's
 
 
 def tool_command(*args: str | Path) -> list[str]:
-    child = "from phi3kit.backends.llamacpp.tools import tool_main; tool_main()"
-    return [sys.executable, "-c", child, *map(str, args)]
+    return python_command("phi3kit.backends.llamacpp.tools:tool_main", *args)
 
 
 def tool_main(argv: Sequence[str] | None = None) -> None:

@@ -22,7 +22,7 @@ from ...sources import ModelSource, check_phi3
 from ..base import Backend, CachedIds, Candidate, Log, Token
 from ..hf import hf_stream
 from ..longrope import longrope_window
-from .devices import missing_device_message, openvino_devices
+from .devices import execution_devices, missing_device_message, openvino_devices
 from .export import (
     DEFAULT_PRECISION,
     EXPORTER,
@@ -38,6 +38,7 @@ from .export import (
 from .npu import (
     NPUDriverError,
     is_npu,
+    npu_blob_dir,
     npu_compile_failure,
     npu_driver_problem,
     npu_info,
@@ -68,6 +69,11 @@ class OpenVINOBackend(Backend):
     exporter: ClassVar[tuple[str, ...]] = EXPORTER
     exporter_modules: ClassVar[dict[str, str]] = {"torch": "torch", "optimum.intel": "optimum-intel", "nncf": "nncf"}
     npu_preset = staticmethod(npu_preset)  # kit.backends.get("openvino").npu_preset(cfg) in notebooks
+    npu_blob_dir = staticmethod(npu_blob_dir)  # the NPU notebook's CACHE_DIR: the one the preset sets
+
+    @classmethod
+    def preset_for(cls, device: str) -> str | None:
+        return "npu_preset" if device == "NPU" else None
     export_command = staticmethod(export_command)  # the optimum-cli command an export runs (shown in notebooks)
 
     @classmethod
@@ -278,6 +284,13 @@ class OpenVINOBackend(Backend):
             model = self._scorer
         return optimum_logits(model, ids)
 
+    ran_on_source: ClassVar[str] = "EXECUTION_DEVICES of a probe model compiled on the same device"
+
+    def ran_on(self) -> list[str] | None:
+        if getattr(self, "_ran_on", None) is None:
+            self._ran_on = execution_devices(self.device)
+        return self._ran_on
+
     def stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int], *,
                reuse: bool = False) -> Iterator[Token]:
         if self.runtime == "optimum":  # the stateful model goes on from its state where the prompt extends it
@@ -287,7 +300,12 @@ class OpenVINOBackend(Backend):
         # reports none (benchmarks/chat.py measures it).
         return genai_stream(self.pipeline, prompt_ids, gen, stop_ids)
 
+    def free_for_logits(self) -> None:
+        if self.runtime != "optimum":  # logits come from a second, optimum-intel copy: free the pipeline's
+            self.close()
+
     def close(self) -> None:
+        self.cached.forget()
         self.__dict__.pop("pipeline", None)
         self.__dict__.pop("model", None)
         self._scorer = None

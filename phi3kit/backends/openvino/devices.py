@@ -76,3 +76,17 @@ def missing_device_message(device: str, available: list[str], backend: str) -> s
         f"(available: {', '.join(available)}). {hint} "
         f"To run anyway, pass device='CPU' explicitly."
     ).replace("  ", " ")
+
+
+def execution_devices(device: str) -> list[str]:
+    """The devices OpenVINO really runs a model on when asked for `device`: EXECUTION_DEVICES of a compiled probe.
+
+    LLMPipeline exposes no compiled model, so a one-layer model is compiled on the same device string and asked.
+    An explicit device ('GPU', 'NPU') compiles there or fails, never falls back; 'AUTO' answers what it picked.
+    """
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    param = ops.parameter([1, 8], ov.Type.f32)
+    probe = ov.Model([ops.relu(param)], [param], "phi3kit-device-probe")
+    return [str(d) for d in core().compile_model(probe, device).get_property("EXECUTION_DEVICES")]

@@ -6,13 +6,13 @@ from __future__ import annotations
 import sys
 import xml.etree.ElementTree as ET
 from dataclasses import replace
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from ...cache import ExportCache
 from ...config import LoadConfig
 from ...errors import ExportError, ModelSourceError, UnknownChoiceError
+from ...machine import major_minor as major_minor  # the openvino package imports it from here
 from ...procs import run_logged
 from ..base import Log
 
@@ -26,10 +26,6 @@ IR_FILES = ("openvino_model.xml", "openvino_model.bin")
 TOKENIZER_FILES = ("openvino_tokenizer.xml", "openvino_tokenizer.bin", "openvino_detokenizer.xml",
                    "openvino_detokenizer.bin")
 EXPORTER = ("optimum-intel", "nncf", "transformers")  # recorded in each export's manifest, not in its key
-
-
-def major_minor(lib: str) -> str:
-    return ".".join(version(lib).split(".")[:2])
 
 
 def int4_settings(cfg: LoadConfig) -> dict[str, Any]:

@@ -11,11 +11,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ...cache import ExportCache
+from ...cache import ExportCache, slug
 from ...config import LoadConfig
 from ...context import Limits
 from ...devices import device_family
-from ...errors import DeviceNotFoundError, UnknownChoiceError, last_line
+from ...drivers import judge, rule_for
+from ...errors import NPUDriverError as NPUDriverError  # defined in errors.py; its import name here kept
+from ...errors import UnknownChoiceError, last_line
+from ...machine import library_version
 
 # OpenVINO's "GenAI on NPU" guide: LLMs for the NPU must be exported with symmetric 4-bit weights and
 # ratio 1.0, channel-wise (group size -1: fastest) or group-wise 128 (the guide's advice for models
@@ -29,23 +32,21 @@ NPU_GROUP_SIZES = (-1, 128)
 NPU_MAX_PROMPT_LEN = 1024
 NPU_MIN_RESPONSE_LEN = 128
 NPU_GENERATE_HINTS = ("FAST_COMPILE", "BEST_PERF")
-# The NPU driver OpenVINO's guide asks for when LLMs fail on the NPU (Windows 32.0.100.3104).
-# On Windows NPU_DRIVER_VERSION is that last number (intel-npu-acceleration-library compares it to
-# 2408 the same way); Linux drivers report a different encoding, so only Windows is checked.
-MIN_NPU_DRIVER_WINDOWS = 3104
-NPU_DRIVER_URL = {
-    "win32": "https://www.intel.com/content/www/us/en/download/794734/intel-npu-driver-windows.html",
-    "linux": "https://github.com/intel/linux-npu-driver/releases",
-}
+# The NPU driver each platform needs (Windows 32.0.100.3104 for LLMs) lives in phi3kit/data/drivers.yaml with its
+# source and download page: phi3kit.drivers judges it for this module, the doctor and `phi3kit check`.
 
 
 def is_npu(device: str) -> bool:
     return device_family(device) == "NPU"
 
 
-def npu_blob_dir(cache_dir: str | None) -> Path:
-    """Where the NPU's compiled blobs go (CACHE_DIR): beside the exports, so one folder holds both."""
-    return ExportCache(cache_dir).root / "npu-blobs"
+def npu_blob_dir(cache_dir: str | None, info: NPUInfo | None = None) -> Path:
+    """Where the NPU's compiled blobs go (CACHE_DIR): beside the exports, one folder per NPU driver and OpenVINO
+    version, so a driver upgrade never reuses a blob the old driver compiled (openvino.genai#2082). `info`: the
+    NPU as read (None: read it now)."""
+    info = info if info is not None else npu_info()
+    driver = info.driver_version if info is not None and info.driver_version is not None else "unknown"
+    return ExportCache(cache_dir).root / "npu-blobs" / slug(f"openvino-{library_version('openvino')}-driver-{driver}")
 
 
 def npu_preset(cfg: LoadConfig, max_prompt_len: int = NPU_MAX_PROMPT_LEN,
@@ -134,33 +135,33 @@ def npu_info(core: Any = None) -> NPUInfo | None:
                    None if compiler is None else decode_compiler_version(int(compiler)), errors)
 
 
+def driver_url(platform: str = sys.platform) -> str:
+    """Where to get the Intel NPU driver on this platform (data/drivers.yaml)."""
+    rule = rule_for("NPU", platform)
+    return rule.get if rule else "https://github.com/intel/linux-npu-driver/releases"
+
+
 def npu_driver_problem(info: NPUInfo, platform: str = sys.platform) -> str | None:
     """Why this NPU's driver cannot run LLMs, with the fix; None when nothing is known to be wrong."""
-    url = NPU_DRIVER_URL.get("win32" if platform == "win32" else "linux", NPU_DRIVER_URL["linux"])
+    url = driver_url(platform)
     if info.compiler_version is None and any("COMPILER" in e for e in info.errors):
         return (f"OpenVINO sees the NPU ({info.name}) but cannot load its compiler, which ships with the NPU "
                 f"driver ({'; '.join(info.errors)}). Fix: install or update the Intel NPU driver: {url}")
-    if platform == "win32":
-        if info.driver_version is None:
-            return (f"OpenVINO sees the NPU ({info.name}) but cannot read its driver version. "
-                    f"Fix: install or update the Intel NPU driver: {url}")
-        if info.driver_version < MIN_NPU_DRIVER_WINDOWS:
-            return (f"The NPU driver is too old for LLMs: build {info.driver_version}, OpenVINO's NPU guide asks "
-                    f"for 32.0.100.{MIN_NPU_DRIVER_WINDOWS} or newer. Fix: update the Intel NPU driver: {url}")
+    verdict = judge("NPU", info.driver_version, platform)
+    if info.driver_version is None and platform == "win32":
+        return (f"OpenVINO sees the NPU ({info.name}) but cannot read its driver version. "
+                f"Fix: install or update the Intel NPU driver: {url}")
+    if verdict.problem:
+        return f"The NPU driver is too old for LLMs: build {info.driver_version}. {verdict.message}"
     return None
 
 
 def npu_compile_failure(exc: BaseException, info: NPUInfo | None, platform: str = sys.platform) -> str:
     """What to tell a user whose NPU failed to compile the model (the runtime's message is one line of C++)."""
     seen = f"{info.name}, driver {info.driver_version}, compiler {info.compiler_version}" if info else "none"
-    url = NPU_DRIVER_URL["win32" if platform == "win32" else "linux"]
     return (f"The NPU could not compile this model ({last_line(exc)}). NPU seen: {seen}. The usual causes: an NPU "
-            f"driver older than this OpenVINO needs (update it: {url}), or an export without the NPU preset "
-            "(int4 needs sym=True, ratio=1.0, group_size -1 or 128: use npu_preset()).")
-
-
-class NPUDriverError(DeviceNotFoundError):
-    """The NPU is there, but its driver (or the compiler inside it) cannot run this model."""
+            f"driver older than this OpenVINO needs (update it: {driver_url(platform)}), or an export without the NPU "
+            "preset (int4 needs sym=True, ratio=1.0, group_size -1 or 128: use npu_preset()).")
 
 
 def npu_limits(props: dict[str, Any], context_length: int) -> Limits:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ...config import GenerationConfig, LoadConfig
-from ...errors import MissingDependencyError, Phi3kitError
+from ...errors import NPULibraryLimitError, NPULibraryUnavailableError
 from ..base import Backend, Token
 from ..hf import hf_stream
 
@@ -27,18 +27,6 @@ ROUTE_1 = ("Use the supported route instead: OpenVINO GenAI on the NPU (backend=
 # What this process has compiled with the library: a second int4/int8 model aborts the whole
 # process (no Python exception, the kernel just dies), so the second one is refused instead.
 LOADED: list[tuple[str, str]] = []
-
-
-class NPULibraryUnavailableError(MissingDependencyError):
-    """intel-npu-acceleration-library cannot be imported here; the message says why and what to use."""
-
-    def __init__(self, message: str) -> None:
-        self.package = PACKAGE
-        ImportError.__init__(self, message)
-
-
-class NPULibraryLimitError(Phi3kitError, RuntimeError):
-    """A load the library would answer by killing the process."""
 
 
 def unavailable_message(platform: str, cause: BaseException | None = None) -> str:
@@ -63,7 +51,7 @@ def import_library() -> Any:
     try:
         import intel_npu_acceleration_library as lib
     except ImportError as exc:
-        raise NPULibraryUnavailableError(unavailable_message(sys.platform, exc)) from exc
+        raise NPULibraryUnavailableError(unavailable_message(sys.platform, exc), PACKAGE) from exc
     return lib
 
 

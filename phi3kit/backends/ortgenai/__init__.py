@@ -215,6 +215,11 @@ class OrtGenAIBackend(Backend):
             log(f"Note: {note}")
         return Export(folder, True, 0.0, route="ready-made", recipe=recipe, precision=precision)
 
+    ran_on_source: ClassVar[str] = "og.Model.device_type"
+
+    def ran_on(self) -> list[str] | None:
+        return [str(self.model.device_type)]
+
     def __init__(self, model_dir: Path, cfg: LoadConfig) -> None:
         """Public attributes: `model` (the og.Model), `provider` (what it runs on), `fell_back`."""
         self.provider = self.provider_for(cfg)

@@ -7,10 +7,10 @@ import json
 import sys
 import tempfile
 from functools import cache
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from ...errors import UnknownChoiceError
+from ...machine import installed_version
 from ...procs import shell_commands
 
 # Device (as users spell it, like the other backends) -> ONNX Runtime GenAI provider name.
@@ -26,12 +26,7 @@ INSTALL = {
 
 def genai_distribution() -> tuple[str, str] | None:
     """(distribution, version) of the installed onnxruntime-genai flavour, or None."""
-    for dist in DISTRIBUTIONS:
-        try:
-            return dist, version(dist)
-        except PackageNotFoundError:
-            continue
-    return None
+    return next(((dist, found) for dist in DISTRIBUTIONS if (found := installed_version(dist))), None)
 
 
 def normalize_device(device: str) -> str:

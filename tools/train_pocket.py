@@ -1,6 +1,6 @@
 """Train the pocket model: a tiny Phi-3 that memorizes phi3kit's QA set, on a laptop CPU.
 
-Run `python -m phi3kit.pocket.train` to rebuild phi3kit/pocket/model/. Training is seeded and
+Run `python tools/train_pocket.py` to rebuild phi3kit/pocket/model/. Training is seeded and
 deterministic, and the script exits non-zero unless greedy decoding reproduces every training
 answer exactly (final <|end|> included), so a shipped model is always a verified one.
 """
@@ -179,7 +179,7 @@ int8 and int4 builds; it answers nothing else reliably: it exists so workshops a
 It uses Phi-3's architecture and chat format (`<|user|>`, `<|assistant|>`, `<|end|>`), so
 code written against it works unchanged with `microsoft/Phi-3-mini-4k-instruct`.
 
-Rebuild: `python -m phi3kit.pocket.train --steps {steps} --seed {seed}`
+Rebuild: `python tools/train_pocket.py --steps {steps} --seed {seed}`
 ({seconds:.0f} s on a 2-core CPU).
 """
 

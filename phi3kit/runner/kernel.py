@@ -1,0 +1,70 @@
+"""The kernel a run executes in: this interpreter, headless, whatever kernelspecs are installed; papermill's
+output tidied as Jupyter saves a cell."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import HEADLESS_ENV
+
+# The kernel `phi3kit run` starts is this interpreter, whatever kernelspecs are installed: a `python3`
+# kernelspec from another installation on the Jupyter path would otherwise win ("No module named phi3kit").
+KERNEL_NAME = "phi3kit-own-python"
+
+
+def kernel_manager_class() -> type:
+    """A jupyter_client kernel manager whose KERNEL_NAME is this Python (sys.executable) running ipykernel."""
+    import ipykernel.kernelspec
+    from jupyter_client import AsyncKernelManager
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    class OwnKernelSpecs(KernelSpecManager):
+        def get_kernel_spec(self, kernel_name: str) -> Any:
+            if kernel_name != KERNEL_NAME:
+                return super().get_kernel_spec(kernel_name)
+            spec = ipykernel.kernelspec.get_kernel_dict()
+            spec["env"] = {HEADLESS_ENV: "1"}
+            return self.kernel_spec_class(resource_dir=ipykernel.kernelspec.RESOURCES, **spec)
+
+    class OwnKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            kwargs.setdefault("kernel_spec_manager", OwnKernelSpecs())
+            super().__init__(**kwargs)
+
+    return OwnKernelManager
+
+
+def execute(notebook: str | Path, out: str | Path, parameters: dict[str, Any], timeout_s: int | None) -> None:
+    """papermill.execute_notebook in this interpreter's own kernel, headless."""
+    import warnings
+
+    import papermill
+
+    with warnings.catch_warnings():  # `out` may be the temporary name a result is written under (no .ipynb)
+        warnings.filterwarnings("ignore", message=r"The specified file .* does not end in one of")
+        papermill.execute_notebook(str(notebook), str(out), parameters=parameters, cwd=str(Path(notebook).parent),
+                                   progress_bar=False, execution_timeout=timeout_s, kernel_name=KERNEL_NAME,
+                                   kernel_manager_class=kernel_manager_class())
+
+
+def merge_streams(outputs: list[Any]) -> list[Any]:
+    """One stdout entry instead of one per streamed chunk, as Jupyter itself saves a cell."""
+    merged: list[Any] = []
+    for o in outputs:
+        if o.output_type == "stream" and merged and merged[-1].output_type == "stream" and merged[-1].name == o.name:
+            merged[-1].text += o.text
+        else:
+            merged.append(o)
+    return merged
+
+
+def tidy(notebook: Path) -> None:
+    """papermill stores every streamed chunk as its own output; handouts would show one per line."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = merge_streams(cell.outputs)
+    nbformat.write(nb, str(notebook))
