@@ -16,6 +16,7 @@ DEBUG = "PHI3KIT_DEBUG"  # 1: errors the kit refuses keep their traceback (like 
 HEADLESS = "PHI3KIT_HEADLESS"  # set in the kernels the kit runs headless: no one can click a panel there
 SKIP_PREFLIGHT = "PHI3KIT_SKIP_PREFLIGHT"  # 1: export even when the RAM and disk estimate says it will not fit
 LLAMA_CPP = "PHI3KIT_LLAMA_CPP"  # a llama.cpp checkout, or an extracted llama-cpp-python sdist (the converter)
+CPU_PROBE = "PHI3KIT_CPU_PROBE"  # set by the kit: the CPU probe's answer, handed down to its child processes
 HF_HUB_OFFLINE = "HF_HUB_OFFLINE"  # huggingface_hub's own: set by `phi3kit check` so a model is never downloaded
 
 _OFF = ("", "0", "false", "no", "off")
@@ -35,6 +36,11 @@ def switch(name: str) -> bool:
 def environment() -> dict[str, str]:
     """A copy of this process's environment (what a child process starts from)."""
     return dict(os.environ)
+
+
+def hand_down(name: str, value: str) -> None:
+    """Set `name` for this process and every child it starts from now on."""
+    os.environ[name] = value
 
 
 @contextmanager

@@ -6,7 +6,6 @@ reports them, benchmarks and tuning results record them.
 from __future__ import annotations
 
 import json
-import os
 import platform
 from collections.abc import Callable
 from functools import lru_cache
@@ -14,6 +13,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import psutil
+
+from . import env
 
 LIBRARIES = ("phi3kit", "torch", "transformers", "openvino", "openvino-genai", "openvino-tokenizers", "optimum-intel",
              "nncf", "onnxruntime-genai", "onnxruntime-genai-directml", "onnxruntime-genai-cuda",
@@ -53,14 +54,14 @@ def capabilities_isa(caps: list[str]) -> list[str]:
 
 # py-cpuinfo's answer, handed down to the processes the kit starts (kernels, exports, benchmark workers): the
 # same machine, so each of them need not probe again. Never read from a file: a cache folder travels to other PCs.
-CPU_PROBE_ENV = "PHI3KIT_CPU_PROBE"
+CPU_PROBE_ENV = env.CPU_PROBE
 
 
 @lru_cache(maxsize=1)
 def _pycpuinfo() -> dict[str, Any]:
     """py-cpuinfo's answer, probed once per process tree (about a second of CPU and a child process each time)."""
     try:
-        inherited = json.loads(os.environ.get(CPU_PROBE_ENV, ""))
+        inherited = json.loads(env.text(CPU_PROBE_ENV) or "")
         if isinstance(inherited, dict):
             return inherited
     except ValueError:
@@ -68,7 +69,7 @@ def _pycpuinfo() -> dict[str, Any]:
     import cpuinfo  # py-cpuinfo: /proc/cpuinfo on Linux, CPUID on Windows and elsewhere; about a second
 
     info = dict(cpuinfo.get_cpu_info())
-    os.environ[CPU_PROBE_ENV] = json.dumps(info, default=str)  # inherited by every child started from now on
+    env.hand_down(CPU_PROBE_ENV, json.dumps(info, default=str))  # inherited by every child started from now on
     return info
 
 

@@ -4,6 +4,7 @@ starts (a notebook kernel, an export, a benchmark worker) inherits the answer in
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -42,7 +43,7 @@ def test_the_first_probe_is_handed_to_child_processes(fresh_probe: None, monkeyp
     monkeypatch.setattr(cpuinfo, "get_cpu_info", lambda: calls.append(1) or dict(CANNED))
     assert machine.cpu_info()[:2] == ("Canned CPU for the probe test", ["AVX2", "AVX-512"])
     assert machine.cpu_info()[0] == "Canned CPU for the probe test" and calls == [1]  # once per process
-    assert json.loads(machine.os.environ[machine.CPU_PROBE_ENV]) == CANNED
+    assert json.loads(os.environ[machine.CPU_PROBE_ENV]) == CANNED
     # A child started the kit's way (and one given os.environ as it is) answers from the inherited probe.
     assert child(child_env()) == ["Canned CPU for the probe test", "['AVX2', 'AVX-512']"]
 
@@ -58,4 +59,4 @@ def test_a_mangled_inherited_answer_is_probed_again(fresh_probe: None) -> None:
 
 def test_a_test_that_probes_leaves_no_canned_answer_behind() -> None:
     """The fixture above undoes what the probe put in the environment (later kernels must see this machine)."""
-    assert "Canned" not in machine.os.environ.get(machine.CPU_PROBE_ENV, "")
+    assert "Canned" not in os.environ.get(machine.CPU_PROBE_ENV, "")
