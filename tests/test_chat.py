@@ -369,3 +369,15 @@ def test_cli_ctrl_c_stops_the_answer_not_the_chat(random_phi3: Callable[[str], P
         t.join(5)
     summary = next(line for line in got["err"].decode().splitlines() if "(cancelled)" in line)
     assert int(summary.split()[0]) < LONG
+
+
+def test_cli_chat_no_reuse_loads_without_the_kept_cache() -> None:
+    """`phi3kit chat --no-reuse` loads with reuse_cache=False (each answer reads the whole history), the default
+    keeps the cache. Catches the flag missing from chat or inverted (a switch sets the opposite of the default)."""
+    from phi3kit.cli import build_parser
+    from phi3kit.cli.common import load_config
+
+    parser = build_parser()
+    assert load_config(parser.parse_args(["chat", "--no-reuse"])).reuse_cache is False
+    assert load_config(parser.parse_args(["chat"])).reuse_cache is True
+    assert "--no-reuse" in parser._subparsers._group_actions[0].choices["chat"].format_help()  # noqa: SLF001
