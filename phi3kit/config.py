@@ -54,6 +54,9 @@ LOAD_OPTIONS: dict[str, LoadOption] = {
     "trust_remote_code": LoadOption(yes_no, "run the model repo's own code (off by default)", "--trust-remote-code",
                                     in_routes=False),
     "tuned": LoadOption(yes_no, "ignore what `phi3kit tune` stored: the runtime defaults", "--untuned"),
+    "reuse_cache": LoadOption(yes_no, "chats: read the whole history at every answer instead of keeping the KV "
+                              "cache between answers (OpenVINO GenAI: its prefix cache off too)", "--no-reuse",
+                              in_routes=False),  # bench's single prompts always read the whole prompt
     "accuracy_level": LoadOption(int, "ortgenai's int4/int8 matmul compute type (1: fp32 activations, 4: int8)"),
     "build_target": LoadOption(str, "what ONNX Runtime GenAI's builder targets (cpu | dml | cuda)"),
 }

@@ -182,14 +182,22 @@ def context_window(model_window: int, context_length: int | None) -> int:
     return min(context_length, model_window)
 
 
-def trim_notice(dropped_turns: int, window: int, why: str = "", share: float = TRIM_TO_SHARE) -> str:
-    """What the panel and the terminal say when older turns no longer fit (`why`: what set the window)."""
-    dropped = "the oldest turn was" if dropped_turns == 1 else f"the {dropped_turns} oldest turns were"
+def trim_notice(dropped_now: int, window: int, why: str = "", share: float = TRIM_TO_SHARE,
+                out: int | None = None) -> str:
+    """What the panel and the terminal say when an answer leaves more older turns out (`why`: what set the window;
+    `out`: how many turns are out of the window in all, when earlier answers already left some out). Said once per
+    trim, not on the answers after it that start where it did."""
+    out = dropped_now if out is None else out
+    if out == dropped_now:
+        dropped = "the oldest turn was" if dropped_now == 1 else f"the {dropped_now} oldest turns were"
+        where = "of this answer (the system prompt is kept)"
+    else:
+        dropped = "the next oldest turn was" if dropped_now == 1 else f"the next {dropped_now} oldest turns were"
+        where = f"of this answer ({out} turns in all are now out of the window; the system prompt is kept)"
     because = f" ({why})" if why else ""
-    return (f"The conversation is longer than the {window}-token context window{because}: {dropped} left out of "
-            f"this answer (the system prompt is kept). Older turns go several at once, down to {share:.0%} of the "
-            "window, so the next answers continue from what the model has already read instead of reading the "
-            "whole history again.")
+    return (f"The conversation is longer than the {window}-token context window{because}: {dropped} left out "
+            f"{where}. Older turns go several at once, down to {share:.0%} of the window, so the next answers "
+            "continue from what the model has already read instead of reading the whole history again.")
 
 
 def to_messages(prompt: str | Sequence[Message], system: str | None = None) -> list[Message]:

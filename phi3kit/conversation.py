@@ -20,7 +20,8 @@ class Conversation:
     """A multi-turn chat with one session: `say()` adds your turn, the answer is added once consumed.
 
     The full history is kept (you can read it); each answer sees as much of it as fits the context
-    window, and its Response reports how many turns were left out (`trimmed_turns`). Once the window is
+    window, and its Response reports how many turns were left out (`trimmed_turns`; `trimmed_now` of them by that
+    answer, which alone brings a `trim_notice`). Once the window is
     full, several oldest turns go at once, so the following answers start the same way and the backend's
     KV cache serves them: each answer then reads only the newest turn.
     """

@@ -78,6 +78,7 @@ class Response:
         self._done = False
         self.error: BaseException | None = None  # what ended the answer when finish_reason is "error"
         self.trimmed_turns = 0  # set by Session.chat: oldest turns left out to fit the context window
+        self.trimmed_now = 0  # of those, the ones this answer left out (an earlier answer's trim left out the rest)
         self.window = session.context_length  # the window this answer was fitted to
         self.window_why = ""  # what set that window, for the trim notice
 
@@ -142,8 +143,11 @@ class Response:
 
     @property
     def trim_notice(self) -> str:
-        """What to tell the user when older turns were left out of this answer ('' when none were)."""
-        return _trim_notice(self.trimmed_turns, self.window, self.window_why) if self.trimmed_turns else ""
+        """What to tell the user when this answer left more older turns out ('' when it left none out: the answers
+        after a trim start where it did, and saying it again at every answer would read as a new loss)."""
+        if not self.trimmed_now:
+            return ""
+        return _trim_notice(self.trimmed_now, self.window, self.window_why, out=self.trimmed_turns)
 
     def consume(self) -> Response:
         for _ in self:
@@ -275,6 +279,7 @@ class Session:
         self.check_fits(len(fitted.prompt_ids), gen.max_new_tokens)
         response = Response(self, fitted.prompt_ids, gen, reuse=self.reuse_cache)
         response.trimmed_turns, response.window, response.window_why = fitted.dropped_turns, window, why
+        response.trimmed_now = fitted.trimmed_now
         return response
 
     def close(self) -> None:

@@ -360,3 +360,45 @@ def test_compare_notebook_parameters_are_typed_and_documented() -> None:
     assert params["model"]["default"].strip("\"'") == RECOMMENDED_MODEL
     assert len(bench.parse_routes(params["routes"]["default"].strip("\"'"))) == 4
     assert bench.parse_lengths(params["prompt_lengths"]["default"].strip("\"'")) == [128, 512]
+
+
+def _chat_rows(out: str) -> dict[str, list[dict[str, float]]]:
+    """Per route, the chat table's rows: turn, prompt and prefilled tokens, TTFT in ms, reuse off and on."""
+    rows: dict[str, list[dict[str, float]]] = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[1].isdigit():
+            route, turn, prompts, off, on, t_off, t_on = cells
+            p_off, p_on = prompts.split(" / ")
+            rows.setdefault(route, []).append({"turn": int(turn), "prompt_off": int(p_off), "prompt_on": int(p_on),
+                                               "off": int(off), "on": int(on), "ttft_off": float(t_off),
+                                               "ttft_on": float(t_on)})
+    return rows
+
+
+@pytest.mark.slow
+def test_bench_chat_prints_ttft_and_prefilled_tokens_per_turn_reuse_off_and_on(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`phi3kit bench --chat 3` on the pocket model: per route and turn, the TTFT and the prompt tokens read with
+    reuse off and on. From turn 2 a chat with reuse reads fewer tokens than one without (only the new turn); turn 1
+    reads its whole prompt either way. Catches --chat not reaching the package's chat benchmark, an "off" side that
+    keeps the cache (same counts), an "on" side that never reuses, and a table missing a route's turns. Timings are
+    printed, not asserted."""
+    routes = "transformers:fp32,openvino/optimum:fp32"
+    assert main(["bench", "--chat", "3", "--model", "pocket", "--routes", routes, "--turn-tokens", "40",
+                 "--max-new-tokens", "16"]) == 0
+    rows = _chat_rows(capsys.readouterr().out)
+    assert sorted(rows) == ["openvino/optimum:fp32", "transformers/pytorch:fp32"], rows
+    for route, turns in rows.items():
+        assert [t["turn"] for t in turns] == [1, 2, 3], route
+        assert all(t["off"] == t["prompt_off"] for t in turns), (route, turns)  # off: the whole history each turn
+        assert turns[0]["on"] == turns[0]["prompt_on"] > 40, route  # turn 1: nothing cached yet
+        assert all(t["on"] < t["off"] and t["on"] < t["prompt_on"] for t in turns[1:]), (route, turns)
+        assert all(t["ttft_off"] >= 0 and t["ttft_on"] >= 0 for t in turns), route
+
+
+def test_bench_chat_refuses_a_chat_of_one_turn(capsys: pytest.CaptureFixture[str]) -> None:
+    """Catches --chat 1 (the summary compares the last turn with turn 2) failing after the loads, or with an
+    IndexError rather than the fix."""
+    assert main(["bench", "--chat", "1", "--model", "pocket", "--routes", "transformers:fp32"]) == 2
+    assert "2 turns or more" in capsys.readouterr().err

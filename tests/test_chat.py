@@ -146,6 +146,7 @@ def test_conversation_trims_to_a_small_window_and_refuses_what_never_fits() -> N
         r = conv.say(q)
         assert r.text == QA[q]  # only the question fits: the pocket model answers as trained
     assert r.trimmed_turns == 2 and len(conv.history) == 6  # the full history is kept, trimmed per answer
+    assert r.trimmed_now == 1 and "the next oldest turn was left out of this answer (2 turns in all" in r.trim_notice
     assert "the 2 oldest turns were left out" in trim_notice(r.trimmed_turns, conv.window)
     with pytest.raises(kit.ContextWindowError, match="context window of 100"):
         conv.say("word " * 200)
@@ -154,6 +155,26 @@ def test_conversation_trims_to_a_small_window_and_refuses_what_never_fits() -> N
         Conversation(pocket_session(), context_length=64, max_new_tokens=64)
     with pytest.raises(kit.Phi3kitError, match="non-empty string"):
         conv.say("   ")
+
+
+def test_trim_notice_comes_with_each_new_trim_only() -> None:
+    """After a trim, the next answers start where it did and leave nothing new out: no notice for them (it read as
+    a new loss at every answer); the next trim says how many more turns went and how many are out in all. Catches
+    a notice keyed to the turns out in all (trimmed_turns) rather than to this answer's trim, and a later trim's
+    notice that forgets the turns left out before it."""
+    conv = Conversation(pocket_session(), context_length=200, max_new_tokens=48)
+    got = []
+    for q in list(QA)[:12]:
+        r = conv.say(q).consume()
+        got.append((r.trimmed_now, r.trimmed_turns, r.trim_notice))
+    assert all(bool(notice) == (now > 0) for now, _, notice in got)
+    trims = [i for i, (now, _, _) in enumerate(got) if now]
+    assert len(trims) >= 2 and trims[0] + 1 not in trims  # a trim, quiet answers after it, then a new trim
+    assert got[trims[0] + 1][1] == got[trims[0]][1] > 0  # the quiet answer still leaves those turns out
+    first, second = got[trims[0]], got[trims[1]]
+    assert f"the {first[0]} oldest turns were left out of this answer (the system prompt" in first[2]
+    assert f"the next {second[0]} oldest turns were left out of this answer ({second[1]} turns in all" in second[2]
+    assert second[1] == first[1] + second[0]
 
 
 def test_stopped_answer_keeps_its_text(random_phi3: Callable[[str], Path]) -> None:
@@ -186,12 +207,21 @@ def test_panel_streams_an_answer_and_reports_metrics() -> None:
 
 
 def test_panel_says_when_it_trims() -> None:
+    """The notice shows on the answer that trims and goes on the next, which leaves nothing new out."""
     panel = kit.chat(pocket_session(), context_length=130, max_new_tokens=64, interactive=False)
     for q in (Q1, Q2):
         panel.send(q)
         panel.wait(HANG_GUARD_S)
     assert "the oldest turn was left out" in panel.notice.value and "130-token" in panel.notice.value
     assert f">{html.escape(QA[Q2])}<" in panel.answer.value
+    panel = kit.chat(pocket_session(), context_length=200, max_new_tokens=48, interactive=False)
+    notices = []
+    for q in list(QA)[:6]:
+        panel.send(q)
+        panel.wait(HANG_GUARD_S)
+        notices.append((panel.response.trimmed_now, panel.notice.value))
+    assert [bool(n) for _, n in notices] == [now > 0 for now, _ in notices] and any(n for _, n in notices)
+    assert notices[-1] == (0, "") and panel.response.trimmed_turns > 0  # after the trim: turns still out, no notice
     panel.send("word " * 300)
     assert "context window" in panel.notice.value and not panel.busy  # shown in the panel, not raised
 
@@ -339,3 +369,15 @@ def test_cli_ctrl_c_stops_the_answer_not_the_chat(random_phi3: Callable[[str], P
         t.join(5)
     summary = next(line for line in got["err"].decode().splitlines() if "(cancelled)" in line)
     assert int(summary.split()[0]) < LONG
+
+
+def test_cli_chat_no_reuse_loads_without_the_kept_cache() -> None:
+    """`phi3kit chat --no-reuse` loads with reuse_cache=False (each answer reads the whole history), the default
+    keeps the cache. Catches the flag missing from chat or inverted (a switch sets the opposite of the default)."""
+    from phi3kit.cli import build_parser
+    from phi3kit.cli.common import load_config
+
+    parser = build_parser()
+    assert load_config(parser.parse_args(["chat", "--no-reuse"])).reuse_cache is False
+    assert load_config(parser.parse_args(["chat"])).reuse_cache is True
+    assert "--no-reuse" in parser._subparsers._group_actions[0].choices["chat"].format_help()  # noqa: SLF001

@@ -69,3 +69,50 @@ def test_openvino_chat_answers_as_pytorch_with_a_full_prefill(runtime: str) -> N
         assert all(t.cache_ok for t in got.turns)
     else:
         assert all(t.reused == 0 for t in got.turns)
+
+
+def test_openvino_genai_reuse_off_turns_its_prefix_cache_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LLMPipeline on CPU runs continuous batching with prefix caching on: reuse_cache=False must build it with
+    prefix caching off (else the chat benchmark's "off" column reads cached prefixes), keeping the latency-oriented
+    scheduler's uncapped steps (a plain SchedulerConfig() caps a step at 256 tokens and chunks every prefill,
+    changing what a single prompt measures). The pipeline reports neither what it read nor its scheduler, so a spy
+    at its constructor reads what reached it; the ids of two identical-prefix prompts match those of the pipeline
+    with its prefix cache on. Catches reuse off that never reaches the pipeline, or reaches it with chunked steps."""
+    import openvino_genai
+
+    from phi3kit.backends.openvino.runtime import UNLIMITED
+
+    built: list[dict] = []
+    real = openvino_genai.LLMPipeline
+
+    def spy(*args, **kwargs):  # the real pipeline, its properties recorded
+        built.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(openvino_genai, "LLMPipeline", spy)
+    off = kit.load("pocket", "openvino", "fp32", runtime="genai", reuse_cache=False, log=lambda m: None)
+    try:
+        scheduler = built[-1]["scheduler_config"]
+        assert scheduler.enable_prefix_caching is False and scheduler.max_num_batched_tokens == UNLIMITED
+        on = pocket("openvino", "genai")
+        first = "Tell me about the moon and the tides, the sea and the wind, and what the sailors said."
+        for prompt in (first, first + " And the stars?"):
+            assert off.generate(prompt, max_new_tokens=12).consume().token_ids == \
+                on.generate(prompt, max_new_tokens=12).consume().token_ids
+    finally:
+        off.close()
+
+
+def test_openvino_genai_reuse_on_and_chosen_backends_keep_the_pipeline_default() -> None:
+    """Reuse on keeps LLMPipeline's own default (prefix caching on); a caller's own ATTENTION_BACKEND or scheduler,
+    and the NPU (a stateful pipeline, no scheduler), are left alone. Catches reuse off forced on a caller's choice
+    (an explicit scheduler forces paged attention and fails where the pipeline would fall back)."""
+    from phi3kit.backends.openvino.runtime import genai_properties
+
+    props = {"INFERENCE_PRECISION_HINT": "f32"}
+    assert genai_properties(props, "CPU", True) == props
+    assert genai_properties(props, "NPU", False) == props
+    sdpa = {**props, "ATTENTION_BACKEND": "SDPA"}
+    assert genai_properties(sdpa, "CPU", False) == sdpa
+    off = genai_properties(props, "GPU.1", False)
+    assert off["INFERENCE_PRECISION_HINT"] == "f32" and off["scheduler_config"].enable_prefix_caching is False

@@ -642,7 +642,7 @@ def test_load_options_are_written_once_for_the_cli_and_bench_routes() -> None:
     samples = {"runtime": ("optimum", "optimum"), "cache_dir": ("some-cache", "some-cache"),
                "group_size": ("64", 64), "ratio": ("0.5", 0.5), "prefer": ("export", "export"),
                "trust_remote_code": ("true", True), "tuned": ("false", False), "accuracy_level": ("1", 1),
-               "build_target": ("cpu", "cpu")}
+               "build_target": ("cpu", "cpu"), "reuse_cache": ("false", False)}
     assert set(LOAD_OPTIONS) == set(samples) and set(LOAD_OPTIONS) <= {f.name for f in fields(LoadConfig)}
     argv = ["export"]
     for name, option in LOAD_OPTIONS.items():

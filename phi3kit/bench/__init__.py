@@ -14,7 +14,7 @@ The rules that keep the numbers honest:
 
 One module per job: `routes` (what runs), `prompts` (what it reads), `measure` (timing, process
 isolation), `machine` (CPU, libraries, bandwidth), `quality` (perplexity, agreement), `report`
-(tables, CSV, JSON, plots).
+(tables, CSV, JSON, plots), `chat` (`--chat N`: a scripted chat per route, the KV cache kept and not).
 """
 
 from __future__ import annotations

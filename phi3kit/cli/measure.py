@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from .. import bench
+from ..bench.chat import CHAT_ROUTES, chat_table, run_chat
 from ..config import BENCH_NEW_TOKENS, DEFAULT_MODEL, MAX_NEW_TOKENS
 from .common import folder_arg, load_config, model_args
 
@@ -50,8 +51,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
             print(message, file=sys.stderr, flush=True)
 
     folder_arg(a.cache_dir, "--cache-dir")
+    if a.chat is not None:
+        return bench_chat(a, log)
     folder_arg(a.output_dir, "-o/--output-dir")
-    report = bench.run(a.model, a.routes, a.prompt_lengths, a.max_new_tokens, a.runs, warmup=a.warmup,
+    report = bench.run(a.model, a.routes or bench.DEFAULT_ROUTES, a.prompt_lengths,
+                       a.max_new_tokens, a.runs, warmup=a.warmup,
                        quality=not a.no_quality, reference=a.reference, quality_tokens=a.quality_tokens,
                        agreement_prompts=a.agreement_prompts, agreement_tokens=a.agreement_tokens,
                        isolate=not a.in_process, bandwidth=a.bandwidth, cache_dir=a.cache_dir, log=log)
@@ -61,15 +65,28 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 1 if any(r.status == "failed" for r in report.routes) else 0
 
 
+def bench_chat(a: argparse.Namespace, log: Any) -> int:
+    """`--chat N`: the scripted N-turn chat per route, reuse off and on (bench/chat.py); a table, no files."""
+    routes = CHAT_ROUTES if a.routes is None else a.routes
+    results = run_chat(a.model, routes, a.chat, a.turn_tokens, a.max_new_tokens, cache_dir=a.cache_dir, log=log)
+    print(chat_table(results))
+    return 0 if results else 1
+
+
 def add_bench(sub: Any) -> None:
     p = sub.add_parser("bench", help="benchmark routes side by side: TTFT, tokens/s, memory, size, quality")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"hub id, local folder, or 'pocket' (default: {DEFAULT_MODEL})")
-    p.add_argument("--routes", default=bench.DEFAULT_ROUTES,
-                   help="comma separated backend[/runtime]:precision[@device]")
+    p.add_argument("--routes", default=None,
+                   help=f"comma separated backend[/runtime]:precision[@device] (default: {bench.DEFAULT_ROUTES}; "
+                        f"with --chat: {CHAT_ROUTES})")
     p.add_argument("--prompt-lengths", default="128", help="prompt sizes in tokens, comma separated (default 128)")
     p.add_argument("--max-new-tokens", type=int, default=BENCH_NEW_TOKENS,
-                   help="tokens per timed run, always all of them")
+                   help="tokens per timed run, always all of them (with --chat: the longest answer of a turn)")
+    p.add_argument("--chat", type=int, default=None, metavar="N",
+                   help="play a scripted N-turn chat per route instead, reuse off then on (--no-reuse's two "
+                        "sides): TTFT and prompt tokens read per turn")
+    p.add_argument("--turn-tokens", type=int, default=150, help="with --chat: tokens of each fresh question")
     p.add_argument("--runs", type=int, default=3, help="timed runs per prompt length (medians are reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--no-quality", action="store_true", help="skip perplexity and greedy agreement")

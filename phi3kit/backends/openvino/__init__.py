@@ -240,7 +240,7 @@ class OpenVINOBackend(Backend):
         self.longrope = longrope_window(json.loads(config.read_text(encoding="utf-8"))) if config.is_file() else None
         if self.runtime == "genai":
             try:
-                self.pipeline = genai_pipeline(model_dir, cfg.device, props, tokenizer_dir)
+                self.pipeline = genai_pipeline(model_dir, cfg.device, props, tokenizer_dir, cfg.reuse_cache)
             except RuntimeError as exc:
                 if not self.npu:
                     raise
@@ -296,8 +296,8 @@ class OpenVINOBackend(Backend):
         if self.runtime == "optimum":  # the stateful model goes on from its state where the prompt extends it
             return hf_stream(self.model, "cpu", prompt_ids, gen, stop_ids,
                              self.cached if self.reuses_cache else None, reuse)
-        # LLMPipeline reuses cached prefixes by itself (its prefix cache); it does not say how much, so the kit
-        # reports none (benchmarks/chat.py measures it).
+        # LLMPipeline reuses cached prefixes by itself (its prefix cache, off when loaded with reuse_cache=False);
+        # it does not say how much, so the kit reports none (benchmarks/chat.py measures it).
         return genai_stream(self.pipeline, prompt_ids, gen, stop_ids)
 
     def free_for_logits(self) -> None:

@@ -8,14 +8,37 @@ from pathlib import Path
 from typing import Any
 
 from ...config import GenerationConfig
+from ...devices import device_family
 from ..base import Token, threaded_stream
 from ..longrope import patch_optimum_cache_position
 
+UNLIMITED = 2**64 - 1  # SIZE_MAX: LLMPipeline's own scheduler does not cap the tokens of one step
 
-def genai_pipeline(model_dir: Path, device: str, props: dict[str, Any], tokenizer_dir: Path | None = None) -> Any:
+
+def genai_properties(props: dict[str, Any], device: str, reuse_cache: bool) -> dict[str, Any]:
+    """LLMPipeline's properties. On CPU and GPU it runs continuous batching (paged attention) with the latency-
+    oriented scheduler: prefix caching on, steps uncapped. Reuse off (`reuse_cache=False`) passes that scheduler
+    with prefix caching off, so every prompt is prefilled in full; a plain SchedulerConfig() would also cap a
+    step at 256 tokens and chunk the prefill, changing what a single prompt measures. Left alone where the
+    caller chose the attention backend or scheduler, and on other devices (the NPU's pipeline is stateful)."""
+    if reuse_cache or "scheduler_config" in props or "ATTENTION_BACKEND" in props:
+        return props
+    if device_family(device) not in ("CPU", "GPU"):
+        return props
+    import openvino_genai
+
+    scheduler = openvino_genai.SchedulerConfig()
+    scheduler.max_num_batched_tokens = UNLIMITED
+    scheduler.enable_prefix_caching = False
+    return {**props, "scheduler_config": scheduler}
+
+
+def genai_pipeline(model_dir: Path, device: str, props: dict[str, Any], tokenizer_dir: Path | None = None,
+                   reuse_cache: bool = True) -> Any:
     """An LLMPipeline for the export (with tokenizer models from `tokenizer_dir` when the IR lacks them)."""
     import openvino_genai
 
+    props = genai_properties(props, device, reuse_cache)
     if tokenizer_dir is not None:
         tokenizer = openvino_genai.Tokenizer(str(tokenizer_dir))
         return openvino_genai.LLMPipeline(str(model_dir), tokenizer, device, **props)
