@@ -96,10 +96,18 @@ def prompt_ids(n: int, vocab: int = 900) -> list[int]:
     return [10 + (i * 7) % vocab for i in range(n)]
 
 
+_references: dict[tuple[str, tuple[int, ...], int], list[int]] = {}
+
+
 def reference(model: Path, ids: list[int], n: int) -> list[int]:
-    out = greedy(session(model, "transformers"), ids, n)
-    assert len(out) == n  # the stop tokens cannot win: the whole answer, every crossing reached
-    return out
+    """PyTorch's greedy answer through the kit's transformers route, computed once per (model, prompt, length):
+    every route of a parametrized test compares with the same answer (greedy fp32 on the CPU: the same ids)."""
+    key = (str(model), tuple(ids), n)
+    if key not in _references:
+        out = greedy(session(model, "transformers"), ids, n)
+        assert len(out) == n  # the stop tokens cannot win: the whole answer, every crossing reached
+        _references[key] = out
+    return list(_references[key])
 
 
 # --- past the sliding window --------------------------------------------------------------------------
