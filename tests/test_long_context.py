@@ -96,10 +96,18 @@ def prompt_ids(n: int, vocab: int = 900) -> list[int]:
     return [10 + (i * 7) % vocab for i in range(n)]
 
 
+_references: dict[tuple[str, tuple[int, ...], int], list[int]] = {}
+
+
 def reference(model: Path, ids: list[int], n: int) -> list[int]:
-    out = greedy(session(model, "transformers"), ids, n)
-    assert len(out) == n  # the stop tokens cannot win: the whole answer, every crossing reached
-    return out
+    """PyTorch's greedy answer through the kit's transformers route, computed once per (model, prompt, length):
+    every route of a parametrized test compares with the same answer (greedy fp32 on the CPU: the same ids)."""
+    key = (str(model), tuple(ids), n)
+    if key not in _references:
+        out = greedy(session(model, "transformers"), ids, n)
+        assert len(out) == n  # the stop tokens cannot win: the whole answer, every crossing reached
+        _references[key] = out
+    return list(_references[key])
 
 
 # --- past the sliding window --------------------------------------------------------------------------
@@ -128,22 +136,39 @@ def test_the_onnx_build_has_the_window_built_in(models: Callable[[str], Path]) -
     assert s.limits.window == CONTEXT  # the whole context, not the window
 
 
+@pytest.fixture(scope="module")
+def builder_as_is(models: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Path]:
+    """The window model as ORT GenAI's builder makes it when run by hand (fp32, CPU), built once for the module:
+    the two tests below each copy it and load (or first edit) their copy. Built on first use, so a run where both
+    tests are skipped (0.13.1's builder) or deselected builds nothing."""
+    import subprocess
+    import sys
+
+    built: list[Path] = []
+
+    def get() -> Path:
+        if not built:
+            out = tmp_path_factory.mktemp("builder-as-is")
+            cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(models("window")), "-o",
+                   str(out / "model"), "-p", "fp32", "-e", "cpu", "-c", str(out / "c")]
+            subprocess.run(cmd, check=True, capture_output=True)
+            built.append(out / "model")
+        return built[0]
+
+    return get
+
+
 @pytest.mark.slow
 @needs_a_builder_that_drops_the_window
-def test_a_2024_build_without_the_window_says_its_answers_differ_past_it(models: Callable[[str], Path],
-                                                                        tmp_path: Path) -> None:
+def test_a_2024_build_without_the_window_says_its_answers_differ_past_it(
+        models: Callable[[str], Path], builder_as_is: Callable[[], Path], tmp_path: Path) -> None:
     """Microsoft's 2024 Phi-3 ONNX folders: no sliding_window in genai_config.json, none in the graph, a config.json
     that declares it. Such a build attends to the whole context: the model's answers up to the window, others past
     it, and no failure. The kit's limits keep the whole context and say so in their note (before: nothing said)."""
     import shutil
-    import subprocess
-    import sys
 
     model = models("window")
-    out = tmp_path / "as-in-2024"
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model), "-o", str(out), "-p", "fp32",
-           "-e", "cpu", "-c", str(tmp_path / "c")]
-    subprocess.run(cmd, check=True, capture_output=True)
+    out = shutil.copytree(builder_as_is(), tmp_path / "as-in-2024")
     genai = json.loads((out / "genai_config.json").read_text(encoding="utf-8"))
     del genai["model"]["decoder"]["sliding_window"]  # the 2024 builders wrote none
     (out / "genai_config.json").write_text(json.dumps(genai, indent=2), encoding="utf-8")
@@ -159,19 +184,15 @@ def test_a_2024_build_without_the_window_says_its_answers_differ_past_it(models:
 
 @pytest.mark.slow
 @needs_a_builder_that_drops_the_window
-def test_a_build_that_ignores_the_window_is_capped_before_it_fails(models: Callable[[str], Path],
-                                                                   tmp_path: Path) -> None:
+def test_a_build_that_ignores_the_window_is_capped_before_it_fails(
+        models: Callable[[str], Path], builder_as_is: Callable[[], Path], tmp_path: Path) -> None:
     """A folder built by the builder as it is (a ready-made folder from elsewhere): the kit serves what it answers
     correctly (prompt + answer <= window + 1) and refuses the rest before generating; past window + 17 the runtime
     itself fails mid-stream, and that answer ends as an error."""
-    import subprocess
-    import sys
+    import shutil
 
     model = models("window")
-    out = tmp_path / "as-built"
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model), "-o", str(out), "-p", "fp32",
-           "-e", "cpu", "-c", str(tmp_path / "c")]
-    subprocess.run(cmd, check=True, capture_output=True)
+    out = shutil.copytree(builder_as_is(), tmp_path / "as-built")
     s = kit.load(str(out), "ortgenai", log=quiet)
     assert s.limits.window == WINDOW + 1 and "ignores the model's sliding window" in s.limits.why
     ids = prompt_ids(40)
@@ -230,6 +251,9 @@ QUESTIONS = ["Tell me about NPUs and how they compare with GPUs for local infere
              "What is a sliding window?", "Why does it matter?", "Which route is fastest?", "Thank you."]
 
 
+_reference_chats: dict[str, list[tuple[int, int, list[int]]]] = {}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("backend", "runtime"), ROUTES)
 def test_a_multi_turn_chat_that_grows_past_the_window(models: Callable[[str], Path], backend: str,
@@ -255,7 +279,9 @@ def test_a_multi_turn_chat_that_grows_past_the_window(models: Callable[[str], Pa
             s.reuse_cache = True
         return out
 
-    want = turns(session(model, "transformers"), False)
+    if str(model) not in _reference_chats:  # PyTorch's chat once, for every route (greedy fp32: the same turns)
+        _reference_chats[str(model)] = turns(session(model, "transformers"), False)
+    want = _reference_chats[str(model)]
     assert want[2][0] > WINDOW  # past the sliding window from the third turn on...
     assert any(trimmed for _, trimmed, _ in want)  # ...and past the context: older turns left out
     reused.clear()
