@@ -292,7 +292,13 @@ def test_a_multi_turn_chat_that_grows_past_the_window(models: Callable[[str], Pa
     # model's answers re-tokenize otherwise, so its prompts never extend the state: it answers afresh, as asserted
     # above; its reuse is checked on the pocket model in test_chat_reuse_routes.py.)
     if backend == "ortgenai":
-        assert reused[2] > WINDOW and 0 in reused[3:], reused
+        assert reused[2] > WINDOW, reused
+        # 0.18's cache is the window (plus its slack) and evicts: a rewind to an evicted position starts afresh.
+        # 0.13.1's builder puts the window into the graph and keeps a full-length cache: every rewind is possible.
+        if BUILDER_KEEPS_WINDOW:
+            assert 0 not in reused[3:], reused
+        else:
+            assert 0 in reused[3:], reused
 
 
 # --- the NPU's two limits -------------------------------------------------------------------------------
