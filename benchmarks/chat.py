@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 from pathlib import Path
 
 from phi3kit.bench.chat import CHAT_ROUTES, chat_table, run_chat
@@ -39,4 +40,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from phi3kit.errors import Phi3kitError
+
+    try:
+        main()
+    except Phi3kitError as exc:  # one paragraph naming the problem and the fix, no traceback
+        sys.exit(f"benchmarks/chat.py: error: {exc}")

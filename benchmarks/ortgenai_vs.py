@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 from typing import Any
 
@@ -80,4 +81,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from phi3kit.errors import Phi3kitError
+
+    try:
+        main()
+    except Phi3kitError as exc:  # one paragraph naming the problem and the fix, no traceback
+        sys.exit(f"benchmarks/ortgenai_vs.py: error: {exc}")

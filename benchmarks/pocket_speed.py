@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 
 import phi3kit as kit
 from phi3kit import pocket
@@ -54,4 +55,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from phi3kit.errors import Phi3kitError
+
+    try:
+        main()
+    except Phi3kitError as exc:  # one paragraph naming the problem and the fix, no traceback
+        sys.exit(f"benchmarks/pocket_speed.py: error: {exc}")

@@ -104,4 +104,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from phi3kit.errors import Phi3kitError
+
+    try:
+        main()
+    except Phi3kitError as exc:  # one paragraph naming the problem and the fix, no traceback
+        sys.exit(f"benchmarks/ready_made.py: error: {exc}")

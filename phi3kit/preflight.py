@@ -89,6 +89,14 @@ def count_parameters(model_dir: Path) -> int:
     return total
 
 
+def _sizes(need: float, have: float) -> tuple[str, str]:
+    """Both sizes, with more digits where one decimal would print a need equal to what is free."""
+    a, b = _size(need), _size(have)
+    if a == b and need >= 1e8:
+        a, b = f"{need / 1e9:.3f} GB", f"{have / 1e9:.3f} GB"
+    return a, b
+
+
 def estimate(job: Job) -> Needs:
     per_param = job.ram_bytes_per_param or RAM_BYTES_PER_PARAM.get(job.precision, 5.0)
     disk = int(job.params * DISK_BYTES_PER_PARAM.get(job.precision, 4.05) * DISK_MARGIN) + job.download_bytes
@@ -104,13 +112,15 @@ def shortfalls(job: Job, cache_root: Path, free: FreeSpace | None = None) -> lis
     ready = f" Or skip the export: {job.alternative}." if job.alternative else ""
     problems = []
     if needs.disk_bytes > free.disk_bytes:
+        need, have = _sizes(needs.disk_bytes, free.disk_bytes)
         problems.append(
-            f"{what} needs about {_size(needs.disk_bytes)} of disk{download} at {cache_root}, and "
-            f"{_size(free.disk_bytes)} is free. Fix: free some space, point the cache at a bigger disk (cache_dir= "
+            f"{what} needs about {need} of disk{download} at {cache_root}, and "
+            f"{have} is free. Fix: free some space, point the cache at a bigger disk (cache_dir= "
             f"or PHI3KIT_CACHE), or choose a smaller precision (int4 is smallest).{ready}")
     if needs.ram_bytes > free.ram_bytes:
+        need, have = _sizes(needs.ram_bytes, free.ram_bytes)
         problems.append(
-            f"{what} needs about {_size(needs.ram_bytes)} of RAM while converting, and {_size(free.ram_bytes)} is "
+            f"{what} needs about {need} of RAM while converting, and {have} is "
             "available. Fix: close other programs, or export on a machine with more memory and copy the cache "
             f"folder over (exports are plain folders; `phi3kit pack` makes a workshop pack).{ready}")
     return problems

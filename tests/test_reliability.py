@@ -194,6 +194,10 @@ def test_preflight_refuses_before_starting(tmp_path: Path) -> None:
     assert "RAM" not in msg
     with pytest.raises(ResourceError, match=r"needs about 0\.5 GB of RAM while converting, and 0\.2 GB is avail"):
         prepare(cfg, logs.append, skip_preflight=False, free=FreeSpace(disk_bytes=GB, ram_bytes=200_000_000))
+    ram = estimate(Job("pocket", "openvino", "fp32", needs.params)).ram_bytes  # a shortfall one decimal hides
+    shown = rf"needs about {ram / 1e9:.3f} GB of RAM .+ and {(ram - 1e6) / 1e9:.3f} GB is available"
+    with pytest.raises(ResourceError, match=shown):
+        prepare(cfg, logs.append, skip_preflight=False, free=FreeSpace(disk_bytes=GB, ram_bytes=ram - 1_000_000))
     assert logs == []  # no export was started: nothing logged, nothing written (below)
     assert not list((tmp_path / "c").rglob("*.xml")) and not list((tmp_path / "c").rglob(".tmp-*"))
 
