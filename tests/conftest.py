@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -123,6 +125,81 @@ def pocket_exports() -> Callable[..., Path]:
         return Path(folder)
 
     return make
+
+
+# --- openvino.ipynb headless, run once for the tests that read it --------------------------------------------------
+@pytest.fixture(scope="session")
+def openvino_headless(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """openvino.ipynb run once headless through the CLI (`phi3kit run`, as a workshop script runs it), with a hub
+    token in its environment: test_notebooks checks what it wrote, test_security that the token is nowhere in it.
+    Read it, never write into `out` (copy it first)."""
+    import secrets
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    token = f"hf_test_secret_{secrets.token_hex(12)}"
+    env = {**os.environ, "HF_TOKEN": token, "HUGGING_FACE_HUB_TOKEN": token, "HF_HUB_OFFLINE": "1"}
+    out = tmp_path_factory.mktemp("headless") / "out"
+    question, max_new = "What is OpenVINO?", 96
+    run = subprocess.run([sys.executable, "-m", "phi3kit.cli", "run", str(root / "notebooks" / "openvino.ipynb"),
+                          "-p", "model", "pocket", "-p", "precision", "int8", "-p", "max_new_tokens", str(max_new),
+                          "-p", "prompt", question, "-o", str(out)],
+                         capture_output=True, text=True, encoding="utf-8", env=env, timeout=600, cwd=root)
+    return SimpleNamespace(token=token, question=question, max_new_tokens=max_new, out=out, run=run,
+                           notebook=out / "openvino.ipynb", html=out / "openvino.html")
+
+
+# --- exports: one preloaded Python forks for each (tests/export_zygote.py) -------------------------------------------
+EXPORTS = {"forked": 0, "fresh": 0}  # exporter runs in this process, reported at the end of the run
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if any(EXPORTS.values()):
+        terminalreporter.write_line(f"exporter runs in the test process: {EXPORTS['forked']} forked from the export "
+                                    f"zygote, {EXPORTS['fresh']} in a fresh interpreter")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def export_zygote() -> Iterator[None]:
+    """The kit's exporters (optimum-cli, the ORT GenAI model builder) run as forks of one process that imported them
+    once, instead of a fresh interpreter each: the same module, arguments, environment and working directory.
+    Linux only (macOS forks badly after such imports; Windows has no fork); off with PHI3KIT_TEST_NO_ZYGOTE=1. The
+    kit's own way of starting a child is tested for real elsewhere (see the module's docstring)."""
+    import sys
+
+    if not sys.platform.startswith("linux") or os.environ.get("PHI3KIT_TEST_NO_ZYGOTE") == "1":
+        yield
+        return
+    from export_zygote import Zygote
+
+    import phi3kit.backends.openvino as openvino
+    import phi3kit.backends.ortgenai.builder as builder
+    from phi3kit.procs import child_env, run_logged
+
+    zygote: Zygote | None = None
+    started_with = child_env()  # the run's environment, before any test changes it
+
+    def via_zygote(cmd: Sequence[str], log: Callable[[str], None], show: Callable[[str], bool] = bool):  # type: ignore[no-untyped-def]
+        nonlocal zygote
+        if zygote is None:
+            zygote = Zygote(started_with)
+        if not zygote.handles(list(cmd)):
+            EXPORTS["fresh"] += 1
+            return run_logged(cmd, log, show)
+        EXPORTS["forked"] += 1
+        rc, lines = zygote.run(list(cmd))
+        for line in lines:
+            if show(line):
+                log(line)
+        return rc, lines
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(openvino, "run_logged", via_zygote)
+        mp.setattr(builder, "run_logged", via_zygote)
+        yield
+    if zygote is not None:
+        zygote.close()
 
 
 # --- sessions a test file keeps for itself (a module-level `_sessions` dict), closed when the file is done -----------

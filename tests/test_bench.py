@@ -311,6 +311,8 @@ def test_report_saves_csv_and_json(pocket_report: bench.BenchReport, tmp_path: P
 def test_random_model_isolated_routes_and_ortgenai_logits(random_phi3: Callable[[str], Path]) -> None:
     """A tiny random model, each route in its own process: ORT GenAI fp32 logits give PyTorch's perplexity."""
     model = str(random_phi3("mini-4k"))
+    for precision in ("fp32", "int4"):  # built here (the run's cache, shared): the route processes only load them
+        kit.export(model, "ortgenai", precision, log=lambda m: None)
     report = bench.run(model, "ortgenai:fp32,ortgenai:int4", prompt_lengths=24, max_new_tokens=6, runs=1,
                        quality_tokens=256, agreement_prompts=2, agreement_tokens=8, log=lambda m: None)
     assert [r.route for r in report.routes] == ["ortgenai/genai:fp32", "ortgenai/genai:int4"]  # the reference

@@ -3,8 +3,10 @@ full prefill through a trim, a stop and a failure, and the trim that lets later 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from chat_script import MAX_NEW, QUESTIONS, Injected, assert_parity, cache_matches, play
@@ -12,8 +14,10 @@ from chat_script import MAX_NEW, QUESTIONS, Injected, assert_parity, cache_match
 import phi3kit as kit
 from phi3kit.backends.base import CachedIds
 from phi3kit.conversation import Conversation
+from phi3kit.testing import make_random_phi3
 
 _sessions: dict[str, kit.Session] = {}
+WINDOW = 96  # a sliding window a few turns of a tiny model's chat fill
 
 
 def pocket_torch() -> kit.Session:
@@ -125,6 +129,39 @@ def test_a_trimmed_chat_extends_the_cache_on_the_following_turns() -> None:
     assert nxt.prompt_ids[:len(rs[first].prompt_ids) - 1] == rs[first].prompt_ids[:-1]
     assert nxt.metrics.reused_tokens >= len(rs[first].prompt_ids) - 1  # ...so the cache serves it
     assert "down to 50% of the window" in rs[first].trim_notice
+
+
+def test_pytorch_cuts_a_sliding_window_cache_until_it_has_dropped_tokens(tmp_path: Path) -> None:
+    """Phi-3-mini-4k's layers all slide (2,047 tokens). transformers can crop such a cache until a layer has seen a
+    window's worth of tokens: until then a chat rewinds it where a prompt diverges (a random model's answer never
+    re-tokenizes to its own ids), after that it starts afresh; the answers equal a full prefill's throughout.
+    Catches a sliding cache never cut (every turn read in full) and one cut after it dropped tokens."""
+    folder = make_random_phi3("mini-4k", tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    context = 4 * WINDOW
+    config.update(sliding_window=WINDOW, max_position_embeddings=context, original_max_position_embeddings=context)
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    s = kit.load(str(folder), "transformers", "fp32", log=lambda m: None)
+    chats: dict[bool, list[kit.Response]] = {}
+    held: list[int] = []  # what the cache had seen after each answer (reuse on)
+    try:
+        for reuse in (False, True):
+            s.reuse_cache = reuse
+            conv = Conversation(s, max_new_tokens=16)
+            chats[reuse] = []
+            for q in QUESTIONS[:6]:
+                chats[reuse].append(conv.say(q).consume())
+                held.append(len(s.backend.cached.ids))
+    finally:
+        s.close()
+    off, on = chats[False], chats[True]
+    assert [r.token_ids for r in on] == [r.token_ids for r in off]
+    held = held[len(off):]
+    fits = [i + 1 for i in range(len(on) - 1) if held[i] < WINDOW]
+    past = [i + 1 for i in range(len(on) - 1) if held[i] >= WINDOW]
+    assert fits and past, held  # the chat crossed the window
+    assert all(0 < on[i].metrics.reused_tokens for i in fits), [r.metrics.reused_tokens for r in on]
+    assert all(on[i].metrics.reused_tokens == 0 for i in past), [r.metrics.reused_tokens for r in on]
 
 
 @pytest.mark.parametrize("reuse", [True, False])

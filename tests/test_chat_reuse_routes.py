@@ -45,7 +45,7 @@ def test_ortgenai_chat_with_reuse_answers_as_a_full_prefill() -> None:
     assert all(t.cache_ok for t in on.turns), [(t.action, t.finish, t.cache_ok) for t in on.turns]
 
 
-# --- OpenVINO: LLMPipeline caches prefixes itself; optimum-intel's stateful model starts every answer afresh -------
+# --- OpenVINO: LLMPipeline caches prefixes itself; optimum-intel's stateful model's state is kept and cut -------------
 
 
 @pytest.mark.parametrize("runtime", ["genai", "optimum"])
@@ -53,9 +53,10 @@ def test_openvino_chat_answers_as_pytorch_with_a_full_prefill(runtime: str) -> N
     """The scripted chat (a trim, a stop, a failure) on OpenVINO at fp32 (f32 compute and KV cache) gives, turn by
     turn, PyTorch's ids with a full prefill per turn. LLMPipeline reuses cached prefixes by itself (its prefix
     cache, on by default: benchmarks/chat.py measures it); the kit reports no reuse for it, since the pipeline says
-    nothing of what it read. optimum-intel's stateful model goes on from its state where the prompt extends what it
-    holds (a state cannot be cut: it starts afresh otherwise). Catches a prefix cache that answers from a stale or
-    cut-off prefix after a stop, a failure or a trim, and a state reused for a prompt that does not extend it."""
+    nothing of what it read. optimum-intel's stateful model goes on from its state, cut to the common prefix where
+    the prompt diverges (after a stop: the stopped answer's ids the consumer never read are cut off). Catches a
+    prefix cache that answers from a stale or cut-off prefix after a stop, a failure or a trim, a state reused for a
+    prompt that does not extend it, a state cut at the wrong place, and a trim or a stop that throws it away."""
     ref = play(pocket("transformers"), False)
     s = pocket("openvino", runtime)
     got = play(s, True, check_cache=cache_matches if s.backend.reuses_cache else None)
@@ -64,9 +65,14 @@ def test_openvino_chat_answers_as_pytorch_with_a_full_prefill(runtime: str) -> N
     assert [t.token_ids for t in got.turns if t.finish != "error"] == [t.token_ids for t in ref.turns
                                                                         if t.finish != "error"]
     assert got.history == ref.history and any(t.trimmed for t in got.turns)
-    if runtime == "optimum":  # the stateful model went on from its state where a prompt extended it
+    if runtime == "optimum":  # the stateful model went on from its state, cut where a prompt diverged
         assert s.backend.reuses_cache and sum(t.reused > 0 for t in got.turns) >= 4, [t.reused for t in got.turns]
         assert all(t.cache_ok for t in got.turns)
+        # A trim changes the prompt right after the system prompt: the state is cut there, not thrown away.
+        trims = [b for a, b in zip(got.turns, got.turns[1:], strict=False) if b.trimmed != a.trimmed]
+        after_stop = [b for a, b in zip(got.turns, got.turns[1:], strict=False) if a.action == "stop"]
+        assert trims and all(0 < t.reused < len(t.prompt_ids) for t in trims + after_stop), \
+            [(t.action, t.trimmed, t.reused, len(t.prompt_ids)) for t in got.turns]
     else:
         assert all(t.reused == 0 for t in got.turns)
 

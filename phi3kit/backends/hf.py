@@ -1,7 +1,8 @@
 """Streaming from transformers' `generate()` (PyTorch, optimum-intel), and keeping its KV cache across a chat.
 
 Shared by the backends that run a model through transformers' generation loop: the PyTorch reference keeps the
-DynamicCache that generate() hands back; optimum-intel's stateful OpenVINO model keeps its own state.
+DynamicCache that generate() hands back; optimum-intel's stateful OpenVINO model keeps its own state (cut to the
+common prefix where a new prompt diverges).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from .base import CachedIds, Token, cancel_criterion, threaded_stream
 
 def hf_stream(
     model: Any, device: str, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int],
-    cached: CachedIds | None = None, reuse: bool = False,
+    cached: CachedIds | None = None, reuse: bool = False, cut_state: Any = None,
 ) -> Iterator[Token]:
     """Stream ids out of any `generate()` with transformers' interface (PyTorch, optimum-intel).
 
-    With `cached` (a PyTorch model), the DynamicCache that generate() hands back is kept in `cached.state` with
-    the ids it holds; `reuse=True` crops it to the prompt's common prefix and lets generate() prefill the rest.
+    With `cached`, the DynamicCache that generate() hands back (PyTorch), or a marker of the stateful model's state
+    (optimum-intel), is kept in `cached.state` with the ids it holds; `reuse=True` crops it to the prompt's common
+    prefix and lets generate() prefill the rest. `cut_state(model, keep)` cuts a stateful model's state (the
+    runtime's own code, from its backend package); without it a state that would need cutting starts afresh.
     """
     import torch
     from transformers import StoppingCriteriaList
@@ -65,7 +68,7 @@ def hf_stream(
         if cached is not None:  # the cache generate() ends with (a LongRoPE model may have replaced ours)
             past = out.past_key_values
             held = model._past_length if _stateful(model) else past.get_seq_length()
-            kept = _KeptState(model) if _stateful(model) else past
+            kept = _KeptState(model, cut_state) if _stateful(model) else past
             cached.ids, cached.state = out.sequences[0].tolist()[:held], kept
 
     return threaded_stream(run)
@@ -82,29 +85,38 @@ class _KeptState(tuple):  # type: ignore[type-arg]
 
     is_compileable = False
 
-    def __new__(cls, model: Any) -> _KeptState:
+    def __new__(cls, model: Any, cut: Any = None) -> _KeptState:
         kept = super().__new__(cls, ((),))
-        kept.model = model
+        kept.model, kept.cut = model, cut
         return kept
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return int(self.model._past_length)
 
+    def trim(self, keep: int) -> bool:
+        """Cut the model's state to its first `keep` positions, with the runtime's own cutter (False: it cannot)."""
+        if self.cut is None or not self.cut(self.model, keep):
+            return False
+        self.model._past_length = keep
+        return True
+
 
 def _hf_past(cached: CachedIds, prompt_ids: list[int], reuse: bool) -> Any:
     """The cache to hand generate(): the kept DynamicCache cropped to the common prefix, a stateful model's own
-    state where the prompt extends it (a state cannot be cut), or None (a fresh one).
+    state cut to it, or None (a fresh one).
 
     Until generate() returns, `cached` says the cache holds nothing: a failed or interrupted answer leaves no
     claim about a cache that generate() may have half-filled.
     """
     past = cached.state
     if isinstance(past, _KeptState):
-        extends = reuse and past.get_seq_length() == len(cached.ids)
-        keep = cached.keep(prompt_ids, can_rewind=False) if extends else 0
+        known = reuse and past.get_seq_length() == len(cached.ids)
+        keep = cached.keep(prompt_ids) if known else 0
+        if 0 < keep < len(cached.ids) and not past.trim(keep):
+            keep = 0
         cached.ids, cached.state, cached.reused = [], None, keep
         return past if keep else None
-    rewind = past is not None and not any(getattr(past, "is_sliding", [])) and hasattr(past, "crop")
+    rewind = past is not None and hasattr(past, "crop") and _croppable(past)
     keep = cached.keep(prompt_ids, can_rewind=rewind) if reuse and past is not None else 0
     cached.ids, cached.state, cached.reused = [], None, keep
     if not keep:
@@ -112,3 +124,13 @@ def _hf_past(cached: CachedIds, prompt_ids: list[int], reuse: bool) -> Any:
     if keep < past.get_seq_length():
         past.crop(keep)
     return past
+
+
+def _croppable(past: Any) -> bool:
+    """Whether a DynamicCache can be cut back: a sliding-window layer can until it has seen a window's worth of
+    tokens (then it has dropped the oldest, and transformers refuses the crop: the chat starts afresh)."""
+    layers = getattr(past, "layers", None)
+    if layers is None:
+        return not any(getattr(past, "is_sliding", []))
+    return all(not getattr(layer, "is_sliding", False) or layer.get_seq_length() < getattr(layer, "sliding_window", 0)
+               for layer in layers)

@@ -45,7 +45,7 @@ from .npu import (
     npu_limits,
     npu_preset,
 )
-from .runtime import genai_pipeline, genai_stream, optimum_logits, optimum_model
+from .runtime import cut_state, genai_pipeline, genai_stream, optimum_logits, optimum_model
 
 
 def _importable(module: str) -> bool:
@@ -293,9 +293,9 @@ class OpenVINOBackend(Backend):
 
     def stream(self, prompt_ids: list[int], gen: GenerationConfig, stop_ids: list[int], *,
                reuse: bool = False) -> Iterator[Token]:
-        if self.runtime == "optimum":  # the stateful model goes on from its state where the prompt extends it
+        if self.runtime == "optimum":  # the stateful model goes on from its state, cut where the prompt diverges
             return hf_stream(self.model, "cpu", prompt_ids, gen, stop_ids,
-                             self.cached if self.reuses_cache else None, reuse)
+                             self.cached if self.reuses_cache else None, reuse, cut_state)
         # LLMPipeline reuses cached prefixes by itself (its prefix cache, off when loaded with reuse_cache=False);
         # it does not say how much, so the kit reports none (benchmarks/chat.py measures it).
         return genai_stream(self.pipeline, prompt_ids, gen, stop_ids)

@@ -92,3 +92,23 @@ def genai_stream(pipeline: Any, prompt_ids: list[int], gen: GenerationConfig, st
             pass
 
     return threaded_stream(lambda emit: pipeline.generate(ids, config, Emit(emit)))
+
+
+def cut_state(model: Any, keep: int) -> bool:
+    """Cut optimum-intel's stateful model's KV cache to its first `keep` positions, as OpenVINO GenAI trims its own
+    stateful models: each state is a [batch, heads, sequence, head] tensor; a region of it is copied into a new
+    tensor that replaces it. False, with nothing changed, for a state of another layout (the chat starts afresh)."""
+    import openvino as ov
+
+    held = int(model._past_length)
+    states = list(model.request.query_state())
+    tensors = [state.state for state in states]
+    if not states or any(len(t.shape) != 4 or t.shape[2] != held for t in tensors):
+        return False
+    for state, old in zip(states, tensors, strict=True):
+        end = list(old.shape)
+        end[2] = keep
+        new = ov.Tensor(old.element_type, end)
+        ov.Tensor(old, [0, 0, 0, 0], end).copy_to(new)
+        state.state = new
+    return True

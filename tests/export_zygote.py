@@ -1,0 +1,162 @@
+"""The suite's exporters, started once: a Python that has imported them forks for each export (test-only, POSIX).
+
+Each export the kit runs is a fresh `python -m optimum.commands.optimum_cli ...` or `python -m
+onnxruntime_genai.models.builder ...` (procs.run_logged). Importing torch, transformers, optimum-intel, NNCF and
+the model builder costs about 8 CPU-seconds per child on a 2-core machine, far more than exporting the pocket
+model itself, and the suite exports dozens of times. Here those modules are imported once; every export is a fork
+of that process running the same module as `__main__` with the same arguments, environment and working directory,
+its output written to a file the caller reads back as lines. Same code, same arguments, a child process per export
+(nothing it sets leaks into the next one), minus the imports.
+
+What the fork changes is only where the child starts from: the kit's own way of starting an exporter (procs.popen:
+the supervisor, UTF-8 pipes, the Windows job object) is still run by every export in a kernel, the CLI or a bench
+worker, and by tests/test_procs.py, test_reliability.py and test_house.py (killed and concurrent exports).
+
+Protocol (one JSON line each way): request {"module", "args", "env", "cwd", "out"}; replies {"pid"}, then {"rc"}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import sys
+import traceback
+
+# What a fork starts with already imported (absent ones are skipped: the lean environment has none of them).
+PRELOAD = ("torch", "transformers", "onnx", "optimum.exporters.openvino", "optimum.commands.optimum_cli", "nncf",
+           "onnxruntime_genai.models.builder")
+MODULES = ("optimum.commands.optimum_cli", "onnxruntime_genai.models.builder")
+
+
+def _child(req: dict) -> None:
+    """In the fork: become `python -m MODULE ARGS...` run in `cwd` with `env`, writing to `out`; never return."""
+    code = 1
+    try:
+        fd = os.open(req["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.environ.clear()
+        os.environ.update(req["env"])
+        os.chdir(req["cwd"])
+        sys.path[0] = req["cwd"]  # as `python -m` puts the working directory first
+        sys.argv = [req["module"], *req["args"]]
+        try:
+            runpy.run_module(req["module"], run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as exc:
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:
+                print(exc.code, file=sys.stderr)
+                code = 1
+        except BaseException:  # noqa: BLE001 - reported as a real interpreter would, with its exit code
+            traceback.print_exc()
+            code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def serve() -> None:
+    for name in PRELOAD:
+        try:
+            __import__(name)
+        except Exception:  # noqa: BLE001, S110 - not installed here: its exports run as they would without the zygote
+            pass
+    print(json.dumps({"ready": True, "threads": len(os.listdir("/proc/self/task"))
+                      if os.path.isdir("/proc/self/task") else None}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _child(req)
+        print(json.dumps({"pid": pid}), flush=True)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)
+
+
+# --- the suite's side --------------------------------------------------------------------------------------------
+# Variables a preloaded library reads when it is imported: a request whose values differ from the zygote's runs as a
+# fresh process instead (what the fork inherited would not be what a fresh interpreter reads).
+READ_AT_IMPORT = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_", "TORCH", "PYTORCH_", "OMP_", "MKL_", "KMP_",
+                  "ONNX", "ORT_", "OV_", "OPENVINO", "NNCF", "PYTHON", "CUDA", "LD_", "XDG_", "HOME")
+
+
+def _import_time_env(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith(READ_AT_IMPORT)}
+
+
+class Zygote:
+    """The suite's handle on the zygote: `run_logged(cmd, log, show)` with procs.run_logged's contract."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        """`env`: what the zygote imports its modules under (the run's environment when it started)."""
+        import subprocess
+
+        from phi3kit.procs import popen
+
+        self.env = dict(env)
+        self.proc = popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                          env=self.env)
+        self.ready = False
+        self.broken = False
+
+    def handles(self, cmd: list[str]) -> bool:
+        from phi3kit.procs import child_env
+
+        return (not self.broken and len(cmd) > 2 and cmd[0] == sys.executable and cmd[1] == "-m"
+                and cmd[2] in MODULES and _import_time_env(child_env()) == _import_time_env(self.env))
+
+    def _reply(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.broken = True
+            raise RuntimeError(f"the export zygote ended (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def run(self, cmd: list[str]) -> tuple[int, list[str]]:
+        import signal
+        import tempfile
+
+        from phi3kit.procs import child_env
+
+        if not self.ready:
+            self.ready = bool(self._reply()["ready"])
+        with tempfile.TemporaryDirectory(prefix="phi3kit-zygote-") as tmp:
+            out = os.path.join(tmp, "output.txt")
+            req = {"module": cmd[2], "args": list(cmd[3:]), "env": child_env(), "cwd": os.getcwd(), "out": out}
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+            pid = self._reply()["pid"]
+            try:
+                rc = self._reply()["rc"]
+            except BaseException:
+                os.kill(pid, signal.SIGKILL)
+                raise
+            with open(out, encoding="utf-8", errors="replace") as f:  # as procs.popen's text pipes read it
+                lines = [line.rstrip() for line in f.read().splitlines()]
+        return rc, lines
+
+    def close(self) -> None:
+        """End of input: the zygote returns and is reaped (its CPU time counts in the suite's, as a child's does)."""
+        import subprocess
+
+        from phi3kit.procs import stop
+
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            stop(self.proc)
+
+
+if __name__ == "__main__":
+    serve()
