@@ -69,8 +69,9 @@ def serve() -> None:
             __import__(name)
         except Exception:  # noqa: BLE001, S110 - not installed here: its exports run as they would without the zygote
             pass
-    print(json.dumps({"ready": True, "threads": len(os.listdir("/proc/self/task"))
-                      if os.path.isdir("/proc/self/task") else None}), flush=True)
+    # What its imports set in its environment (KMP_*, TORCHINDUCTOR_CACHE_DIR, ORT_LIB_PATH...): a fresh child has
+    # the same, from importing the same modules or from a parent that did.
+    print(json.dumps({"ready": True, "env": _import_time_env(dict(os.environ))}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
         sys.stdout.flush()
@@ -106,14 +107,20 @@ class Zygote:
         self.env = dict(env)
         self.proc = popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                           env=self.env)
-        self.ready = False
+        self.imported: dict[str, str] | None = None  # its import-time variables once its imports are done
         self.broken = False
 
     def handles(self, cmd: list[str]) -> bool:
+        """A `python -m` run of an exporter, in an environment whose import-time variables are the zygote's: those
+        it started with, or the values its own imports set (the test process has made the same imports)."""
         from phi3kit.procs import child_env
 
-        return (not self.broken and len(cmd) > 2 and cmd[0] == sys.executable and cmd[1] == "-m"
-                and cmd[2] in MODULES and _import_time_env(child_env()) == _import_time_env(self.env))
+        if self.broken or len(cmd) < 3 or cmd[0] != sys.executable or cmd[1] != "-m" or cmd[2] not in MODULES:
+            return False
+        if self.imported is None:
+            self.imported = self._reply()["env"]
+        now, before = _import_time_env(child_env()), _import_time_env(self.env)
+        return all(now.get(k) == self.imported.get(k) for k in set(now) | set(before) if now.get(k) != before.get(k))
 
     def _reply(self) -> dict:
         line = self.proc.stdout.readline()
@@ -128,8 +135,6 @@ class Zygote:
 
         from phi3kit.procs import child_env
 
-        if not self.ready:
-            self.ready = bool(self._reply()["ready"])
         with tempfile.TemporaryDirectory(prefix="phi3kit-zygote-") as tmp:
             out = os.path.join(tmp, "output.txt")
             req = {"module": cmd[2], "args": list(cmd[3:]), "env": child_env(), "cwd": os.getcwd(), "out": out}
