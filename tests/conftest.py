@@ -151,13 +151,14 @@ def openvino_headless(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespa
 
 
 # --- exports: one preloaded Python forks for each (tests/export_zygote.py) -------------------------------------------
-EXPORTS = {"forked": 0, "fresh": 0}  # exporter runs in this process, reported at the end of the run
+EXPORTS = {"forked": 0, "fresh": 0, "restarts": 0}  # exporter runs in this process, reported at the end of the run
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if any(EXPORTS.values()):
         terminalreporter.write_line(f"exporter runs in the test process: {EXPORTS['forked']} forked from the export "
-                                    f"zygote, {EXPORTS['fresh']} in a fresh interpreter")
+                                    f"zygote, {EXPORTS['fresh']} in a fresh interpreter, "
+                                    f"{EXPORTS['restarts']} zygote restarts")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -171,7 +172,7 @@ def export_zygote() -> Iterator[None]:
     if not sys.platform.startswith("linux") or os.environ.get("PHI3KIT_TEST_NO_ZYGOTE") == "1":
         yield
         return
-    from export_zygote import Zygote
+    from export_zygote import Zygote, ZygoteGone
 
     import phi3kit.backends.openvino as openvino
     import phi3kit.backends.ortgenai.builder as builder
@@ -182,13 +183,19 @@ def export_zygote() -> Iterator[None]:
 
     def via_zygote(cmd: Sequence[str], log: Callable[[str], None], show: Callable[[str], bool] = bool):  # type: ignore[no-untyped-def]
         nonlocal zygote
-        if zygote is None:
+        if zygote is None or (zygote.broken and EXPORTS["restarts"] < 3):
+            if zygote is not None:
+                EXPORTS["restarts"] += 1
+                zygote.close()
             zygote = Zygote(started_with)
-        if not zygote.handles(list(cmd)):
+        try:
+            if not zygote.handles(list(cmd)):
+                raise ZygoteGone("not an exporter run the zygote can stand in for")
+            rc, lines = zygote.run(list(cmd))
+        except ZygoteGone:
             EXPORTS["fresh"] += 1
             return run_logged(cmd, log, show)
         EXPORTS["forked"] += 1
-        rc, lines = zygote.run(list(cmd))
         for line in lines:
             if show(line):
                 log(line)

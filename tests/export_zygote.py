@@ -95,6 +95,10 @@ def _import_time_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith(READ_AT_IMPORT)}
 
 
+class ZygoteGone(RuntimeError):
+    """The zygote died before it took the request: the export runs in a fresh interpreter instead."""
+
+
 class Zygote:
     """The suite's handle on the zygote: `run_logged(cmd, log, show)` with procs.run_logged's contract."""
 
@@ -102,11 +106,12 @@ class Zygote:
         """`env`: what the zygote imports its modules under (the run's environment when it started)."""
         import subprocess
 
-        from phi3kit.procs import popen
-
         self.env = dict(env)
-        self.proc = popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                          env=self.env)
+        # A plain Popen, not procs.popen: the kit ties its children to the thread that starts them (Linux's parent-
+        # death signal), and the first export may come from a thread that ends long before the run does. The zygote
+        # ends by itself when this process closes its stdin (or dies).
+        self.proc = subprocess.Popen([sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, encoding="utf-8", env=self.env)
         self.imported: dict[str, str] | None = None  # its import-time variables once its imports are done
         self.broken = False
 
@@ -126,7 +131,7 @@ class Zygote:
         line = self.proc.stdout.readline()
         if not line:
             self.broken = True
-            raise RuntimeError(f"the export zygote ended (exit {self.proc.wait()})")
+            raise ZygoteGone(f"the export zygote ended (exit {self.proc.wait()})")
         return json.loads(line)
 
     def run(self, cmd: list[str]) -> tuple[int, list[str]]:
@@ -138,8 +143,12 @@ class Zygote:
         with tempfile.TemporaryDirectory(prefix="phi3kit-zygote-") as tmp:
             out = os.path.join(tmp, "output.txt")
             req = {"module": cmd[2], "args": list(cmd[3:]), "env": child_env(), "cwd": os.getcwd(), "out": out}
-            self.proc.stdin.write(json.dumps(req) + "\n")
-            self.proc.stdin.flush()
+            try:
+                self.proc.stdin.write(json.dumps(req) + "\n")
+                self.proc.stdin.flush()
+            except OSError as exc:
+                self.broken = True
+                raise ZygoteGone(f"the export zygote is gone ({exc})") from exc
             pid = self._reply()["pid"]
             try:
                 rc = self._reply()["rc"]
@@ -156,7 +165,10 @@ class Zygote:
 
         from phi3kit.procs import stop
 
-        self.proc.stdin.close()
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
