@@ -1,4 +1,4 @@
-"""The suite's exporters, started once: a Python that has imported them forks for each export (test-only, POSIX).
+"""The suite's exporters, started once: a Python that has imported them forks for each export (test-only, Linux).
 
 Each export the kit runs is a fresh `python -m optimum.commands.optimum_cli ...` or `python -m
 onnxruntime_genai.models.builder ...` (procs.run_logged). Importing torch, transformers, optimum-intel, NNCF and
@@ -100,7 +100,7 @@ class ZygoteGone(RuntimeError):
 
 
 class Zygote:
-    """The suite's handle on the zygote: `run_logged(cmd, log, show)` with procs.run_logged's contract."""
+    """The suite's handle on the zygote (conftest.py's `export_zygote` puts it in place of procs.run_logged)."""
 
     def __init__(self, env: dict[str, str]) -> None:
         """`env`: what the zygote imports its modules under (the run's environment when it started)."""
@@ -135,6 +135,8 @@ class Zygote:
         return json.loads(line)
 
     def run(self, cmd: list[str]) -> tuple[int, list[str]]:
+        """(exit code, output lines) of `cmd` run as a fork, as procs.run_logged returns them."""
+        import contextlib
         import signal
         import tempfile
 
@@ -152,8 +154,10 @@ class Zygote:
             pid = self._reply()["pid"]
             try:
                 rc = self._reply()["rc"]
-            except BaseException:
-                os.kill(pid, signal.SIGKILL)
+            except BaseException:  # an interrupt, or the zygote gone: its reply would come out of turn, so no more
+                self.broken = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
                 raise
             with open(out, encoding="utf-8", errors="replace") as f:  # as procs.popen's text pipes read it
                 lines = [line.rstrip() for line in f.read().splitlines()]
