@@ -80,6 +80,19 @@ def memory_window(limits: Limits, kv_bytes: float, available_bytes: float, floor
     return max(min(limits.window, floor), min(limits.window, fits))
 
 
+@dataclass(frozen=True)
+class Said:
+    """A chat so far as the model read and wrote it: the prompt text plus the answer, and the ids that stand for it.
+
+    The answer's ids are the ones the model generated, not its text tokenized again: a re-tokenized answer often
+    splits differently (always, on a random model), so a prompt built from text would leave a KV cache inside the
+    previous answer at every turn and make the backend rewind; one built on these ids extends the cache exactly.
+    """
+
+    text: str
+    ids: tuple[int, ...]
+
+
 @dataclass
 class Fitted:
     """The messages that fit, how many whole turns were left out (`trimmed_now` of them by this answer), and

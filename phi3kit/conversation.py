@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .config import GenerationConfig
-from .context import Message, context_window
+from .context import Message, Said, context_window
 from .errors import ContextWindowError, Phi3kitError
 
 if TYPE_CHECKING:
@@ -23,7 +23,8 @@ class Conversation:
     window, and its Response reports how many turns were left out (`trimmed_turns`; `trimmed_now` of them by that
     answer, which alone brings a `trim_notice`). Once the window is
     full, several oldest turns go at once, so the following answers start the same way and the backend's
-    KV cache serves them: each answer then reads only the newest turn.
+    KV cache serves them: each answer then reads only the newest turn. Each prompt keeps the ids the model generated
+    for the earlier answers (`Response.said`), so it extends that cache exactly rather than rewinding into it.
     """
 
     def __init__(self, session: Session, system: str | None = None, *, context_length: int | None = None,
@@ -44,6 +45,7 @@ class Conversation:
         self._turns: list[Message] = []
         self._pending: Response | None = None
         self._dropped = 0  # oldest turns the last answer left out (several at once: see context.TRIM_TO_SHARE)
+        self._said: Said | None = None  # the chat as the model read and wrote it: the next prompt keeps its ids
 
     @property
     def history(self) -> list[Message]:
@@ -64,7 +66,7 @@ class Conversation:
         self._settle()
         asked = self.messages + [{"role": "user", "content": text}]
         response = self.session.chat(asked, config=self.gen, context_length=self.context_length,
-                                     kept_from=self._dropped)
+                                     kept_from=self._dropped, after=self._said)
         self._turns.append({"role": "user", "content": text})  # only once chat() accepted it
         self._dropped = response.trimmed_turns  # the next answers start where this one does, while it fits
         self._pending = response
@@ -74,7 +76,7 @@ class Conversation:
         """Forget the history (the system prompt stays); a running answer is stopped."""
         if self._pending is not None:
             self._pending.cancel()
-        self._turns, self._pending, self._dropped = [], None, 0
+        self._turns, self._pending, self._dropped, self._said = [], None, 0, None
 
     def _settle(self) -> None:
         """A previous answer nobody read is generated now, so the history stays question/answer."""
@@ -93,6 +95,7 @@ class Conversation:
                 self._turns.pop()  # the user turn say() added: no orphan question before the next one
             else:
                 self._turns.append({"role": "assistant", "content": "".join(r.chunks)})
+                self._said = r.said  # None (text from here on) where its ids do not stand for its text
             self._pending = None
 
     def __repr__(self) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from .backends.base import Backend, Log, Token
 from .cache import Export, ExportCache
 from .config import DEFAULT_MODEL, GenerationConfig, LoadConfig
-from .context import ROLES, Message, context_window, fit_history, kv_bytes_per_token, memory_window, to_messages  # noqa: F401
+from .context import ROLES, Message, Said, context_window, fit_history, kv_bytes_per_token, memory_window, to_messages  # noqa: F401
 from .context import trim_notice as _trim_notice
 from .errors import CachedEntryError, Phi3kitError, last_line
 from .exporting import prepare
@@ -81,6 +81,7 @@ class Response:
         self.trimmed_now = 0  # of those, the ones this answer left out (an earlier answer's trim left out the rest)
         self.window = session.context_length  # the window this answer was fitted to
         self.window_why = ""  # what set that window, for the trim notice
+        self.prompt_text: str | None = None  # set by Session.chat: the text prompt_ids stand for
 
     def __iter__(self) -> Iterator[str]:
         """Stream once; iterating again continues where a `break` left off, or replays when done."""
@@ -148,6 +149,18 @@ class Response:
         if not self.trimmed_now:
             return ""
         return _trim_notice(self.trimmed_now, self.window, self.window_why, out=self.trimmed_turns)
+
+    @property
+    def said(self) -> Said | None:
+        """This chat answer with its prompt, as the model read and wrote it (None for single prompts, a failed answer,
+        or an answer whose ids do not decode to its text, such as one cut inside a character): the next turn's
+        prompt goes on from these ids."""
+        if self.prompt_text is None or not self._done or self.failed:
+            return None
+        answer = "".join(self.chunks)
+        if self.session.tokenizer.decode(self.token_ids, skip_special_tokens=False) != answer:
+            return None
+        return Said(self.prompt_text + answer, tuple(self.prompt_ids) + tuple(self.token_ids))
 
     def consume(self) -> Response:
         for _ in self:
@@ -241,8 +254,16 @@ class Session:
         """Where the loaded folder came from: a hub repo (and subfolder), a folder, or the kit's export of one."""
         return self.export.origin
 
-    def encode(self, messages: Sequence[Message]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+    def render(self, messages: Sequence[Message]) -> str:
+        """The prompt text the chat template makes of `messages`, ending where the model's answer starts."""
+        return str(self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False))
+
+    def encode(self, messages: Sequence[Message], after: Said | None = None) -> list[int]:
+        """The prompt ids of `messages`. With `after` (a chat so far), a prompt whose text goes on from it keeps its
+        ids (the answers' own) and tokenizes only the rest, so the backend's KV cache is extended, not rewound."""
+        text = self.render(messages)
+        if after is not None and len(text) > len(after.text) and text.startswith(after.text):
+            return list(after.ids) + list(self.tokenizer(text[len(after.text):], add_special_tokens=False)["input_ids"])
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def check_fits(self, n_prompt: int, max_new_tokens: int) -> None:
@@ -258,7 +279,8 @@ class Session:
         return Response(self, ids, gen)
 
     def chat(self, history: Sequence[Message], *, system: str | None = None, config: GenerationConfig | None = None,
-             context_length: int | None = None, kept_from: int = 0, **options: Any) -> Response:
+             context_length: int | None = None, kept_from: int = 0, after: Said | None = None,
+             **options: Any) -> Response:
         """Answer the last user turn of `history`, dropping the oldest turns if it outgrows the context window.
 
         The system prompt and the last turn are always kept; `response.trimmed_turns` says how many
@@ -266,7 +288,8 @@ class Session:
         capped on long-context models where its KV cache would not fit this machine's memory; never
         above the route's). Once the history outgrows the window, several oldest turns go at once (context.py,
         TRIM_TO_SHARE); `kept_from` is how many an earlier answer of the same chat left out, so the prompt keeps
-        starting where that answer's did and the backend's KV cache (`reuse_cache`) serves it.
+        starting where that answer's did and the backend's KV cache (`reuse_cache`) serves it. `after` is that chat
+        as the model read and wrote it (`Response.said`): a prompt that goes on from it keeps its ids.
         """
         gen = config or GenerationConfig(**options)
         if context_length is None:
@@ -274,12 +297,14 @@ class Session:
         else:
             window = context_window(self.context_length, context_length)
             why = "context_length" if window < self.context_length else self.limits.why
-        fitted = fit_history(to_messages(history, system), self.encode, window, gen.max_new_tokens,
+        fitted = fit_history(to_messages(history, system), lambda kept: self.encode(kept, after), window,
+                             gen.max_new_tokens,
                              max_prompt=self.limits.max_prompt, kept_from=kept_from)
         self.check_fits(len(fitted.prompt_ids), gen.max_new_tokens)
         response = Response(self, fitted.prompt_ids, gen, reuse=self.reuse_cache)
         response.trimmed_turns, response.window, response.window_why = fitted.dropped_turns, window, why
         response.trimmed_now = fitted.trimmed_now
+        response.prompt_text = self.render(fitted.messages)
         return response
 
     def close(self) -> None:

@@ -132,36 +132,51 @@ def test_a_trimmed_chat_extends_the_cache_on_the_following_turns() -> None:
 
 
 def test_pytorch_cuts_a_sliding_window_cache_until_it_has_dropped_tokens(tmp_path: Path) -> None:
-    """Phi-3-mini-4k's layers all slide (2,047 tokens). transformers can crop such a cache until a layer has seen a
-    window's worth of tokens: until then a chat rewinds it where a prompt diverges (a random model's answer never
-    re-tokenizes to its own ids), after that it starts afresh; the answers equal a full prefill's throughout.
-    Catches a sliding cache never cut (every turn read in full) and one cut after it dropped tokens."""
+    """Phi-3-mini-4k's layers all slide (2,047 tokens). A Conversation's prompts keep the answers' own ids, so the
+    cache is extended at every turn, past the window too. A prompt built from text (a random model's answer never
+    re-tokenizes to its own ids) needs a cut: transformers can crop such a cache until a layer has seen a window's
+    worth of tokens, after that the answer starts afresh. The answers equal a full prefill's throughout. Catches a
+    Conversation that re-tokenizes its answers (no reuse past the window), a sliding cache never cut (text prompts
+    read in full) and one cut after it dropped tokens."""
     folder = make_random_phi3("mini-4k", tmp_path / "m")
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     context = 4 * WINDOW
     config.update(sliding_window=WINDOW, max_position_embeddings=context, original_max_position_embeddings=context)
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
     s = kit.load(str(folder), "transformers", "fp32", log=lambda m: None)
-    chats: dict[bool, list[kit.Response]] = {}
-    held: list[int] = []  # what the cache had seen after each answer (reuse on)
+
+    def by_text() -> list[kit.Response]:  # each prompt made from the history's text, as Session.chat alone does
+        history: list[dict[str, str]] = []
+        out = []
+        for q in QUESTIONS[:6]:
+            history.append({"role": "user", "content": q})
+            out.append(s.chat(history, max_new_tokens=16).consume())
+            history.append({"role": "assistant", "content": out[-1].text})
+            held.append(len(s.backend.cached.ids))
+        return out
+
+    chats: dict[tuple[str, bool], list[kit.Response]] = {}
+    held: list[int] = []  # what the cache had seen after each answer (text prompts, reuse on)
     try:
         for reuse in (False, True):
             s.reuse_cache = reuse
             conv = Conversation(s, max_new_tokens=16)
-            chats[reuse] = []
-            for q in QUESTIONS[:6]:
-                chats[reuse].append(conv.say(q).consume())
-                held.append(len(s.backend.cached.ids))
+            chats["ids", reuse] = [conv.say(q).consume() for q in QUESTIONS[:6]]
+            chats["text", reuse] = by_text()
     finally:
         s.close()
-    off, on = chats[False], chats[True]
-    assert [r.token_ids for r in on] == [r.token_ids for r in off]
-    held = held[len(off):]
-    fits = [i + 1 for i in range(len(on) - 1) if held[i] < WINDOW]
-    past = [i + 1 for i in range(len(on) - 1) if held[i] >= WINDOW]
-    assert fits and past, held  # the chat crossed the window
-    assert all(0 < on[i].metrics.reused_tokens for i in fits), [r.metrics.reused_tokens for r in on]
-    assert all(on[i].metrics.reused_tokens == 0 for i in past), [r.metrics.reused_tokens for r in on]
+    for how in ("ids", "text"):
+        assert [r.token_ids for r in chats[how, True]] == [r.token_ids for r in chats[how, False]], how
+    on = chats["ids", True]
+    assert len(on[-1].prompt_ids) > WINDOW  # the chat crossed the window...
+    assert all(r.metrics.reused_tokens > 0 for r in on[1:]), [r.metrics.reused_tokens for r in on]  # ...extending
+    text = chats["text", True]
+    held = held[len(text):]
+    fits = [i + 1 for i in range(len(text) - 1) if held[i] < WINDOW]
+    past = [i + 1 for i in range(len(text) - 1) if held[i] >= WINDOW]
+    assert fits and past, held
+    assert all(0 < text[i].metrics.reused_tokens for i in fits), [r.metrics.reused_tokens for r in text]
+    assert all(text[i].metrics.reused_tokens == 0 for i in past), [r.metrics.reused_tokens for r in text]
 
 
 @pytest.mark.parametrize("reuse", [True, False])
