@@ -13,6 +13,7 @@ from chat_script import MAX_NEW, QUESTIONS, Injected, assert_parity, cache_match
 
 import phi3kit as kit
 from phi3kit.backends.base import CachedIds
+from phi3kit.context import Said
 from phi3kit.conversation import Conversation
 from phi3kit.testing import make_random_phi3
 
@@ -39,6 +40,59 @@ def test_cached_ids_extend_rewind_or_start_afresh() -> None:
     assert c.keep([7]) == 0 and CachedIds().keep([1, 2]) == 0
     c.forget()
     assert c.ids == [] and c.keep([1, 2, 3]) == 0
+
+
+PHI3_TOKENIZER = Path(__file__).parent / "data" / "phi3-tokenizer"
+
+
+def phi3_encoder() -> kit.Session:
+    """A Session that only encodes, with Phi-3's own tokenizer and chat template (no model)."""
+    from transformers import AutoTokenizer
+
+    s = object.__new__(kit.Session)
+    s.tokenizer = AutoTokenizer.from_pretrained(PHI3_TOKENIZER)
+    return s
+
+
+def test_a_chat_prompt_keeps_the_answers_ids_and_tokenizes_only_what_follows() -> None:
+    """Catches a prompt that re-tokenizes the answers (a random model's never split the same: every turn would rewind)
+    and one whose ids after the answer differ from the whole text's (on Phi-3's tokenizer they must not: the text
+    after an answer starts at a special token)."""
+    s = phi3_encoder()
+    tok = s.tokenizer
+    for system in ([], [{"role": "system", "content": "Answer briefly."}]):
+        asked = [*system, {"role": "user", "content": "What is an NPU?"}]
+        first = s.encode(asked)
+        for answer in ["An accelerator, mostly for neural networks.", "多语言 text", "ends with a newline\n"]:
+            later = [*asked, {"role": "assistant", "content": answer}, {"role": "user", "content": "And a GPU?"}]
+            own = tok(answer, add_special_tokens=False)["input_ids"]
+            said = Said(s.render(asked) + answer, tuple(first + own))
+            assert s.encode(later, said) == s.encode(later)  # the answer's own tokenization: the whole text's ids
+            # Ids the model generated that split the answer otherwise are kept as they are, and still read as it.
+            split = [i for w in answer.split(" ") for i in tok(w, add_special_tokens=False)["input_ids"]]
+            said = Said(s.render(asked) + answer, tuple(first + split))
+            ids = s.encode(later, said)
+            assert ids[:len(said.ids)] == list(said.ids) and ids[len(said.ids):] == s.encode(later)[-(len(ids) -
+                                                                                                   len(said.ids)):]
+            # A prompt that does not go on from it (a trim, another system prompt) is the text's own tokenization.
+            trimmed = [{"role": "user", "content": "And a GPU?"}]
+            other = [{"role": "system", "content": "Be formal."}, *later[len(system):]]
+            assert s.encode(trimmed, said) == s.encode(trimmed) and s.encode(other, said) == s.encode(other)
+
+
+def test_said_is_the_answer_only_where_its_ids_are_its_text() -> None:
+    """The next prompt goes on from an answer's ids only where they decode to the text the history keeps: not from a
+    failed answer, a single prompt, or ids that stand for more than the text (a character cut in two)."""
+    s = pocket_torch()
+    conv = Conversation(s, max_new_tokens=8)
+    r = conv.say("What is an NPU?").consume()
+    assert r.said == Said(r.prompt_text + r.text, tuple(r.prompt_ids + r.token_ids))
+    assert s.generate("What is an NPU?", max_new_tokens=8).consume().said is None  # no chat to go on from
+    r.token_ids.append(s.tokenizer("é", add_special_tokens=False)["input_ids"][0])  # its text does not have it
+    assert r.said is None
+    r.token_ids.pop()
+    r.metrics.finish_reason = "error"
+    assert r.said is None
 
 
 # --- PyTorch: parity with a full prefill -----------------------------------------------------------
