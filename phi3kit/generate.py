@@ -62,6 +62,9 @@ class IncrementalDecoder:
         return after[len(before) :].rstrip("\ufffd")
 
 
+MAX_CHAR_TOKENS = 4  # byte tokens one character can take (UTF-8: at most 4 bytes)
+
+
 class Response:
     """A streamed answer: iterate it for text chunks; `text` and `metrics` once it is done."""
 
@@ -152,15 +155,19 @@ class Response:
 
     @property
     def said(self) -> Said | None:
-        """This chat answer with its prompt, as the model read and wrote it (None for single prompts, a failed answer,
-        or an answer whose ids do not decode to its text, such as one cut inside a character): the next turn's
-        prompt goes on from these ids."""
+        """This chat answer with its prompt, as the model read and wrote it: the next turn's prompt goes on from these
+        ids. None for single prompts, a failed answer, or ids that do not decode to the answer's text.
+
+        Special tokens the model wrote stay in the ids (the text leaves them out, as the stream did). The last few
+        ids are left out where they only began a character (max_new_tokens or Stop cut it): the text has none of it,
+        and the next prompt goes on from the text (the backend's cache is rewound over those few ids)."""
         if self.prompt_text is None or not self._done or self.failed:
             return None
-        answer = "".join(self.chunks)
-        if self.session.tokenizer.decode(self.token_ids, skip_special_tokens=False) != answer:
-            return None
-        return Said(self.prompt_text + answer, tuple(self.prompt_ids) + tuple(self.token_ids))
+        answer, ids = "".join(self.chunks), self.token_ids
+        for keep in range(len(ids), max(len(ids) - MAX_CHAR_TOKENS, 0) - 1, -1):
+            if self.session.tokenizer.decode(ids[:keep], skip_special_tokens=True) == answer:
+                return Said(self.prompt_text + answer, tuple(self.prompt_ids) + tuple(ids[:keep]))
+        return None
 
     def consume(self) -> Response:
         for _ in self:
