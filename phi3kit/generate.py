@@ -268,10 +268,11 @@ class Session:
     def encode(self, messages: Sequence[Message], after: Said | None = None) -> list[int]:
         """The prompt ids of `messages`. With `after` (a chat so far), a prompt whose text goes on from it keeps its
         ids (the answers' own) and tokenizes only the rest, so the backend's KV cache is extended, not rewound."""
+        kept: list[int] = []
         text = self.render(messages)
         if after is not None and len(text) > len(after.text) and text.startswith(after.text):
-            return list(after.ids) + list(self.tokenizer(text[len(after.text):], add_special_tokens=False)["input_ids"])
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            kept, text = list(after.ids), text[len(after.text):]
+        return kept + list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def check_fits(self, n_prompt: int, max_new_tokens: int) -> None:
         """Refuse, before generating, what this route cannot serve (the error names the limit and the fix)."""
