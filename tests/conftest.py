@@ -130,24 +130,37 @@ def pocket_exports() -> Callable[..., Path]:
 # --- openvino.ipynb headless, run once for the tests that read it --------------------------------------------------
 @pytest.fixture(scope="session")
 def openvino_headless(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """openvino.ipynb run once headless through the CLI (`phi3kit run`, as a workshop script runs it), with a hub
-    token in its environment: test_notebooks checks what it wrote, test_security that the token is nowhere in it.
+    """The Chinese openvino.ipynb run once headless through the CLI (`phi3kit run --lang zh`, as a workshop script
+    runs it), in a CP1252 locale where the system can build one (a Windows console's code page), with a hub token in
+    its environment: test_notebooks checks what it wrote, test_security that the token is nowhere in it, and
+    test_codepage that no Chinese text was lost or crashed the run. One kernel for the three (each ran its own).
     Read it, never write into `out` (copy it first)."""
     import secrets
     import subprocess
     import sys
 
+    from kit_checks import cp1252_locale
+
+    from phi3kit import pocket
+
     root = Path(__file__).resolve().parents[1]
     token = f"hf_test_secret_{secrets.token_hex(12)}"
-    env = {**os.environ, "HF_TOKEN": token, "HUGGING_FACE_HUB_TOKEN": token, "HF_HUB_OFFLINE": "1"}
-    out = tmp_path_factory.mktemp("headless") / "out"
-    question, max_new = "What is OpenVINO?", 96
-    run = subprocess.run([sys.executable, "-m", "phi3kit.cli", "run", str(root / "notebooks" / "openvino.ipynb"),
-                          "-p", "model", "pocket", "-p", "precision", "int8", "-p", "max_new_tokens", str(max_new),
-                          "-p", "prompt", question, "-o", str(out)],
-                         capture_output=True, text=True, encoding="utf-8", env=env, timeout=600, cwd=root)
-    return SimpleNamespace(token=token, question=question, max_new_tokens=max_new, out=out, run=run,
-                           notebook=out / "openvino.ipynb", html=out / "openvino.html")
+    tmp = tmp_path_factory.mktemp("headless")
+    locale_env, no_locale = cp1252_locale(tmp)
+    env = {**(locale_env or os.environ), "HF_TOKEN": token, "HUGGING_FACE_HUB_TOKEN": token, "HF_HUB_OFFLINE": "1"}
+    out = tmp / "out"
+    max_new = 160  # the pocket's Chinese self-introduction, whole
+    # int8: nbval's precision for openvino.ipynb, so its kernel finds this run's export and by-hand folder
+    run = subprocess.run([sys.executable, "-m", "phi3kit", "run", str(root / "notebooks" / "openvino.ipynb"),
+                          "--lang", "zh", "-p", "model", "pocket", "-p", "precision", "int8",
+                          "-p", "max_new_tokens", str(max_new), "-o", str(out)],
+                         capture_output=True, env=env, timeout=600, cwd=tmp)
+    question = "你能介绍一下你自己吗？"  # zh/openvino.ipynb's own `prompt`
+    answer = {q["question"]: q["answer"] for q in pocket.load_qa()}[question]
+    return SimpleNamespace(token=token, question=question, answer=answer, max_new_tokens=max_new, out=out, run=run,
+                           stdout=run.stdout.decode("utf-8", errors="replace"),
+                           stderr=run.stderr.decode("utf-8", errors="replace"), codepage=no_locale is None,
+                           no_codepage=no_locale, notebook=out / "openvino-zh.ipynb", html=out / "openvino-zh.html")
 
 
 # --- exports: one preloaded Python forks for each (tests/export_zygote.py) -------------------------------------------

@@ -163,20 +163,28 @@ def wire_parrot(folder: Path, froms: Sequence[int], nexts: Sequence[int]) -> Non
     model.save_pretrained(folder)
 
 
-def cp1252_env(tmp_path: Path) -> dict[str, str]:
-    """An environment whose locale is Windows-1252 (Python 3.11 treats LC_ALL=C as UTF-8, so a real
-    CP1252 locale is compiled into tmp_path); skips where the system cannot build one."""
+def cp1252_locale(tmp_path: Path) -> tuple[dict[str, str] | None, str | None]:
+    """(an environment whose locale is Windows-1252, None), or (None, why the system cannot build one). Python 3.11
+    treats LC_ALL=C as UTF-8, so a real CP1252 locale is compiled into tmp_path."""
     if shutil.which("localedef") is None or sys.platform == "win32":
-        pytest.skip("needs localedef to compile a CP1252 locale (Linux); Windows runs this in its own code page")
+        return None, "needs localedef to compile a CP1252 locale (Linux); Windows runs this in its own code page"
     loc = tmp_path / "locale"
     loc.mkdir()
     made = subprocess.run(["localedef", "-i", "en_US", "-f", "CP1252", str(loc / "en_US.CP1252")],
                           capture_output=True, encoding="utf-8", errors="replace")
     if not (loc / "en_US.CP1252").exists():
-        pytest.skip(f"localedef could not build en_US.CP1252 here: {made.stderr[-200:]}")
+        return None, f"localedef could not build en_US.CP1252 here: {made.stderr[-200:]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "PYTHONIOENCODING", "PYTHONUTF8"))}
     return {**env, "LOCPATH": str(loc), "LC_ALL": "en_US.CP1252", "LANG": "en_US.CP1252", "PYTHONUTF8": "0",
-            "PYTHONIOENCODING": "cp1252", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+            "PYTHONIOENCODING": "cp1252", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}, None
+
+
+def cp1252_env(tmp_path: Path) -> dict[str, str]:
+    """cp1252_locale's environment; skips where the system cannot build one."""
+    env, why = cp1252_locale(tmp_path)
+    if env is None:
+        pytest.skip(why)
+    return env
 
 
 def read_only_below(monkeypatch: Any, folder: Path) -> None:

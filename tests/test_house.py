@@ -6,6 +6,7 @@ Each test here guards a bug that once shipped (named in its docstring).
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib
 import inspect
 import json
@@ -210,6 +211,19 @@ TIED = pytest.mark.skipif(not (sys.platform.startswith("linux") or sys.platform 
                           reason="children are tied to the kit on Linux and Windows only (phi3kit/procs.py)")
 
 
+def children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def kill_new_children(before: set[int]) -> None:
+    """Kill what a test started and left running, and only that: the run's own long-lived children (the export
+    zygote of conftest.py) were killed here once, and every later export paid a fresh interpreter."""
+    for p in psutil.Process().children(recursive=True):
+        if p.pid not in before:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+
+
 def kill(proc: subprocess.Popen[bytes], sig: str = "SIGKILL") -> None:
     """Send `sig` by name; Windows has neither SIGKILL nor a catchable SIGTERM: TerminateProcess either way."""
     if sys.platform == "win32":
@@ -228,6 +242,7 @@ def test_children_die_with_a_killed_parent(tmp_path: Path) -> None:
         "child = \"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; "
         "time.sleep(601)']); time.sleep(600)\"\n"
         "run_logged([sys.executable, '-c', child], print)\n")
+    before = children()
     proc = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         family = descendants_when(psutil.Process(proc.pid), lambda c: c[-1:] == ["import time; time.sleep(601)"])
@@ -236,8 +251,7 @@ def test_children_die_with_a_killed_parent(tmp_path: Path) -> None:
         proc.wait()
         assert wait_gone(family) == []
     finally:
-        for p in psutil.Process().children(recursive=True):
-            p.kill()
+        kill_new_children(before)
 
 
 @pytest.mark.slow
@@ -249,6 +263,7 @@ def test_an_export_dies_with_its_command(tmp_path: Path, sig: str) -> None:
     the whole module fail to import on Windows."""
     cmd = [sys.executable, "-m", "phi3kit", "export", "--model", "pocket", "--precision", "fp16",
            "--cache-dir", str(tmp_path / "cache")]
+    before = children()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         family = descendants_when(psutil.Process(proc.pid), lambda c: "optimum.commands.optimum_cli" in c)
@@ -257,8 +272,7 @@ def test_an_export_dies_with_its_command(tmp_path: Path, sig: str) -> None:
         assert wait_gone(family) == []
         assert not any((tmp_path / "cache").glob("openvino/*/phi3kit-manifest.json"))  # nothing half-built trusted
     finally:
-        for p in psutil.Process().children(recursive=True):
-            p.kill()
+        kill_new_children(before)
 
 
 @pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs a git checkout")

@@ -292,12 +292,12 @@ def english_program(pytestconfig: pytest.Config) -> Any:
 
 def test_every_translation_is_run_replayed_or_a_twin(pytestconfig: pytest.Config) -> None:
     """Every translation is covered once: run by nbval, replayed below, or a twin of its English notebook. Chinese
-    runs in a kernel in test_codepage.py (zh/openvino.ipynb headless), Persian under nbval: the scripts a
-    Latin-script run cannot stand in for."""
+    runs in a kernel headless (zh/openvino.ipynb: tests/conftest.py's openvino_headless, read by test_codepage,
+    test_notebooks and test_security), Persian under nbval: the scripts a Latin-script run cannot stand in for."""
     runs = root_conftest(pytestconfig).RUN_TRANSLATIONS
     assert runs == {"fa/directml.ipynb"}
-    codepage = (ROOT / "tests" / "test_codepage.py").read_text(encoding="utf-8")
-    assert '"run", str(ROOT / "notebooks" / "openvino.ipynb"),\n                           "--lang", "zh"' in codepage
+    fixtures = (ROOT / "tests" / "conftest.py").read_text(encoding="utf-8")
+    assert '"run", str(root / "notebooks" / "openvino.ipynb"),\n                          "--lang", "zh"' in fixtures
     covered = {f"{lang}/{name}.ipynb" for name, lang in [*replayed(pytestconfig), *TWINS]} | set(runs)
     assert covered == {f"{lang}/{name}.ipynb" for name in build.NAMES for lang in TRANSLATED}
 
