@@ -310,8 +310,8 @@ def test_chat_survives_bytes_that_are_not_utf8_with_its_history() -> None:
 
     qa = pocket.load_qa()
     script = b"What \xff is this\n" + qa[0]["question"].encode() + b"\n"
-    done = subprocess.run([sys.executable, "-u", "-m", "phi3kit.cli", "chat", "--backend", "transformers",
-                           "--precision", "fp32", "--context-length", "130", "--max-new-tokens", "64"], input=script,
+    done = subprocess.run([sys.executable, "-u", "-m", "phi3kit.cli", "chat", "--backend", "openvino",
+                           "--precision", "int4", "--context-length", "130", "--max-new-tokens", "64"], input=script,
                           capture_output=True, timeout=300, cwd=ROOT)
     err = done.stderr.decode("utf-8", "replace")
     assert done.returncode == 0 and "Traceback" not in err, err[-2000:]

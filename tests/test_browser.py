@@ -95,9 +95,11 @@ def write_notebook(path: Path, noisy_model: Path) -> None:
     nbformat.write(nb, str(path))
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """A JupyterLab server on a free loopback port, with its own config, data and runtime folders."""
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A JupyterLab server on a free loopback port, with its own config, data and runtime folders: one for the
+    module's tests (each opens its own notebook in it)."""
+    tmp_path = tmp_path_factory.mktemp("lab")
     kit.export("pocket", "openvino", "fp32", log=lambda m: None)  # the kernel then only loads (shared cache)
     root = tmp_path / "root"
     root.mkdir()

@@ -296,7 +296,7 @@ def cli(*args: str) -> list[str]:
 @pytest.mark.slow
 def test_cli_chat_multi_turn_trim_reset_errors_exit() -> None:
     script = f"{'word ' * 5000}\n{Q1}\n{Q2}\n/reset\n{Q3}\n/exit\n{Q1}\n"
-    out = subprocess.run(cli("--backend", "transformers", "--precision", "fp32", "--context-length", "130",
+    out = subprocess.run(cli("--backend", "openvino", "--precision", "int4", "--context-length", "130",
                              "--max-new-tokens", "64"),
                          input=script, capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=ROOT)
     assert out.returncode == 0, out.stderr
