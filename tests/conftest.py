@@ -176,10 +176,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def export_zygote() -> Iterator[None]:
-    """The kit's exporters (optimum-cli, the ORT GenAI model builder) run as forks of one process that imported them
-    once, instead of a fresh interpreter each: the same module, arguments, environment and working directory.
-    Linux only (macOS forks badly after such imports; Windows has no fork); off with PHI3KIT_TEST_NO_ZYGOTE=1. The
-    kit's own way of starting a child is tested for real elsewhere (see the module's docstring)."""
+    """The kit's exporters (optimum-cli, the ORT GenAI model builder, openvino_tokenizers' converter) run as forks
+    of one process that imported them once, instead of a fresh interpreter each: the same module, arguments,
+    environment and working directory. Linux only (macOS forks badly after such imports; Windows has no fork); off
+    with PHI3KIT_TEST_NO_ZYGOTE=1. The kit's own way of starting a child is tested for real elsewhere (see the
+    module's docstring)."""
     import sys
 
     if not sys.platform.startswith("linux") or os.environ.get("PHI3KIT_TEST_NO_ZYGOTE") == "1":
@@ -188,6 +189,7 @@ def export_zygote() -> Iterator[None]:
     from export_zygote import Zygote, ZygoteGone
 
     import phi3kit.backends.openvino as openvino
+    import phi3kit.backends.openvino.export as openvino_export
     import phi3kit.backends.ortgenai.builder as builder
     from phi3kit.procs import child_env, run_logged
 
@@ -216,6 +218,7 @@ def export_zygote() -> Iterator[None]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(openvino, "run_logged", via_zygote)
+        mp.setattr(openvino_export, "run_logged", via_zygote)
         mp.setattr(builder, "run_logged", via_zygote)
         yield
     if zygote is not None:

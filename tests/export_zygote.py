@@ -25,12 +25,17 @@ import traceback
 
 # What a fork starts with already imported (absent ones are skipped: the lean environment has none of them).
 PRELOAD = ("torch", "transformers", "onnx", "optimum.exporters.openvino", "optimum.commands.optimum_cli", "nncf",
-           "onnxruntime_genai.models.builder")
+           "onnxruntime_genai.models.builder", "openvino_tokenizers.cli_tools.convert_tokenizer")
 MODULES = ("optimum.commands.optimum_cli", "onnxruntime_genai.models.builder")
+# `python -c` programs the kit runs as exporters (backends/openvino/export.py: a tokenizer converted alone, from a
+# local folder: the hub's cache location, which tests point at a hub cache of their own, does not matter to it)
+CODE_FROM = ("from openvino_tokenizers.cli_tools.convert_tokenizer import ",)
+HUB_LOCATION = ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")
 
 
 def _child(req: dict) -> None:
-    """In the fork: become `python -m MODULE ARGS...` run in `cwd` with `env`, writing to `out`; never return."""
+    """In the fork: become `python -m MODULE ARGS...` (or `python -c CODE ARGS...`) run in `cwd` with `env`, writing
+    to `out`; never return."""
     code = 1
     try:
         fd = os.open(req["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -41,10 +46,15 @@ def _child(req: dict) -> None:
         os.environ.clear()
         os.environ.update(req["env"])
         os.chdir(req["cwd"])
-        sys.path[0] = req["cwd"]  # as `python -m` puts the working directory first
-        sys.argv = [req["module"], *req["args"]]
         try:
-            runpy.run_module(req["module"], run_name="__main__", alter_sys=True)
+            if req.get("code") is not None:
+                sys.path[0] = ""  # as `python -c` puts the working directory first
+                sys.argv = ["-c", *req["args"]]
+                exec(compile(req["code"], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+            else:
+                sys.path[0] = req["cwd"]  # as `python -m` does
+                sys.argv = [req["module"], *req["args"]]
+                runpy.run_module(req["module"], run_name="__main__", alter_sys=True)
             code = 0
         except SystemExit as exc:
             if exc.code is None or isinstance(exc.code, int):
@@ -116,16 +126,22 @@ class Zygote:
         self.broken = False
 
     def handles(self, cmd: list[str]) -> bool:
-        """A `python -m` run of an exporter, in an environment whose import-time variables are the zygote's: those
-        it started with, or the values its own imports set (the test process has made the same imports)."""
+        """A `python -m` run of an exporter (or a `python -c` one of CODE_FROM), in an environment whose import-
+        time variables are the zygote's: those it started with, or the values its own imports set (the test
+        process has made the same imports)."""
         from phi3kit.procs import child_env
 
-        if self.broken or len(cmd) < 3 or cmd[0] != sys.executable or cmd[1] != "-m" or cmd[2] not in MODULES:
+        if self.broken or len(cmd) < 3 or cmd[0] != sys.executable:
+            return False
+        if not ((cmd[1] == "-m" and cmd[2] in MODULES) or (cmd[1] == "-c" and cmd[2].startswith(CODE_FROM))):
             return False
         if self.imported is None:
             self.imported = self._reply()["env"]
         now, before = _import_time_env(child_env()), _import_time_env(self.env)
-        return all(now.get(k) == self.imported.get(k) for k in set(now) | set(before) if now.get(k) != before.get(k))
+        changed = {k for k in set(now) | set(before) if now.get(k) != before.get(k)}
+        if cmd[1] == "-c":  # a converter of a local folder: where the hub's cache lies is never read
+            changed -= set(HUB_LOCATION)
+        return all(now.get(k) == self.imported.get(k) for k in changed)
 
     def _reply(self) -> dict:
         line = self.proc.stdout.readline()
@@ -144,7 +160,9 @@ class Zygote:
 
         with tempfile.TemporaryDirectory(prefix="phi3kit-zygote-") as tmp:
             out = os.path.join(tmp, "output.txt")
-            req = {"module": cmd[2], "args": list(cmd[3:]), "env": child_env(), "cwd": os.getcwd(), "out": out}
+            module, code = (cmd[2], None) if cmd[1] == "-m" else (None, cmd[2])
+            req = {"module": module, "code": code, "args": list(cmd[3:]), "env": child_env(), "cwd": os.getcwd(),
+                   "out": out}
             try:
                 self.proc.stdin.write(json.dumps(req) + "\n")
                 self.proc.stdin.flush()
