@@ -60,8 +60,9 @@ if not LEAN and not _ortgenai_builds_int8():
 
 # The translations nbval runs in a kernel, so that each kit decoder streams multi-byte text against its library's own
 # answer (the notebooks assert they agree) in a real kernel: right-to-left Persian through ONNX Runtime GenAI here;
-# Chinese through OpenVINO GenAI and optimum-intel in tests/conftest.py's openvino_headless, which runs zh/openvino.ipynb
-# headless under a CP1252 code page (test_codepage fails on any error output; test_notebooks checks what it wrote). Their checked cells are replayed like the others'.
+# Chinese through OpenVINO GenAI and optimum-intel in tests/conftest.py's openvino_headless, which runs
+# zh/openvino.ipynb headless under a CP1252 code page (test_codepage fails on any error output; test_notebooks checks
+# what it wrote). Their checked cells are replayed like the others'.
 RUN_TRANSLATIONS = frozenset({"fa/directml.ipynb"})
 
 
