@@ -32,8 +32,9 @@ NOTEBOOK_TEST_PARAMETERS: dict[str, dict[str, object]] = {
     "openvino.ipynb": {"model": "pocket", "precision": "int8", "max_new_tokens": 64},
     "directml.ipynb": {"model": "pocket", "precision": "int8", "device": "CPU", "max_new_tokens": 64},
     "npu.ipynb": {"model": "pocket", "device": "CPU", "precision": "int4", "max_new_tokens": 64},
+    # isolate=False: the routes in the kernel, not a process each (tests/test_bench.py runs isolated routes)
     "compare.ipynb": {"model": "pocket", "routes": "transformers:fp32,openvino:int4", "prompt_lengths": "16,48",
-                      "max_new_tokens": 8, "runs": 1, "results_dir": ""},
+                      "max_new_tokens": 8, "runs": 1, "isolate": False, "results_dir": ""},
 }
 
 # The lean environment (requirements/lean.txt, run by CI too) has no exporter: there the route notebooks run the

@@ -32,6 +32,7 @@ routes: str = "transformers:fp32,openvino:int4,openvino:int8,ortgenai:int4"  # c
 prompt_lengths: str = "128,512"  # prompt sizes to time, in tokens, comma separated
 max_new_tokens: int = 64  # tokens generated per timed run (always this many: end tokens do not stop it)
 runs: int = 3  # timed runs per prompt length, after one warm-up run that is not counted
+isolate: bool = True  # True: each route in a process of its own (its memory returned after) | False: all in this kernel (quicker to start)
 cache_dir: str = ""  # folder for exports; empty for the kit default (PHI3KIT_CACHE or the user cache)
 results_dir: str = "results"  # where the CSV and JSON of the results go; empty to keep them in memory only
 """),
@@ -76,7 +77,7 @@ md("measure-md", """
 This takes a while for the real model (each export takes minutes the first time).
 """),
 code("measure", """
-report = kit.bench.run(model, routes, prompt_lengths, max_new_tokens, runs, cache_dir=cache_dir or None)
+report = kit.bench.run(model, routes, prompt_lengths, max_new_tokens, runs, isolate=isolate, cache_dir=cache_dir or None)
 report
 """),
 md("side-md", """
