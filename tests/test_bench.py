@@ -355,9 +355,11 @@ def test_compare_notebook_parameters_are_typed_and_documented() -> None:
     from phi3kit.runner import notebook_parameters
 
     params = notebook_parameters(Path(__file__).resolve().parents[1] / "notebooks" / "compare.ipynb")
-    assert set(params) == {"model", "routes", "prompt_lengths", "max_new_tokens", "runs", "cache_dir", "results_dir"}
+    assert set(params) == {"model", "routes", "prompt_lengths", "max_new_tokens", "runs", "isolate", "cache_dir",
+                           "results_dir"}
     for p in params.values():
-        assert p["inferred_type_name"] in {"str", "int"} and p["help"], p
+        assert p["inferred_type_name"] in {"str", "int", "bool"} and p["help"], p
+    assert params["isolate"]["default"] == "True"  # a learner's numbers come from a process per route by default
     # the real Phi-3-mini by its catalog alias (ready-made where published); tests run them on the pocket model
     assert params["model"]["default"].strip("\"'") == RECOMMENDED_MODEL
     assert len(bench.parse_routes(params["routes"]["default"].strip("\"'"))) == 4
