@@ -157,7 +157,7 @@ def openvino_headless(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespa
                          capture_output=True, env=env, timeout=600, cwd=tmp)
     question = "你能介绍一下你自己吗？"  # zh/openvino.ipynb's own `prompt`
     answer = {q["question"]: q["answer"] for q in pocket.load_qa()}[question]
-    return SimpleNamespace(token=token, question=question, answer=answer, max_new_tokens=max_new, out=out, run=run,
+    return SimpleNamespace(token=token, answer=answer, max_new_tokens=max_new, out=out, run=run,
                            stdout=run.stdout.decode("utf-8", errors="replace"),
                            stderr=run.stderr.decode("utf-8", errors="replace"), codepage=no_locale is None,
                            no_codepage=no_locale, notebook=out / "openvino-zh.ipynb", html=out / "openvino-zh.html")
