@@ -13,8 +13,9 @@ from ..config import HEADLESS_ENV
 KERNEL_NAME = "phi3kit-own-python"
 
 
-def kernel_manager_class() -> type:
-    """A jupyter_client kernel manager whose KERNEL_NAME is this Python (sys.executable) running ipykernel."""
+def kernel_manager_class(started: list[Any] | None = None) -> type:
+    """A jupyter_client kernel manager whose KERNEL_NAME is this Python (sys.executable) running ipykernel; each
+    manager made is appended to `started` (so an interrupted run can end its kernel)."""
     import ipykernel.kernelspec
     from jupyter_client import AsyncKernelManager
     from jupyter_client.kernelspec import KernelSpecManager
@@ -31,6 +32,8 @@ def kernel_manager_class() -> type:
         def __init__(self, **kwargs: Any) -> None:
             kwargs.setdefault("kernel_spec_manager", OwnKernelSpecs())
             super().__init__(**kwargs)
+            if started is not None:
+                started.append(self)
 
     return OwnKernelManager
 
@@ -41,11 +44,54 @@ def execute(notebook: str | Path, out: str | Path, parameters: dict[str, Any], t
 
     import papermill
 
-    with warnings.catch_warnings():  # `out` may be the temporary name a result is written under (no .ipynb)
-        warnings.filterwarnings("ignore", message=r"The specified file .* does not end in one of")
-        papermill.execute_notebook(str(notebook), str(out), parameters=parameters, cwd=str(Path(notebook).parent),
-                                   progress_bar=False, execution_timeout=timeout_s, kernel_name=KERNEL_NAME,
-                                   kernel_manager_class=kernel_manager_class())
+    started: list[Any] = []
+    try:
+        with warnings.catch_warnings():  # `out` may be the temporary name a result is written under (no .ipynb)
+            warnings.filterwarnings("ignore", message=r"The specified file .* does not end in one of")
+            papermill.execute_notebook(str(notebook), str(out), parameters=parameters,
+                                       cwd=str(Path(notebook).parent), progress_bar=False,
+                                       execution_timeout=timeout_s, kernel_name=KERNEL_NAME,
+                                       kernel_manager_class=kernel_manager_class(started))
+    except KeyboardInterrupt:
+        end_interrupted(started)
+        raise
+
+
+def end_interrupted(managers: list[Any]) -> None:
+    """After Ctrl-C: kill the run's kernel and wait for it, and settle what nbclient left pending.
+
+    A KeyboardInterrupt stops nbclient's event loop mid-step, so its own clean-up never runs: the kernel (still
+    starting, or running a cell) lived on until it noticed its parent had gone, and logged that after the kit's
+    "interrupted" line; the abandoned task could later log a DeadKernelError traceback. Killing the process is
+    what Jupyter's "shut down now" does; the tasks are cancelled and awaited so nothing is left to report.
+    """
+    import asyncio
+    import contextlib
+
+    for km in managers:
+        process = getattr(getattr(km, "provisioner", None), "process", None)  # LocalProvisioner's Popen
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(OSError):
+                process.kill()
+            with contextlib.suppress(Exception):
+                process.wait(timeout=10)
+    from jupyter_core.utils import ensure_event_loop
+
+    loop = ensure_event_loop()
+    if loop.is_running():  # called from inside a running loop (a notebook's own): nothing of ours is pending here
+        return
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        with contextlib.suppress(BaseException):
+            loop.run_until_complete(asyncio.wait(pending, timeout=10))
+    for task in pending:  # retrieve each outcome: an exception nobody read would be logged at exit
+        if task.done() and not task.cancelled():
+            task.exception()
+    for km in managers:  # the connection file of a kernel that was killed (AsyncKernelManager's is a coroutine)
+        with contextlib.suppress(BaseException):
+            loop.run_until_complete(km.cleanup_resources(restart=False))
 
 
 def merge_streams(outputs: list[Any]) -> list[Any]:
