@@ -66,6 +66,15 @@ if not LEAN and not _ortgenai_builds_int8():
 # what it wrote). Their checked cells are replayed like the others'.
 RUN_TRANSLATIONS = frozenset({"fa/directml.ipynb"})
 
+# English notebooks whose program already runs in a kernel elsewhere in the run, in another language (the same code,
+# tests/test_translations.py checks it): nbval would run it a second time. Their checked cells are replayed by
+# test_translations.py on nbval's test values. The lean environment's job runs no headless notebook, so there nbval
+# runs them.
+RUN_ELSEWHERE = {} if LEAN else {
+    "openvino.ipynb": "runs in a kernel in Chinese (tests/conftest.py's openvino_headless: `phi3kit run --lang zh`, "
+                      "read by test_notebooks, test_codepage and test_security); tests/test_translations.py replays "
+                      "its checked cells"}
+
 
 def translation_key(path: Path) -> str:
     """'zh/openvino.ipynb': how RUN_TRANSLATIONS names a translation."""
@@ -109,6 +118,8 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
             def collect(self):  # type: ignore[no-untyped-def]
                 if twin := english_twin(self.path):
                     pytest.skip(f"the same program as {twin.relative_to(ROOT)}, which runs (only words differ)")
+                if self.path.parent == NOTEBOOKS and self.path.name in RUN_ELSEWHERE:
+                    pytest.skip(f"the same program {RUN_ELSEWHERE[self.path.name]}")
                 if self.path.parent != NOTEBOOKS and translation_key(self.path) not in RUN_TRANSLATIONS:
                     pytest.skip("the English code with translated questions: tests/test_translations.py replays its "
                                 "checked cells")

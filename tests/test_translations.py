@@ -325,6 +325,27 @@ def test_a_translation_nbval_does_not_run_prints_its_stored_outputs(replayed_tra
         assert stored and run_cell(cell.source, namespace) == stored, f"{lang}/{name}, cell {cell.id}"
 
 
+@pytest.mark.slow
+def test_an_english_notebook_run_elsewhere_prints_its_stored_outputs(english_program: Any,
+                                                                     pytestconfig: pytest.Config) -> None:
+    """The English notebooks nbval leaves out because their program runs in a kernel in another language
+    (conftest.RUN_ELSEWHERE: openvino.ipynb, run headless in Chinese): their checked cells, run on nbval's test
+    values with the English notebook's session, as nbval compared them. Catches: English stored outputs left stale,
+    a checked cell failing on the English values. Every cell runs in the Chinese run, the English code exactly
+    (test_a_translation_has_the_english_code_cells_and_tags)."""
+    names = [Path(n).stem for n in root_conftest(pytestconfig).RUN_ELSEWHERE]
+    if not names:
+        pytest.skip("nbval runs every English notebook in this environment (the lean one runs no headless notebook)")
+    for name in names:
+        namespace = dict(english_program(name))
+        checked = [c for c in read(name, "en").cells if c.cell_type == "code" and CHECKED in c.source]
+        assert checked, name
+        for cell in checked:
+            assert all(o.output_type == "stream" and o.name == "stdout" for o in cell.outputs), cell.id
+            stored = "".join(o.text for o in cell.outputs)
+            assert stored and run_cell(cell.source, namespace) == stored, f"en/{name}, cell {cell.id}"
+
+
 def placeholders(source: str) -> Counter[str]:
     """The formatting placeholders ({name}, {x:.2f}, %s) in a code cell's string literals."""
     import io
