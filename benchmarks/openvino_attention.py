@@ -42,7 +42,7 @@ def main() -> None:
     for precision in a.kv_precisions:
         config = {} if precision == "default" else {"KV_CACHE_PRECISION": precision}
         compiled = core.compile_model(model, a.device, config)
-        kv = str(compiled.get_property("KV_CACHE_PRECISION"))
+        kv = compiled.get_property("KV_CACHE_PRECISION").to_string()  # what the plugin chose: u8, f32, bf16...
         request = compiled.create_infer_request()
 
         def run(n: int, past: int, request: ov.InferRequest = request) -> float:
