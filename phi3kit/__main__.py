@@ -1,7 +1,5 @@
 """`python -m phi3kit`: the same command line as `phi3kit`."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

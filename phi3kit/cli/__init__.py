@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ COMMANDS: list[Callable[[Any], None]] = [
     check.add_check, models.add_cache,
 ]
 
-__all__ = ["COMMANDS", "DEBUG_ENV", "build_parser", "debugging", "eof_keys", "main", "safe_output"]
+__all__ = ["COMMANDS", "DEBUG_ENV", "INTERRUPTED", "build_parser", "debugging", "eof_keys", "main", "run", "safe_output"]
 
 
 def safe_output() -> None:
@@ -86,4 +87,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debugging(args):
             raise
         print("\nphi3kit: interrupted (Ctrl-C); earlier results are as they were.", file=sys.stderr)
-        return 130
+        return INTERRUPTED
+
+
+INTERRUPTED = 130  # the exit code of a program stopped by Ctrl-C (128 + SIGINT)
+
+
+def run() -> None:
+    """The `phi3kit` program (and `python -m phi3kit`): main(), then exit with its code.
+
+    After Ctrl-C the process leaves at once, once its output is flushed: an interrupt lands anywhere, and what it
+    cut in half (an event loop being built, a coroutine never awaited, a worker thread waiting on a kernel that
+    is gone) would otherwise print after the kit's last line or hold the exit. Files were settled before main()
+    returned; a kernel or exporter it started is killed (runner/kernel.py, procs.py).
+    """
+    code = main()
+    if code == INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -1,7 +1,5 @@
 """`python -m phi3kit.cli`: the same command line as `phi3kit`."""
 
-import sys
+from . import run
 
-from . import main
-
-sys.exit(main())
+run()

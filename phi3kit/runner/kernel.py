@@ -63,18 +63,14 @@ def end_interrupted(managers: list[Any]) -> None:
     A KeyboardInterrupt stops nbclient's event loop mid-step, so its own clean-up never runs: the kernel (still
     starting, or running a cell) lived on until it noticed its parent had gone, and logged that after the kit's
     "interrupted" line; the abandoned task could later log a DeadKernelError traceback. Killing the process is
-    what Jupyter's "shut down now" does; the tasks are cancelled and awaited so nothing is left to report.
+    what Jupyter's "shut down now" does; the tasks are cancelled and awaited so nothing is left to report. A
+    kernel whose launch the interrupt cut short is not in its manager yet: it is found among this process's
+    children by its connection file.
     """
     import asyncio
     import contextlib
 
-    for km in managers:
-        process = getattr(getattr(km, "provisioner", None), "process", None)  # LocalProvisioner's Popen
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(OSError):
-                process.kill()
-            with contextlib.suppress(Exception):
-                process.wait(timeout=10)
+    _kill_kernels(managers)
     from jupyter_core.utils import ensure_event_loop
 
     loop = ensure_event_loop()
@@ -89,9 +85,35 @@ def end_interrupted(managers: list[Any]) -> None:
     for task in pending:  # retrieve each outcome: an exception nobody read would be logged at exit
         if task.done() and not task.cancelled():
             task.exception()
+    _kill_kernels(managers)  # one the cancelled tasks finished launching
     for km in managers:  # the connection file of a kernel that was killed (AsyncKernelManager's is a coroutine)
         with contextlib.suppress(BaseException):
             loop.run_until_complete(km.cleanup_resources(restart=False))
+
+
+def _kill_kernels(managers: list[Any]) -> None:
+    """Kill, and wait for, the kernels of `managers`: by their process, or by their connection file on the command
+    line of one of this process's children."""
+    import contextlib
+
+    import psutil
+
+    pids = set()
+    for km in managers:
+        process = getattr(getattr(km, "provisioner", None), "process", None)  # LocalProvisioner's Popen
+        if process is not None and process.poll() is None:
+            pids.add(process.pid)
+    files = {str(km.connection_file) for km in managers if getattr(km, "connection_file", "")}
+    victims = []
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if child.pid in pids or (files and files & set(child.cmdline())):
+                    victims.append(child)
+    for child in victims:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(victims, timeout=10)
 
 
 def merge_streams(outputs: list[Any]) -> list[Any]:
