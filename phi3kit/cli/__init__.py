@@ -29,7 +29,8 @@ COMMANDS: list[Callable[[Any], None]] = [
     check.add_check, models.add_cache,
 ]
 
-__all__ = ["COMMANDS", "DEBUG_ENV", "INTERRUPTED", "build_parser", "debugging", "eof_keys", "main", "run", "safe_output"]
+__all__ = ["COMMANDS", "DEBUG_ENV", "INTERRUPTED", "build_parser", "debugging", "eof_keys", "main", "run",
+           "safe_output"]
 
 
 def safe_output() -> None:
