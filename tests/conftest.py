@@ -150,7 +150,8 @@ def openvino_headless(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespa
     env = {**(locale_env or os.environ), "HF_TOKEN": token, "HUGGING_FACE_HUB_TOKEN": token, "HF_HUB_OFFLINE": "1"}
     out = tmp / "out"
     max_new = 160  # the pocket's Chinese self-introduction, whole
-    # int8: nbval's precision for openvino.ipynb, so its kernel finds this run's export and by-hand folder
+    # int8: nbval's test value for openvino.ipynb, so test_translations' replay of its checked cells loads this
+    # run's export (in the lean job, which has no headless run, nbval runs it)
     run = subprocess.run([sys.executable, "-m", "phi3kit", "run", str(root / "notebooks" / "openvino.ipynb"),
                           "--lang", "zh", "-p", "model", "pocket", "-p", "precision", "int8",
                           "-p", "max_new_tokens", str(max_new), "-o", str(out)],

@@ -60,11 +60,11 @@ def pocket_reference() -> dict[str, list[int]]:
                 prompt = s.encode(to_messages(question))
                 ids = list(s.tokenizer(answer, add_special_tokens=False)["input_ids"])
                 greedy = np.asarray(s.backend.logits(prompt + ids))[len(prompt) - 1:].argmax(-1).tolist()
-                if not (len(ids) < MAX_NEW_TOKENS and greedy[:-1] == ids and greedy[-1] in s.stop_ids):
+                if len(ids) < MAX_NEW_TOKENS and greedy[:-1] == ids and greedy[-1] in s.stop_ids:
+                    text = s.tokenizer.decode(ids, skip_special_tokens=True)
+                else:
                     r = s.generate(question, max_new_tokens=MAX_NEW_TOKENS).consume()
-                    assert r.text == answer, f"the fp32 reference itself is wrong: {question}"
-                    ids = r.token_ids
-                text = s.tokenizer.decode(ids, skip_special_tokens=True)
+                    ids, text = r.token_ids, r.text
                 assert text == answer, f"the fp32 reference itself is wrong: {question}: {text!r}"
                 _reference[question] = ids
     return _reference

@@ -267,6 +267,16 @@ def with_test_values(cell: Any, config: pytest.Config, name: str) -> str:
     return cell.source + conf.parameter_source(conf.NOTEBOOK_TEST_PARAMETERS[f"{name}.ipynb"])
 
 
+def assert_checked_cells_print_their_outputs(cells: list[Any], namespace: dict[str, Any], label: str) -> None:
+    """Run each checked code cell of `cells` in `namespace`: what it prints is its stored stdout, as nbval compares."""
+    checked = [c for c in cells if CHECKED in c.source]
+    assert checked, label
+    for cell in checked:
+        assert all(o.output_type == "stream" and o.name == "stdout" for o in cell.outputs), cell.id
+        stored = "".join(o.text for o in cell.outputs)
+        assert stored and run_cell(cell.source, namespace) == stored, f"{label}, cell {cell.id}"
+
+
 @pytest.fixture(scope="module")
 def english_program(pytestconfig: pytest.Config) -> Any:
     """Per notebook: the English notebook's state after its cells before the first checked one (the export and the
@@ -317,12 +327,7 @@ def test_a_translation_nbval_does_not_run_prints_its_stored_outputs(replayed_tra
     run_cell(with_test_values(next(c for c in cells if "parameters" in c.metadata.get("tags", [])), pytestconfig,
                               name), namespace)
     assert namespace["prompt"] != english_program(name)["prompt"]  # its own question, not the English one
-    checked = [c for c in cells if CHECKED in c.source]
-    assert checked
-    for cell in checked:
-        assert all(o.output_type == "stream" and o.name == "stdout" for o in cell.outputs), cell.id
-        stored = "".join(o.text for o in cell.outputs)
-        assert stored and run_cell(cell.source, namespace) == stored, f"{lang}/{name}, cell {cell.id}"
+    assert_checked_cells_print_their_outputs(cells, namespace, f"{lang}/{name}")
 
 
 @pytest.mark.slow
@@ -337,13 +342,8 @@ def test_an_english_notebook_run_elsewhere_prints_its_stored_outputs(english_pro
     if not names:
         pytest.skip("nbval runs every English notebook in this environment (the lean one runs no headless notebook)")
     for name in names:
-        namespace = dict(english_program(name))
-        checked = [c for c in read(name, "en").cells if c.cell_type == "code" and CHECKED in c.source]
-        assert checked, name
-        for cell in checked:
-            assert all(o.output_type == "stream" and o.name == "stdout" for o in cell.outputs), cell.id
-            stored = "".join(o.text for o in cell.outputs)
-            assert stored and run_cell(cell.source, namespace) == stored, f"en/{name}, cell {cell.id}"
+        cells = [c for c in read(name, "en").cells if c.cell_type == "code"]
+        assert_checked_cells_print_their_outputs(cells, dict(english_program(name)), f"en/{name}")
 
 
 def placeholders(source: str) -> Counter[str]:
