@@ -21,6 +21,10 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"  # the tests never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["PHI3KIT_HEADLESS"] = "1"  # notebook kernels (nbval) inherit it: nobody clicks a chat panel in a test
+# A test run sends nothing anywhere: NNCF (inside every optimum-intel export) sends usage telemetry unless the machine
+# opted out or runs in CI, from a forked process per event that waits up to 3 s for the network; on this suite that
+# was ~60 forks per export and ~30 CPU-seconds a run. CI=true is the switch NNCF honours (and children inherit).
+os.environ.setdefault("CI", "true")
 # One export cache for the whole run (kernels inherit it); set PHI3KIT_CACHE to reuse one across runs.
 os.environ.setdefault("PHI3KIT_CACHE", tempfile.mkdtemp(prefix="phi3kit-test-cache-"))
 
