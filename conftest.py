@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -25,6 +26,12 @@ os.environ["PHI3KIT_HEADLESS"] = "1"  # notebook kernels (nbval) inherit it: nob
 # opted out or runs in CI, from a forked process per event that waits up to 3 s for the network; on this suite that
 # was ~60 forks per export and ~30 CPU-seconds a run. CI=true is the switch NNCF honours (and children inherit).
 os.environ.setdefault("CI", "true")
+# Ctrl-C as a terminal has it, however pytest was started: a shell's background job (`.ci/run &`, nohup) starts with
+# SIGINT ignored, which Python then leaves alone and every child inherits, so the Ctrl-C tests (tests/test_chat.py,
+# test_bad_input.py, test_streaming.py) would wait out their timeouts on a process that ignores them. A handler set
+# here is reset to the default in each child at exec; an ignored signal would stay ignored.
+if hasattr(signal, "SIGINT") and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # One export cache for the whole run (kernels inherit it); set PHI3KIT_CACHE to reuse one across runs.
 os.environ.setdefault("PHI3KIT_CACHE", tempfile.mkdtemp(prefix="phi3kit-test-cache-"))
 
