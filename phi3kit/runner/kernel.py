@@ -3,6 +3,8 @@ output tidied as Jupyter saves a cell."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,8 @@ def execute(notebook: str | Path, out: str | Path, parameters: dict[str, Any], t
 
     started: list[Any] = []
     try:
-        with warnings.catch_warnings():  # `out` may be the temporary name a result is written under (no .ipynb)
+        with warnings.catch_warnings(), kill_kernels_on_ctrl_c(started):
+            # `out` may be the temporary name a result is written under (no .ipynb)
             warnings.filterwarnings("ignore", message=r"The specified file .* does not end in one of")
             papermill.execute_notebook(str(notebook), str(out), parameters=parameters,
                                        cwd=str(Path(notebook).parent), progress_bar=False,
@@ -55,6 +58,33 @@ def execute(notebook: str | Path, out: str | Path, parameters: dict[str, Any], t
     except KeyboardInterrupt:
         end_interrupted(started)
         raise
+
+
+@contextlib.contextmanager
+def kill_kernels_on_ctrl_c(started: list[Any]) -> Iterator[None]:
+    """Ctrl-C kills the run's kernels first, then raises KeyboardInterrupt as Python does.
+
+    When the interrupt lands inside nbclient's coroutine (not in its wait for the kernel), nbclient's clean-up runs
+    at once: jupyter_client's shutdown interrupts the kernel (SIGINT) before asking it to stop, and the kernel logged
+    "KeyboardInterrupt caught in kernel." onto the learner's terminal before the kit's own line. A dead kernel says
+    nothing. Only where Python's own handler is in place (a learner's handler, or a kernel's, is left alone)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        _kill_kernels(started)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def end_interrupted(managers: list[Any]) -> None:
@@ -68,7 +98,6 @@ def end_interrupted(managers: list[Any]) -> None:
     children by its connection file.
     """
     import asyncio
-    import contextlib
 
     _kill_kernels(managers)
     from jupyter_core.utils import ensure_event_loop
@@ -94,7 +123,6 @@ def end_interrupted(managers: list[Any]) -> None:
 def _kill_kernels(managers: list[Any]) -> None:
     """Kill, and wait for, the kernels of `managers`: by their process, or by their connection file on the command
     line of one of this process's children."""
-    import contextlib
 
     import psutil
 
