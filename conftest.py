@@ -35,8 +35,18 @@ os.environ.setdefault("CI", "true")
 # here is reset to the default in each child at exec; an ignored signal would stay ignored.
 if hasattr(signal, "SIGINT") and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-# One export cache for the whole run (kernels inherit it); set PHI3KIT_CACHE to reuse one across runs.
-os.environ.setdefault("PHI3KIT_CACHE", tempfile.mkdtemp(prefix="phi3kit-test-cache-"))
+# One export cache for the whole run (kernels inherit it); set PHI3KIT_CACHE to reuse one across runs. One made here
+# is removed when the run ends (pytest_unconfigure): each run's exports used to stay in the temporary folder.
+RUN_CACHE_MADE = None if "PHI3KIT_CACHE" in os.environ else tempfile.mkdtemp(prefix="phi3kit-test-cache-")
+if RUN_CACHE_MADE is not None:
+    os.environ["PHI3KIT_CACHE"] = RUN_CACHE_MADE
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if RUN_CACHE_MADE is not None:
+        import shutil
+
+        shutil.rmtree(RUN_CACHE_MADE, ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parent
 NOTEBOOKS = ROOT / "notebooks"
