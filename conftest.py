@@ -33,7 +33,7 @@ os.environ.setdefault("CI", "true")
 # SIGINT ignored, which Python then leaves alone and every child inherits, so the Ctrl-C tests (tests/test_chat.py,
 # test_bad_input.py, test_streaming.py) would wait out their timeouts on a process that ignores them. A handler set
 # here is reset to the default in each child at exec; an ignored signal would stay ignored.
-if hasattr(signal, "SIGINT") and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 # One export cache for the whole run (kernels inherit it); set PHI3KIT_CACHE to reuse one across runs. One made here
 # is removed when the run ends (pytest_unconfigure): each run's exports used to stay in the temporary folder.

@@ -123,7 +123,6 @@ def end_interrupted(managers: list[Any]) -> None:
 def _kill_kernels(managers: list[Any]) -> None:
     """Kill, and wait for, the kernels of `managers`: by their process, or by their connection file on the command
     line of one of this process's children."""
-
     import psutil
 
     pids = set()
